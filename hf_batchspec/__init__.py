@@ -1,0 +1,19 @@
+"""Batch speculative decoding for Hugging Face transformers' `generate` (EQSPEC/EXSPEC done right)."""
+
+from .api import BatchSpeculativeGenerationMixin, enable
+from .cache import RaggedCache, RaggedLayer
+from .errors import BatchSpecError, UnsupportedModelError
+from .stats import BatchSpecGenerateOutput, BatchSpecStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchSpecError",
+    "BatchSpecGenerateOutput",
+    "BatchSpecStats",
+    "BatchSpeculativeGenerationMixin",
+    "RaggedCache",
+    "RaggedLayer",
+    "UnsupportedModelError",
+    "enable",
+]

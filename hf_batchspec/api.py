@@ -1,0 +1,162 @@
+"""The `generate` entry point: dispatch between transformers' own generate and batch speculative decoding.
+
+The mixin lets transformers do all of generate()'s preparation (merging `generation_config` with kwargs,
+special tokens, max length, logits processors, stopping criteria) by handing it our decode loop as a
+`custom_generate` callable; HF then calls it with everything prepared, and we check what it prepared.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from transformers import GenerationMixin
+
+from . import validation
+from .decoding import DecodeResult, DecodeSettings, speculative_greedy
+from .masks import right_pack
+from .stats import BatchSpecGenerateOutput, BatchSpecStats
+
+
+class BatchSpeculativeGenerationMixin:
+    """Adds `batch_spec=` to `generate`: speculative decoding for batches of any size.
+
+    Takes over when `assistant_model` is given and `batch_spec` is "eqspec" or "exspec", or left unset with a
+    batch larger than one (transformers' assisted generation still serves batch 1 then). Every other call goes
+    to transformers' `generate` unchanged. Mix it in first: `class MyLlama(BatchSpeculativeGenerationMixin,
+    LlamaForCausalLM)`, or use `hf_batchspec.enable(model)` on a loaded model.
+    """
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config=None,
+        logits_processor=None,
+        stopping_criteria=None,
+        prefix_allowed_tokens_fn=None,
+        synced_gpus: bool | None = None,
+        assistant_model=None,
+        streamer=None,
+        batch_spec: str | None = None,
+        **kwargs,
+    ):
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None
+        strategy = validation.choose_strategy(batch_spec, assistant_model, batch_size)
+        if strategy is None:
+            return super().generate(
+                inputs=inputs,
+                generation_config=generation_config,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                synced_gpus=synced_gpus,
+                assistant_model=assistant_model,
+                streamer=streamer,
+                **kwargs,
+            )
+
+        # Everything that can be refused is refused here, before transformers prepares anything.
+        validation.check_call(
+            kwargs,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+            synced_gpus=synced_gpus,
+            streamer=streamer,
+        )
+        validation.check_pair(self, assistant_model)
+        validation.check_draft_schedule(kwargs, assistant_model)
+        pad_token_id = kwargs.get("pad_token_id")
+        if pad_token_id is None:
+            pad_token_id = (generation_config or self.generation_config).pad_token_id
+        validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
+        num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
+        if strategy == "exspec":
+            raise validation.BatchSpecError(
+                "batch_spec='exspec' is not available in this release yet; use batch_spec='eqspec'."
+            )
+
+        decode = functools.partial(
+            _batch_spec_decode,
+            assistant_model=assistant_model,
+            strategy=strategy,
+            num_assistant_tokens=num_assistant_tokens,
+            raw_attention_mask=kwargs.get("attention_mask"),
+        )
+        return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
+                                        custom_generate=decode, **kwargs)
+
+
+def _batch_spec_decode(
+    model,
+    input_ids: torch.Tensor,  # [B, W] left-padded prompts, as the caller gave them
+    logits_processor=None,
+    stopping_criteria=None,
+    generation_config=None,
+    *,
+    assistant_model,
+    strategy: str,
+    num_assistant_tokens: int,
+    raw_attention_mask: torch.Tensor | None,
+    **model_kwargs,
+):
+    """Called by transformers' generate() once it has prepared the call (see the module docstring)."""
+    validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
+    # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
+    attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
+    lengths = validation.prompt_lengths(attention_mask, input_ids)
+    max_new = generation_config.max_length - input_ids.shape[1]
+    if max_new < 1:
+        raise validation.BatchSpecError(
+            f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
+            f"{input_ids.shape[1]}; set max_new_tokens."
+        )
+    settings = DecodeSettings(max_new, num_assistant_tokens, _stop_ids(generation_config))
+    stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
+    prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
+    result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats)
+    sequences = _assemble(input_ids, result, generation_config.pad_token_id)
+    if generation_config.return_dict_in_generate:
+        return BatchSpecGenerateOutput(sequences=sequences, spec_stats=stats)
+    return sequences
+
+
+def _stop_ids(config) -> torch.Tensor | None:
+    eos = config.eos_token_id
+    if eos is None:
+        return None
+    return torch.as_tensor([eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+
+
+def _assemble(input_ids: torch.Tensor, result: DecodeResult, pad_token_id) -> torch.Tensor:  # [B, W + max new]
+    """HF's output layout: each prompt as given, its new tokens, then pad_token_id up to the longest row."""
+    new = torch.as_tensor(result.new_tokens)
+    width = int(new.max())
+    cols = torch.arange(width)
+    index = torch.as_tensor(result.prompt_lengths).unsqueeze(1) + cols  # [B, width] slots of the new tokens
+    generated = result.tokens.gather(1, index.to(result.tokens.device)).cpu()
+    fill = 0 if pad_token_id is None else int(np.atleast_1d(pad_token_id)[0])
+    generated = generated.masked_fill(cols >= new.unsqueeze(1), fill)
+    return torch.cat((input_ids, generated.to(input_ids.device)), 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_mixin(cls: type) -> type:
+    # Same name and module as the original class so save_pretrained() records the real architecture.
+    return type(cls.__name__, (BatchSpeculativeGenerationMixin, cls), {"__module__": cls.__module__,
+                                                                        "__qualname__": cls.__qualname__})
+
+
+def enable(model):
+    """Add batch speculative decoding to a loaded causal LM; returns the same object (idempotent).
+
+    A PEFT wrapper forwards generate() to its base model, so the mixin goes on the base model's class.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(base, BatchSpeculativeGenerationMixin):
+        validation.check_causal_lm(base)
+        base.__class__ = _with_mixin(type(base))
+    return model

@@ -1,0 +1,228 @@
+"""A KV cache whose rows have their own lengths: per-row rollback, row selection and realignment.
+
+Layout: every layer keeps `keys`/`values` as `[B, H, S, D]`, preallocated, and **a token's slot is its
+position** in its own row: row b's prompt fills slots 0..len_b-1, its first new token goes to slot len_b,
+and so on. Rows never share an offset, so nothing ever needs left padding inside the cache.
+
+Invariants (what makes the output equal plain greedy decoding):
+1. Slots 0..lengths[b]-1 of row b hold the keys/values of row b's tokens at those positions, computed with
+   exactly that prefix.
+2. A forward writes its query tokens at their positions (`begin(slots=...)`), which start at the row's
+   length: rows have no gaps.
+3. A query at position p reads slots 0..p only (see `masks.py`), so whatever lies beyond a row's length
+   (rejected drafts, another forward's scratch) is never read and is simply overwritten later.
+
+Rollback is therefore a change of `lengths[b]`: O(1), no copy. Dropping finished rows is one `index_select`
+per layer; converting a left-padded cache into this layout (`realign`) is one `gather` per layer.
+`lengths` live on the host: they are scheduling metadata that the decode loop already knows, and reading
+them never costs a device sync.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class _ForwardPlan:
+    """Where the current forward writes, shared by the layers of one cache.
+
+    Set once per forward by `RaggedCache.begin`; layers on other devices (accelerate `device_map`) get a
+    copy of the slot index made once per device and forward.
+    """
+
+    def __init__(self) -> None:
+        self.slots: torch.Tensor | None = None  # [b, q] slot of each query token
+        self.rows: torch.Tensor | None = None  # [b] cache rows the forward touches; None = all rows in order
+        self.kv_len = 0
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def set(self, slots: torch.Tensor, kv_len: int, rows: torch.Tensor | None) -> None:
+        self.slots, self.rows, self.kv_len = slots, rows, kv_len
+        self._per_device = {slots.device: (slots, rows)}
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if device not in self._per_device:
+            rows = None if self.rows is None else self.rows.to(device)
+            self._per_device[device] = (self.slots.to(device), rows)
+        return self._per_device[device]
+
+
+class RaggedLayer(CacheLayerMixin):
+    """One layer's preallocated `[B, H, S, D]` keys and values, written at per-row slots."""
+
+    is_sliding = False  # windows are applied by the mask, over slots that are positions
+    is_croppable = True
+
+    def __init__(self, batch_size: int, max_cache_len: int, plan: _ForwardPlan):
+        super().__init__()
+        self.batch_size = batch_size
+        self.max_cache_len = max_cache_len
+        self._plan = plan
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # Heads and head dims come from the first write, as HF's StaticLayer does (tensor parallel, MLA).
+        self.device = key_states.device
+        heads = key_states.shape[1]
+        self.keys = key_states.new_zeros((self.batch_size, heads, self.max_cache_len, key_states.shape[-1]))
+        self.values = value_states.new_zeros((self.batch_size, heads, self.max_cache_len, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # key_states: [b, H, q, D]; returns [b, H, kv_len, D] views (or gathered rows for a subset forward)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots, rows = self._plan.on(key_states.device)
+        kv_len = self._plan.kv_len
+        if rows is None:
+            b, h, q, _ = key_states.shape
+            self.keys.scatter_(2, slots[:, None, :, None].expand(b, h, q, key_states.shape[-1]), key_states)
+            self.values.scatter_(2, slots[:, None, :, None].expand(b, h, q, value_states.shape[-1]), value_states)
+            return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
+        # A forward over some rows only (a refill's prefill): advanced indexing puts [b, q] first.
+        self.keys[rows[:, None], :, slots] = key_states.transpose(1, 2)
+        self.values[rows[:, None], :, slots] = value_states.transpose(1, 2)
+        return self.keys[rows, :, :kv_len], self.values[rows, :, :kv_len]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._plan.kv_len, 0
+
+    def get_seq_length(self) -> int:
+        return self._plan.kv_len
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def select_rows(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            indices = indices.to(self.keys.device)
+            self.keys = self.keys.index_select(0, indices)
+            self.values = self.values.index_select(0, indices)
+        self.batch_size = int(indices.shape[0])
+
+    def shift_rows(self, shift: torch.Tensor) -> None:
+        """Row b's slot s takes the content of its slot s + shift[b] (one gather per tensor)."""
+        if not self.is_initialized:
+            return
+        slots = torch.arange(self.max_cache_len, device=self.keys.device)
+        src = (slots + shift.to(self.keys.device)[:, None]).clamp(max=self.max_cache_len - 1)  # [B, S]
+        b, h, s, _ = self.keys.shape
+        self.keys = self.keys.gather(2, src[:, None, :, None].expand(b, h, s, self.keys.shape[-1]))
+        self.values = self.values.gather(2, src[:, None, :, None].expand(b, h, s, self.values.shape[-1]))
+
+    # HF's layer API, so generic code that reorders caches keeps working
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.select_rows(indices)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.select_rows(beam_idx)
+
+    def reset(self) -> None:
+        if self.is_initialized:
+            self.keys.zero_()
+            self.values.zero_()
+
+
+class RaggedCache(Cache):
+    """A `transformers` cache for a batch whose rows have different lengths.
+
+    The decode loop calls `begin(slots, kv_len)` before each forward; the model then writes its new keys and
+    values at those slots and attends over the first `kv_len` slots with a mask built from the same
+    positions. `lengths` record how many slots of each row are valid; `rollback` moves them back.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_cache_len: int):
+        self._plan = _ForwardPlan()
+        super().__init__(layers=[RaggedLayer(batch_size, max_cache_len, self._plan) for _ in range(num_layers)])
+        self.num_slots = max_cache_len  # (not `max_cache_len`: a read-only property of Cache in some 5.x)
+        self.lengths = np.zeros(batch_size, dtype=np.int64)  # valid slots per row (host)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def begin(self, slots: torch.Tensor, kv_len: int, rows: torch.Tensor | None = None) -> None:
+        """Announce the next forward: query token j of row b goes to slot `slots[b, j]`; attention reads the
+        first `kv_len` slots. With `rows`, the forward covers only those cache rows (a refill's prefill)."""
+        if kv_len > self.num_slots:
+            raise ValueError(f"kv_len {kv_len} exceeds the cache's {self.num_slots} slots")
+        self._plan.set(slots, kv_len, rows)
+
+    def set_lengths(self, lengths: np.ndarray, rows: np.ndarray | None = None) -> None:
+        if rows is None:
+            self.lengths = np.asarray(lengths, dtype=np.int64).copy()
+        else:
+            self.lengths[rows] = lengths
+
+    def rollback(self, lengths: np.ndarray) -> None:
+        """Shorten rows to `lengths` (e.g. drop rejected drafts). Nothing is copied: the stale slots are
+        masked from now on and overwritten by the next tokens."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if (lengths > self.lengths).any() or (lengths < 0).any():
+            raise ValueError("rollback can only shorten rows")
+        self.lengths = lengths.copy()
+
+    def select_rows(self, indices: torch.Tensor | np.ndarray) -> None:
+        """Keep only these rows, in this order (finished rows leave the batch)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        for layer in self.layers:
+            layer.select_rows(idx)
+        self.lengths = self.lengths[idx.cpu().numpy()]
+
+    def realign(self, shift: torch.Tensor | np.ndarray) -> None:
+        """Move row b's content `shift[b]` slots to the left, as one gather per layer.
+
+        Used to bring a left-padded cache (row b's tokens at slots pad_b..W-1) into the slot = position
+        layout (`shift = pad`).
+        """
+        shift_t = torch.as_tensor(shift, dtype=torch.long)
+        if (shift_t < 0).any():
+            raise ValueError("realign shifts rows to the left only (shift >= 0)")
+        for layer in self.layers:
+            layer.shift_rows(shift_t)
+        self.lengths = np.maximum(self.lengths - shift_t.cpu().numpy(), 0)
+
+    @classmethod
+    def from_left_padded(cls, cache: Cache, attention_mask: torch.Tensor, max_cache_len: int) -> "RaggedCache":
+        """Build a ragged cache from a left-padded HF cache (e.g. `DynamicCache` of a padded prefill).
+
+        `attention_mask` `[B, W]` must be left padding (zeros then ones); row b's W - pad_b tokens end up in
+        slots 0..W-pad_b-1.
+        """
+        mask = attention_mask.long()
+        if bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise ValueError("from_left_padded expects left padding: zeros then ones in every row")
+        batch, width = mask.shape
+        if width > max_cache_len:
+            raise ValueError(f"max_cache_len {max_cache_len} is shorter than the cache's {width} slots")
+        ragged = cls(len(cache.layers), batch, max_cache_len)
+        for src, dst in zip(cache.layers, ragged.layers):
+            dst.lazy_initialization(src.keys, src.values)
+            dst.keys[:, :, :width] = src.keys
+            dst.values[:, :, :width] = src.values
+        ragged.lengths = np.full(batch, width, dtype=np.int64)
+        ragged.realign(width - mask.sum(-1))
+        return ragged
+
+    # HF's Cache API in terms of per-row lengths
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return int(self.lengths.max()) if self.lengths.size else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count of tokens to remove from every row")
+        self.rollback(np.maximum(self.lengths + tokens_to_remove, 0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.select_rows(indices)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.select_rows(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.select_rows(torch.arange(self.batch_size).repeat_interleave(repeats))
+
+    def reset(self) -> None:
+        super().reset()
+        self.lengths[:] = 0

@@ -1,0 +1,35 @@
+"""The one place that knows which transformers 5.x minor we run on.
+
+The cache API moves between 5.x minors (the forward keyword `past_key_values` became `cache` in 5.24, outputs
+followed). Everything else in the package asks this module instead of checking versions itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    # The class's forward, not the instance's: accelerate hooks replace `model.forward` with a wrapper whose
+    # signature is `(*args, **kwargs)`.
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """Name of the forward keyword that takes the KV cache (`cache` from 5.24, `past_key_values` before)."""
+    params = _forward_parameters(type(model))
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` explicitly."""
+    return name in _forward_parameters(type(model))
+
+
+def user_cache_kwargs(kwargs: dict) -> list[str]:
+    """Names under which a caller handed `generate` a cache of its own (both spellings are accepted by HF)."""
+    return [name for name in ("cache", "past_key_values") if kwargs.get(name) is not None]

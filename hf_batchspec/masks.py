@@ -1,0 +1,109 @@
+"""Positions and attention masks for the per-row slot layout.
+
+In the ragged cache a token's slot is its position (see `cache.py`), so everything a forward needs is derived
+from the positions of its query tokens: a query at position p may read slots 0..p (and, on a sliding-window
+layer, only slots with p - slot < window). Stale keys beyond a row's length are never read, which is what
+makes rollback free.
+
+The masks are additive float tensors `[B, 1, q, S]`. transformers passes an already built 4D mask through its
+mask builders unchanged; under eager attention a *boolean* 4D mask would be silently wrong, so we never build one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UnsupportedModelError
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """What masks a model's decoder wants: one per layer type, each with its window (None = full attention).
+
+    `as_dict` is True when the model selects a mask per layer type (models with `config.layer_types` that mix
+    sliding and full layers); then the forward gets `{layer_type: mask}`, which those models pass through.
+    """
+
+    windows: dict[str, int | None]
+    as_dict: bool
+
+
+def attention_layout(config) -> AttentionLayout:
+    """Read the attention pattern off a config, or refuse it with a clear error.
+
+    Sliding windows are counted in tokens; in the slot layout slots are positions, so a window is exact.
+    Linear/recurrent and chunked layers cannot be expressed as a mask over slots and are refused.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if layer_types:
+        unknown = sorted(set(layer_types) - {FULL, SLIDING})
+        if unknown:
+            raise UnsupportedModelError(
+                f"hf-batchspec supports full and sliding-window attention layers only; this model "
+                f"({config.model_type}) has layer types {unknown}, whose state cannot be rolled back per row."
+            )
+        if SLIDING in layer_types:
+            if not window:
+                raise UnsupportedModelError(
+                    f"config.layer_types names sliding_attention layers but config.sliding_window is {window!r}."
+                )
+            return AttentionLayout(windows={FULL: None, SLIDING: int(window)}, as_dict=True)
+        return AttentionLayout(windows={FULL: None}, as_dict=False)
+    # No per-layer types: models such as Mistral apply `config.sliding_window` to every layer when it is set.
+    return AttentionLayout(windows={FULL: int(window) if window else None}, as_dict=False)
+
+
+def additive_mask(
+    positions: torch.Tensor,  # [B, q] slot (= position) of each query token
+    kv_len: int,
+    dtype: torch.dtype,
+    window: int | None = None,
+) -> torch.Tensor:  # [B, 1, q, kv_len]
+    """0 where a query may attend, the dtype's minimum elsewhere."""
+    slots = torch.arange(kv_len, device=positions.device)  # [S]
+    pos = positions.unsqueeze(-1)  # [B, q, 1]
+    allowed = slots <= pos  # [B, q, S]
+    if window is not None:
+        # transformers' sliding_window_overlay: kv_idx > q_idx - window
+        allowed &= slots > pos - window
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def build_masks(
+    layout: AttentionLayout, positions: torch.Tensor, kv_len: int, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The `attention_mask` argument for one forward over the slot layout."""
+    masks = {kind: additive_mask(positions, kv_len, dtype, window) for kind, window in layout.windows.items()}
+    return masks if layout.as_dict else masks[FULL]
+
+
+def packed_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:  # [B] -> [B, width]
+    """Positions of a right-packed block: column t holds position t for every row (pads included)."""
+    return torch.arange(width, device=lengths.device).expand(lengths.shape[0], width)
+
+
+def right_pack(
+    input_ids: torch.Tensor,  # [B, W] left-padded
+    lengths: torch.Tensor,  # [B] real tokens per row
+    fill: int,
+) -> torch.Tensor:  # [B, max(lengths)]
+    """Move each row's real tokens to columns 0..len-1: the prompt then sits in slots that equal its positions.
+
+    This is the left-padding realignment done once, on token ids, before any KV exists.
+    """
+    batch, width = input_ids.shape
+    longest = int(lengths.max())
+    cols = torch.arange(longest, device=input_ids.device)  # [P]
+    src = (width - lengths).unsqueeze(1) + cols  # [B, P]
+    valid = cols < lengths.unsqueeze(1)
+    packed = input_ids.gather(1, src.clamp(max=width - 1))
+    return packed.masked_fill(~valid, fill)

@@ -1,0 +1,71 @@
+"""One model and its ragged cache: (tokens, positions) in, logits out.
+
+This is the only place that calls a model's forward. It hides the cache keyword's name, builds the masks
+from positions, clamps the position ids of padding queries and keeps the logits the caller asks for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import compat
+from .cache import RaggedCache
+from .masks import attention_layout, build_masks
+
+
+def decoder_layers(config) -> int:
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model wants its input ids (the embedding's device, also under accelerate dispatch)."""
+    return model.get_input_embeddings().weight.device
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    dtype = model.get_input_embeddings().weight.dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_cache_len: int):
+        self.model = model
+        self.layout = attention_layout(model.config)
+        self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len)
+        self.device = input_device(model)
+        self.dtype = compute_dtype(model)
+        self._cache_kwarg = compat.cache_kwarg(model)
+        self._keeps_logits = compat.accepts(model, "logits_to_keep")
+        self.calls = 0
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [b, q]
+        positions: torch.Tensor,  # [b, q] position = slot of each token
+        position_limit: torch.Tensor,  # [b] highest position id a real token of the row can have
+        kv_len: int,  # slots the attention reads (host int: max position in the forward + 1)
+        keep: int | torch.Tensor = 0,  # logits to return: last `keep` columns (0 = all) or column indices
+        rows: torch.Tensor | None = None,  # [b] cache rows, when the forward covers only some rows
+    ) -> torch.Tensor:  # [b, kept, V]
+        tokens = tokens.to(self.device)
+        positions = positions.to(self.device)
+        self.cache.begin(positions, kv_len, rows)
+        # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is
+        # discarded, but an absolute-position model must not see ids it was never trained on.
+        position_ids = torch.minimum(positions, position_limit.to(self.device).unsqueeze(1))
+        kwargs = {
+            self._cache_kwarg: self.cache,
+            "attention_mask": build_masks(self.layout, positions, kv_len, self.dtype),
+            "position_ids": position_ids,
+            "use_cache": True,
+        }
+        if isinstance(keep, torch.Tensor):
+            keep = keep.to(self.device)
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        self.calls += 1
+        logits = self.model(input_ids=tokens, **kwargs).logits
+        if not self._keeps_logits:
+            logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits
+            logits = logits[:, keep] if isinstance(keep, torch.Tensor) else logits
+        return logits

@@ -1,0 +1,85 @@
+"""What a batch speculative `generate` did: counters the loop keeps, and the output type that carries them.
+
+Counters are plain host integers and per-row numpy arrays updated from the one value the loop already
+brings to the host each round; no clock is read here (timing belongs to the benchmark).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+
+@dataclass
+class BatchSpecStats:
+    """Per-call and per-row counts. For every row: `new_tokens == accepted_tokens + target_tokens`, and
+    `target_tokens <= rounds + 1` (the prefill gives one token; each verify round at most one more), with
+    equality unless the row stopped inside an accepted block of drafts."""
+
+    strategy: str
+    num_assistant_tokens: int
+    num_rows: int
+    rounds: int = 0  # verify rounds (one target forward each)
+    target_forward_calls: int = 0  # prefill calls + verify calls
+    draft_forward_calls: int = 0  # prefill calls + draft steps
+    target_prefill_calls: int = 0
+    draft_prefill_calls: int = 0
+    row_selections: int = 0  # times finished rows were dropped from the caches
+    new_tokens: np.ndarray = field(default=None)  # [N] tokens generated per row, through its stop id
+    accepted_tokens: np.ndarray = field(default=None)  # [N] drafted tokens the target accepted and kept
+    drafted_tokens: np.ndarray = field(default=None)  # [N] drafts offered for verification
+    target_tokens: np.ndarray = field(default=None)  # [N] kept tokens chosen by the target itself
+    row_rounds: np.ndarray = field(default=None)  # [N] verify rounds each row took part in
+
+    def __post_init__(self) -> None:
+        for name in ("new_tokens", "accepted_tokens", "drafted_tokens", "target_tokens", "row_rounds"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
+
+    def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray) -> None:
+        """Account one verify round for the active `rows` (original indices, unique)."""
+        self.rounds += 1
+        self.target_forward_calls += 1
+        self.row_rounds[rows] += 1
+        self.drafted_tokens[rows] += drafted
+        self.accepted_tokens[rows] += accepted
+        self.target_tokens[rows] += emitted - accepted
+        self.new_tokens[rows] += emitted
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Mean tokens a row gains per verify round it takes part in (accepted drafts + the target's token)."""
+        rounds = self.row_rounds.sum()
+        return float((self.new_tokens.sum() - (self.new_tokens > 0).sum()) / rounds) if rounds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = self.drafted_tokens.sum()
+        return float(self.accepted_tokens.sum() / drafted) if drafted else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "strategy": self.strategy,
+            "num_assistant_tokens": self.num_assistant_tokens,
+            "rows": self.num_rows,
+            "rounds": self.rounds,
+            "target_forward_calls": self.target_forward_calls,
+            "draft_forward_calls": self.draft_forward_calls,
+            "new_tokens": int(self.new_tokens.sum()),
+            "tokens_per_round": round(self.tokens_per_round, 3),
+            "acceptance_rate": round(self.acceptance_rate, 3),
+        }
+
+
+@dataclass
+class BatchSpecGenerateOutput(GenerateDecoderOnlyOutput):
+    """HF's decoder-only output with the speculative decoding statistics added."""
+
+    spec_stats: BatchSpecStats | None = None
+
+
+def as_tensor(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values))

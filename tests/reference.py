@@ -1,0 +1,38 @@
+"""Plain greedy decoding with transformers' own generate, one prompt at a time: the ground truth."""
+
+from __future__ import annotations
+
+import torch
+
+_CACHE: dict = {}
+
+
+def plain_greedy(model, prompt: list[int], max_new_tokens: int, eos: tuple[int, ...] | None) -> list[int]:
+    """New tokens of HF greedy `generate` on this prompt alone, through the first EOS (as HF stops there)."""
+    key = (id(model), tuple(prompt), max_new_tokens, eos)
+    if key not in _CACHE:
+        ids = torch.tensor([prompt])
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(eos) if eos else None,
+            pad_token_id=0,
+        )
+        new = out[0, len(prompt):].tolist()
+        if eos:  # HF pads finished rows only in batches; alone it just stops, but be explicit
+            first = next((i for i, t in enumerate(new) if t in eos), None)
+            new = new if first is None else new[: first + 1]
+        _CACHE[key] = new
+    return _CACHE[key]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
