@@ -74,7 +74,7 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
             raise BatchSpecError(f"batch_spec={batch_spec!r} needs a draft model: pass assistant_model=...")
         return None
     if batch_spec is None:
-        return "exspec" if batch_size is not None and batch_size > 1 else None
+        return "eqspec" if batch_size is not None and batch_size > 1 else None
     return batch_spec
 
 

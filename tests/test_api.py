@@ -1,0 +1,139 @@
+"""The generate() drop-in: dispatch, HF conventions for inputs and outputs, enable()."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from transformers import LlamaForCausalLM
+
+import hf_batchspec
+from hf_batchspec import BatchSpecGenerateOutput, BatchSpeculativeGenerationMixin
+from tests.reference import left_pad, plain_greedy
+from tests.tiny_models import build, perturbed
+
+
+@pytest.fixture(scope="module")
+def target():
+    return hf_batchspec.enable(build("llama"))
+
+
+@pytest.fixture(scope="module")
+def draft(target):
+    return perturbed(target, 0.05)
+
+
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
+
+
+def test_enable_is_idempotent_and_keeps_identity():
+    model = build("llama")
+    cls = type(model)
+    assert hf_batchspec.enable(model) is model
+    assert isinstance(model, BatchSpeculativeGenerationMixin) and isinstance(model, cls)
+    mixed = type(model)
+    assert hf_batchspec.enable(model) is model and type(model) is mixed
+    assert type(model).__name__ == cls.__name__
+
+
+def test_save_pretrained_records_the_real_architecture(tmp_path, target):
+    target.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_mixin_in_a_class_definition(draft):
+    class MyLlama(BatchSpeculativeGenerationMixin, LlamaForCausalLM):
+        pass
+
+    base = build("llama")
+    model = MyLlama(base.config).eval()
+    model.load_state_dict(base.state_dict())
+    ids, mask = left_pad(PROMPTS, 0)
+    out = model.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=8, do_sample=False,
+                         pad_token_id=0, eos_token_id=None)
+    for row, prompt in enumerate(PROMPTS):
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(base, prompt, 8, None)
+
+
+def test_without_assistant_generate_is_transformers_own(target):
+    ids, mask = left_pad(PROMPTS, 0)
+    plain = build("llama")
+    expected = plain.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(target.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0),
+                       expected)
+
+
+def test_batch_one_with_unset_batch_spec_uses_hf_assisted(target, draft):
+    ids = torch.tensor([PROMPTS[0]])
+    out = target.generate(ids, assistant_model=draft, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                          return_dict_in_generate=True)
+    assert not isinstance(out, BatchSpecGenerateOutput)
+    ours = target.generate(ids, assistant_model=draft, batch_spec="eqspec", max_new_tokens=6, do_sample=False,
+                           pad_token_id=0, return_dict_in_generate=True)
+    assert isinstance(ours, BatchSpecGenerateOutput)
+    assert torch.equal(out.sequences, ours.sequences)
+
+
+def test_batch_with_unset_batch_spec_takes_over(target, draft):
+    ids, mask = left_pad(PROMPTS, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=5, do_sample=False,
+                          pad_token_id=0, return_dict_in_generate=True)
+    assert isinstance(out, BatchSpecGenerateOutput) and out.spec_stats.rounds > 0
+
+
+def test_max_length_and_input_ids_kwarg(target, draft):
+    ids, mask = left_pad(PROMPTS, 0)
+    out = target.generate(input_ids=ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",
+                          max_length=ids.shape[1] + 9, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out.shape == (3, ids.shape[1] + 9)
+    for row, prompt in enumerate(PROMPTS):
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 9, None)
+
+
+def test_no_mask_without_padding(target, draft):
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    out = target.generate(ids, assistant_model=draft, batch_spec="eqspec", max_new_tokens=7, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)
+    for row in range(2):
+        assert out[row, 3:].tolist() == plain_greedy(target, ids[row].tolist(), 7, None)
+
+
+def test_pad_equal_to_eos_and_eos_list(target, draft):
+    free = [plain_greedy(target, p, 12, None) for p in PROMPTS]
+    eos = [free[0][3], free[2][1]]
+    ids, mask = left_pad(PROMPTS, eos[0])
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=12,
+                          do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
+    for row, prompt in enumerate(PROMPTS):
+        new = plain_greedy(target, prompt, 12, tuple(eos))
+        got = out[row, ids.shape[1]:].tolist()
+        assert got[: len(new)] == new and set(got[len(new):]) <= {eos[0]}
+
+
+def test_generation_config_from_the_model_is_honoured(target, draft):
+    ids, mask = left_pad(PROMPTS, 0)
+    config = transformers.GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",
+                          generation_config=config)
+    assert out.shape[1] == ids.shape[1] + 4
+
+
+def test_num_assistant_tokens_resolution(target):
+    ids, mask = left_pad(PROMPTS, 0)
+    draft = perturbed(target, 0.05)
+    run = lambda **kw: target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",  # noqa
+                                       max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                       return_dict_in_generate=True, **kw).spec_stats.num_assistant_tokens
+    assert run() == 5  # HF's default of 20 counts as unset
+    draft.generation_config.num_assistant_tokens = 3
+    assert run() == 3  # the draft's own config, as HF reads it
+    assert run(num_assistant_tokens=7) == 7  # the kwarg wins
+
+
+def test_inputs_on_their_device_and_dtype_kept(target, draft):
+    ids, mask = left_pad(PROMPTS, 0)
+    out = target.generate(ids, attention_mask=mask.bool(), assistant_model=draft, batch_spec="eqspec",
+                          max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.dtype == ids.dtype and out.device == ids.device
