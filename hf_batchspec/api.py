@@ -40,11 +40,15 @@ class BatchSpeculativeGenerationMixin:
         assistant_model=None,
         streamer=None,
         batch_spec: str | None = None,
+        max_batch_size: int | None = None,
+        sort_by_length: bool | None = None,
         **kwargs,
     ):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None
         strategy = validation.choose_strategy(batch_spec, assistant_model, batch_size)
+        max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
+                                                                 batch_size or 1)
         if strategy is None:
             return super().generate(
                 inputs=inputs,
@@ -74,16 +78,13 @@ class BatchSpeculativeGenerationMixin:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
-        if strategy == "exspec":
-            raise validation.BatchSpecError(
-                "batch_spec='exspec' is not available in this release yet; use batch_spec='eqspec'."
-            )
-
         decode = functools.partial(
             _batch_spec_decode,
             assistant_model=assistant_model,
             strategy=strategy,
             num_assistant_tokens=num_assistant_tokens,
+            max_batch_size=max_batch_size,
+            sort_by_length=sort_by_length,
             raw_attention_mask=kwargs.get("attention_mask"),
         )
         return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
@@ -100,6 +101,8 @@ def _batch_spec_decode(
     assistant_model,
     strategy: str,
     num_assistant_tokens: int,
+    max_batch_size: int,
+    sort_by_length: bool,
     raw_attention_mask: torch.Tensor | None,
     **model_kwargs,
 ):
@@ -114,7 +117,8 @@ def _batch_spec_decode(
             f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
-    settings = DecodeSettings(max_new, num_assistant_tokens, _stop_ids(generation_config))
+    settings = DecodeSettings(max_new, num_assistant_tokens, _stop_ids(generation_config), max_batch_size,
+                              sort_by_length)
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
     result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats)

@@ -1,4 +1,4 @@
-"""The batch speculative greedy loop (EQSPEC on the ragged cache).
+"""The batch speculative greedy loop on the ragged cache (EQSPEC and EXSPEC).
 
 Outline of one round, for the B active rows at once:
   1. draft:   the draft model proposes up to k tokens per row (k forwards of 1 token; the first also re-feeds
@@ -6,7 +6,8 @@ Outline of one round, for the B active rows at once:
   2. verify:  the target runs [pending, d_1..d_k] in one forward and picks its own token at each position
   3. accept:  keep the matching prefix of drafts plus the target's next token; cut at a stop id
   4. commit:  append the kept tokens to each row; the caches roll back by length alone
-  5. retire:  rows that hit a stop id or their token budget leave both caches
+  5. refill:  rows that hit a stop id or their token budget free their slot: a waiting prompt is prefilled
+              into it (EXSPEC), or, when none waits, the slot leaves the batch
 The only host sync of a round is step 4 bringing the per-row counts to the host.
 """
 
@@ -20,7 +21,7 @@ import torch
 from .acceptance import greedy_accept, truncate_at_stop
 from .masks import packed_positions
 from .runner import ModelRunner
-from .scheduling import ActiveRows
+from .scheduling import ActiveRows, PromptQueue
 from .stats import BatchSpecStats
 
 
@@ -29,14 +30,163 @@ class DecodeSettings:
     max_new_tokens: int
     num_assistant_tokens: int  # k: drafts per row and round
     stop_ids: torch.Tensor | None  # [E] ids that end a row (every eos_token_id)
+    max_batch_size: int  # slots decoded at once; prompts beyond wait for a free slot
+    sort_by_length: bool = False
 
 
 @dataclass
 class DecodeResult:
-    tokens: torch.Tensor  # [N, S] every row's tokens in the slot = position layout
+    tokens: torch.Tensor  # [N, T] every row's tokens in the slot = position layout
     prompt_lengths: np.ndarray  # [N]
     new_tokens: np.ndarray  # [N] generated per row, through its stop id
     stats: BatchSpecStats
+
+
+class _Decoder:
+    """State of one generate call: both models' runners, the token buffer, the slot pool and the queue."""
+
+    def __init__(self, target, draft, prompts, prompt_lengths, settings: DecodeSettings, stats: BatchSpecStats):
+        n_rows, width = prompts.shape
+        self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
+        k, max_new = settings.num_assistant_tokens, settings.max_new_tokens
+        slots = min(settings.max_batch_size, n_rows)
+        # Cache: a row's real tokens reach position len + max_new - 2, the last slot takes padding queries.
+        cache_len = width + max_new
+        self.target = ModelRunner(target, slots, cache_len)
+        self.draft = ModelRunner(draft, slots, cache_len)
+        self.device = self.target.device
+        self.stop_ids = None if settings.stop_ids is None else settings.stop_ids.to(self.device)
+        # Token ids by original row and position; padding candidates may land up to k+1 past a row's end.
+        self.tokens = torch.zeros((n_rows, cache_len + k + 1), dtype=torch.long, device=self.device)
+        self.tokens[:, :width] = prompts.to(self.device)
+        self.rows = ActiveRows(slots, self.device)
+        self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
+        stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
+
+    def run(self) -> DecodeResult:
+        free = np.ones(len(self.rows), dtype=bool)  # every slot starts empty
+        while True:
+            free = self._refill(free)
+            if free.any():
+                self._drop(free)
+            if not len(self.rows):
+                break
+            free = self._round()
+        return DecodeResult(self.tokens, self.prompt_lengths, self.stats.new_tokens.copy(), self.stats)
+
+    # -- one verify round ------------------------------------------------------------------------------------
+    def _round(self) -> np.ndarray:  # [B] rows that finished
+        rows, stats, k = self.rows, self.stats, self.settings.num_assistant_tokens
+        budget_h = rows.budgets(k, self.settings.max_new_tokens)  # [B]
+        k_round = int(budget_h.max())
+        drafts = self._draft(k_round)  # [B, k_round]
+        target_tokens = self._verify(drafts)  # [B, k_round+1]
+        accepted = greedy_accept(drafts, target_tokens, torch.as_tensor(budget_h, device=self.device))  # [B]
+        count, finished = self._commit(target_tokens, accepted + 1)
+        # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
+        acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
+        stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
+        stats.draft_forward_calls += k_round
+        old_lengths = rows.lengths_h
+        rows.advance(count_h, count)
+        # Rollback by length: the target keeps pending + accepted drafts; the draft keeps what it ran
+        # (pending + d_1..d_{k-1}) that was accepted. Rejected slots are simply beyond the new lengths.
+        self.target.cache.set_lengths(rows.lengths_h - 1)
+        self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
+        return fin_h.astype(bool)
+
+    def _draft(self, k: int) -> torch.Tensor:  # [B, k]
+        rows = self.rows
+        if k == 0:
+            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
+        top = int(rows.lengths_h.max())
+        # First step feeds the last two committed tokens: after a fully accepted round the draft never ran
+        # its own last draft (the target's bonus came after it), so the token before the pending one may be
+        # missing from its cache. When it is there, re-running it rewrites its slot with the same prefix.
+        positions = rows.lengths.unsqueeze(1) - 2 + torch.arange(2, device=self.device)  # [B, 2]
+        step_input = self.tokens[rows.ids.unsqueeze(1), positions]
+        drafts = []
+        for j in range(k):
+            logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1)  # [B, 1, V]
+            drafts.append(logits[:, -1].argmax(-1))
+            step_input = drafts[-1].unsqueeze(1)
+            positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
+        return torch.stack(drafts, 1).to(self.device)
+
+    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1] the target's greedy tokens
+        rows, k = self.rows, drafts.shape[1]
+        positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
+        pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
+        top = int(rows.lengths_h.max())
+        logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k)
+        return logits.argmax(-1).to(self.device)
+
+    def _commit(self, candidates: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a round's tokens after each row's committed ones; returns (kept [B], finished [B]).
+
+        All candidates are written: those past the kept count lie beyond the row's new length, are
+        overwritten by later rounds and never read (the output takes `new_tokens` per row).
+        """
+        rows = self.rows
+        count, stopped = truncate_at_stop(candidates, count, self.stop_ids)
+        cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=self.device)  # [B, T]
+        self.tokens[rows.ids.unsqueeze(1), cols] = candidates
+        return count, stopped | (rows.generated + count >= self.settings.max_new_tokens)
+
+    # -- admission and departure -----------------------------------------------------------------------------
+    def _refill(self, free: np.ndarray) -> np.ndarray:
+        """Prefill waiting prompts into free slots (all at once) until no slot is free or nothing waits."""
+        while free.any() and len(self.queue):
+            slots = np.flatnonzero(free)
+            ids = self.queue.take(len(slots))
+            slots = slots[: len(ids)]
+            free[slots] = self._admit(slots, ids)
+        return free
+
+    def _admit(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:  # [n] admitted rows already finished
+        """Prefill prompts `ids` into cache rows `slots` of both models and commit their first token."""
+        max_new, stats = self.settings.max_new_tokens, self.stats
+        lengths = self.prompt_lengths[ids]
+        width = int(lengths.max())
+        ids_d = torch.as_tensor(ids, device=self.device)
+        prompts = self.tokens[ids_d, :width]  # [n, P] right-packed
+        full = len(slots) == len(self.rows)  # every slot at once (always so for EQSPEC): no gather needed
+        cache_rows = None if full else torch.as_tensor(slots, device=self.device)
+        positions = packed_positions(ids_d, width)
+        limits = torch.as_tensor(lengths + max_new - 1, device=self.device)
+
+        # Target: only the columns some row ends on need logits (up to n of them instead of P).
+        keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
+        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows)
+        last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
+        first = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].argmax(-1)
+        self.target.cache.set_lengths(lengths, rows=slots)
+        stats.target_forward_calls += 1
+        stats.target_prefill_calls += 1
+        if max_new > 1:
+            # The draft's logits over the prompt are never used: its first step re-feeds the last prompt token.
+            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows)
+            self.draft.cache.set_lengths(lengths, rows=slots)
+            stats.draft_forward_calls += 1
+            stats.draft_prefill_calls += 1
+
+        first = first.to(self.device)
+        self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
+        _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids)
+        self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1)
+        stats.new_tokens[ids] += 1
+        stats.target_tokens[ids] += 1
+        stats.admitted_batches += 1
+        return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
+
+    def _drop(self, free: np.ndarray) -> None:
+        """Free slots with nothing left to admit leave the batch and both caches (one index_select per layer)."""
+        keep = np.flatnonzero(~free)
+        index = self.rows.keep(keep)
+        if len(keep):
+            for run in (self.target, self.draft):
+                run.cache.select_rows(index)
+            self.stats.row_selections += 1
 
 
 def speculative_greedy(
@@ -47,130 +197,4 @@ def speculative_greedy(
     settings: DecodeSettings,
     stats: BatchSpecStats,
 ) -> DecodeResult:
-    n_rows, width = prompts.shape
-    k, max_new = settings.num_assistant_tokens, settings.max_new_tokens
-    # Slots: a row's last real position is len + max_new - 2; verify padding may reach k past it.
-    slots = width + max_new + k
-    target_run = ModelRunner(target, n_rows, slots)
-    draft_run = ModelRunner(draft, n_rows, slots)
-    device = target_run.device
-    stop_ids = None if settings.stop_ids is None else settings.stop_ids.to(device)
-
-    tokens = torch.zeros((n_rows, slots), dtype=torch.long, device=device)  # [N, S]
-    tokens[:, :width] = prompts.to(device)
-    limits = prompt_lengths + max_new - 1
-    rows = ActiveRows(np.arange(n_rows), prompt_lengths, np.zeros(n_rows), limits, device)
-
-    first = _prefill(target_run, tokens[:, :width], rows, stats)  # [N]
-    if max_new > 1:
-        _prefill_draft(draft_run, tokens[:, :width], rows, stats)
-    count, finished = _commit(tokens, rows, first[:, None], torch.ones_like(first), stop_ids, max_new)
-    rows.advance(np.ones(n_rows, dtype=np.int64), count)
-    stats.new_tokens += 1
-    stats.target_tokens += 1
-    _retire(finished.cpu().numpy(), rows, [target_run, draft_run], stats)
-
-    while len(rows):
-        budget_h = rows.budgets(k, max_new)  # [B]
-        k_round = int(budget_h.max())
-        budget = torch.as_tensor(budget_h, device=device)
-        drafts = _draft(draft_run, tokens, rows, k_round)  # [B, k_round]
-        stats.draft_forward_calls += k_round
-        target_tokens = _verify(target_run, tokens, rows, drafts)  # [B, k_round+1]
-        accepted = greedy_accept(drafts, target_tokens, budget)  # [B]
-        count, finished = _commit(tokens, rows, target_tokens, accepted + 1, stop_ids, max_new)
-        # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
-        acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
-        stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h)
-        old_lengths = rows.lengths_h
-        rows.advance(count_h, count)
-        # Rollback by length: the target keeps pending + accepted drafts; the draft keeps what it ran
-        # (pending + d_1..d_{k-1}) that was accepted. Rejected slots are just beyond the new lengths.
-        target_run.cache.set_lengths(rows.lengths_h - 1)
-        draft_run.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
-        _retire(fin_h.astype(bool), rows, [target_run, draft_run], stats)
-
-    return DecodeResult(tokens, prompt_lengths, stats.new_tokens.copy(), stats)
-
-
-def _prefill(run: ModelRunner, prompts: torch.Tensor, rows: ActiveRows, stats: BatchSpecStats) -> torch.Tensor:
-    """Target prefill over right-packed prompts; returns each row's first new token `[N]`."""
-    width = prompts.shape[1]
-    last = rows.lengths - 1  # [N] column of each row's last prompt token
-    # Only the columns some row ends on need logits: up to N of them instead of the whole prompt.
-    keep_h = np.unique(rows.lengths_h - 1)
-    keep = torch.as_tensor(keep_h, device=run.device)
-    logits = run.forward(prompts, packed_positions(rows.lengths, width), rows.limits, width, keep=keep)
-    column = torch.searchsorted(keep, last.to(run.device))  # [N] index of each row's column in `keep`
-    first = logits[torch.arange(len(rows), device=logits.device), column.to(logits.device)].argmax(-1)
-    run.cache.set_lengths(rows.lengths_h)
-    stats.target_forward_calls += 1
-    stats.target_prefill_calls += 1
-    return first.to(prompts.device)
-
-
-def _prefill_draft(run: ModelRunner, prompts: torch.Tensor, rows: ActiveRows, stats: BatchSpecStats) -> None:
-    # The draft's logits over the prompt are never used: its first draft re-feeds the last prompt token.
-    width = prompts.shape[1]
-    run.forward(prompts, packed_positions(rows.lengths, width), rows.limits, width, keep=1)
-    run.cache.set_lengths(rows.lengths_h)
-    stats.draft_forward_calls += 1
-    stats.draft_prefill_calls += 1
-
-
-def _draft(run: ModelRunner, tokens: torch.Tensor, rows: ActiveRows, k: int) -> torch.Tensor:  # [B, k]
-    if k == 0:
-        return tokens.new_empty((len(rows), 0))
-    top = int(rows.lengths_h.max())
-    # First step feeds the last two committed tokens: after a fully accepted round the draft never ran its
-    # own last draft (the target's bonus token came after it), so the one before the pending token may be
-    # missing from its cache. Re-running it when it is there rewrites the same slot with the same prefix.
-    positions = rows.lengths.unsqueeze(1) - 2 + torch.arange(2, device=tokens.device)  # [B, 2]
-    step_input = tokens[rows.ids.unsqueeze(1), positions]
-    drafts = []
-    for j in range(k):
-        logits = run.forward(step_input, positions, rows.limits, top + j, keep=1)  # [B, 1, V]
-        drafts.append(logits[:, -1].argmax(-1))
-        step_input = drafts[-1].unsqueeze(1)
-        positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
-    return torch.stack(drafts, 1).to(tokens.device)
-
-
-def _verify(run: ModelRunner, tokens: torch.Tensor, rows: ActiveRows, drafts: torch.Tensor) -> torch.Tensor:
-    k = drafts.shape[1]
-    positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=tokens.device)  # [B, k+1]
-    pending = tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
-    top = int(rows.lengths_h.max())
-    logits = run.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k)  # [B, k+1, V]
-    return logits.argmax(-1).to(tokens.device)
-
-
-def _commit(
-    tokens: torch.Tensor,  # [N, S]
-    rows: ActiveRows,
-    candidates: torch.Tensor,  # [B, T] the target's tokens for this round
-    count: torch.Tensor,  # [B] how many of them the round keeps before stop ids
-    stop_ids: torch.Tensor | None,
-    max_new: int,
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] kept, [B] row finished)
-    """Write the round's tokens after each row's committed ones and decide which rows are done.
-
-    All T candidates are written: those past `count` lie beyond the row's new length and are overwritten by
-    later rounds, never read (the output takes `new_tokens` per row).
-    """
-    count, stopped = truncate_at_stop(candidates, count, stop_ids)
-    cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=tokens.device)  # [B, T]
-    tokens[rows.ids.unsqueeze(1), cols] = candidates
-    return count, stopped | (rows.generated + count >= max_new)
-
-
-def _retire(finished: np.ndarray, rows: ActiveRows, runs: list[ModelRunner], stats: BatchSpecStats) -> None:
-    """Drop finished rows from the batch and from every cache (one index_select per layer)."""
-    if not finished.any():
-        return
-    keep = np.flatnonzero(~finished)
-    index = rows.keep(keep)
-    if len(keep):
-        for run in runs:
-            run.cache.select_rows(index)
-        stats.row_selections += 1
+    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats).run()

@@ -49,6 +49,10 @@ class ModelRunner:
     ) -> torch.Tensor:  # [b, kept, V]
         tokens = tokens.to(self.device)
         positions = positions.to(self.device)
+        # Padding queries past a row's end share the cache's last slot, which no real token is ever written
+        # to or read from: the cache stays bounded by rows x (longest prompt + max_new_tokens).
+        positions = positions.clamp(max=self.cache.num_slots - 1)
+        kv_len = min(kv_len, self.cache.num_slots)
         self.cache.begin(positions, kv_len, rows)
         # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is
         # discarded, but an absolute-position model must not see ids it was never trained on.

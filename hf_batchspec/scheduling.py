@@ -1,8 +1,13 @@
-"""Which rows are in the forward batch, and the per-row counters the decode loop advances.
+"""Which prompts are in the forward batch: the slot pool, the waiting queue, per-row counters.
 
-Each counter lives twice: a numpy array on the host (for decisions: draft budgets, kv lengths, which rows
-finished) and a tensor on the device (for building inputs without a sync). Both are advanced from the same
-per-round values, which the loop brings to the host once per round.
+The batch has `max_batch_size` slots; slot i is cache row i of both models. EQSPEC admits every prompt at
+once (as many slots as prompts). EXSPEC admits up to `max_batch_size` and, when rows finish while prompts
+wait, prefills waiting prompts into the freed slots: the other rows' KV stays where it is. Once nothing
+waits, finished slots are dropped from the batch (one `index_select` per layer), so the batch shrinks.
+
+Each per-row counter lives twice: a numpy array on the host (for decisions: draft budgets, kv lengths,
+which rows finished) and a tensor on the device (for building inputs without a sync). Both are advanced
+from the same per-round values, which the loop brings to the host once per round.
 """
 
 from __future__ import annotations
@@ -10,31 +15,49 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+_FIELDS = ("ids", "lengths", "generated", "limits")
+
+
+class PromptQueue:
+    """Prompts waiting for a slot, by original index: FIFO, or shortest first with `sort_by_length`."""
+
+    def __init__(self, prompt_lengths: np.ndarray, sort_by_length: bool = False):
+        order = np.argsort(prompt_lengths, kind="stable") if sort_by_length else np.arange(len(prompt_lengths))
+        self._order = order.astype(np.int64)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._order) - self._next
+
+    def take(self, n: int) -> np.ndarray:
+        taken = self._order[self._next : self._next + n]
+        self._next += len(taken)
+        return taken
+
 
 class ActiveRows:
-    """Rows being decoded: original index, committed length, tokens generated, last allowed position.
+    """Per-slot state: original prompt index, committed length, tokens generated, last allowed position.
 
     A row's committed tokens occupy positions 0..length-1; the newest one (at length-1) is *pending*: the
     target has chosen it but not yet run it, so it is not in the target's cache.
     """
 
-    def __init__(self, ids: np.ndarray, lengths: np.ndarray, generated: np.ndarray, limits: np.ndarray, device):
+    def __init__(self, slots: int, device):
         self.device = device
-        self.ids_h = np.asarray(ids, dtype=np.int64)
-        self.lengths_h = np.asarray(lengths, dtype=np.int64)
-        self.generated_h = np.asarray(generated, dtype=np.int64)
-        self.limits_h = np.asarray(limits, dtype=np.int64)
-        self._to_device()
-
-    def _to_device(self) -> None:
-        as_t = lambda a: torch.as_tensor(a, device=self.device)  # noqa: E731
-        self.ids = as_t(self.ids_h)
-        self.lengths = as_t(self.lengths_h)
-        self.generated = as_t(self.generated_h)
-        self.limits = as_t(self.limits_h)
+        for name in _FIELDS:
+            setattr(self, name + "_h", np.zeros(slots, dtype=np.int64))
+            setattr(self, name, torch.zeros(slots, dtype=torch.long, device=device))
 
     def __len__(self) -> int:
         return int(self.ids_h.shape[0])
+
+    def place(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray, generated: np.ndarray,
+              limits: np.ndarray) -> None:
+        """Put newly admitted prompts into `slots` (host and device copies alike)."""
+        index = torch.as_tensor(slots, device=self.device)
+        for name, values in zip(_FIELDS, (ids, lengths, generated, limits)):
+            getattr(self, name + "_h")[slots] = values
+            getattr(self, name)[index] = torch.as_tensor(values, device=self.device)
 
     def budgets(self, k: int, max_new_tokens: int) -> np.ndarray:  # [B] drafts each row may use this round
         """A round yields up to budget+1 tokens; no row drafts more than it still needs."""
@@ -47,10 +70,9 @@ class ActiveRows:
         self.generated = self.generated + count
 
     def keep(self, keep: np.ndarray) -> torch.Tensor:
-        """Keep only rows `keep` (local indices, in order); returns them as a device index for the caches."""
-        self.ids_h, self.lengths_h = self.ids_h[keep], self.lengths_h[keep]
-        self.generated_h, self.limits_h = self.generated_h[keep], self.limits_h[keep]
+        """Keep only slots `keep` (in order); returns them as a device index for the caches."""
         index = torch.as_tensor(keep, device=self.device)
-        self.ids, self.lengths = self.ids[index], self.lengths[index]
-        self.generated, self.limits = self.generated[index], self.limits[index]
+        for name in _FIELDS:
+            setattr(self, name + "_h", getattr(self, name + "_h")[keep])
+            setattr(self, name, getattr(self, name)[index])
         return index

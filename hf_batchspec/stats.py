@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 
@@ -27,7 +26,12 @@ class BatchSpecStats:
     draft_forward_calls: int = 0  # prefill calls + draft steps
     target_prefill_calls: int = 0
     draft_prefill_calls: int = 0
-    row_selections: int = 0  # times finished rows were dropped from the caches
+    row_selections: int = 0  # times finished rows were dropped from the caches (one index_select per layer)
+    admitted_batches: int = 0  # prefills that admitted prompts into free slots (the first one included)
+    cache_rows: int = 0  # rows (slots) of each model's cache
+    cache_slots_per_row: int = 0  # positions each cache row holds
+    active_rows: list = field(default_factory=list)  # rows in the batch at each verify round
+    waiting_rows: list = field(default_factory=list)  # prompts waiting for a slot at each verify round
     new_tokens: np.ndarray = field(default=None)  # [N] tokens generated per row, through its stop id
     accepted_tokens: np.ndarray = field(default=None)  # [N] drafted tokens the target accepted and kept
     drafted_tokens: np.ndarray = field(default=None)  # [N] drafts offered for verification
@@ -39,9 +43,12 @@ class BatchSpecStats:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
 
-    def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray) -> None:
+    def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray,
+                  waiting: int = 0) -> None:
         """Account one verify round for the active `rows` (original indices, unique)."""
         self.rounds += 1
+        self.active_rows.append(len(rows))
+        self.waiting_rows.append(waiting)
         self.target_forward_calls += 1
         self.row_rounds[rows] += 1
         self.drafted_tokens[rows] += drafted
@@ -54,6 +61,11 @@ class BatchSpecStats:
         """Mean tokens a row gains per verify round it takes part in (accepted drafts + the target's token)."""
         rounds = self.row_rounds.sum()
         return float((self.new_tokens.sum() - (self.new_tokens > 0).sum()) / rounds) if rounds else 0.0
+
+    @property
+    def occupancy(self) -> float:
+        """Mean share of cache rows busy per verify round."""
+        return float(np.mean(self.active_rows) / self.cache_rows) if self.active_rows else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -71,6 +83,9 @@ class BatchSpecStats:
             "new_tokens": int(self.new_tokens.sum()),
             "tokens_per_round": round(self.tokens_per_round, 3),
             "acceptance_rate": round(self.acceptance_rate, 3),
+            "occupancy": round(self.occupancy, 3),
+            "admitted_batches": self.admitted_batches,
+            "row_selections": self.row_selections,
         }
 
 
@@ -80,6 +95,3 @@ class BatchSpecGenerateOutput(GenerateDecoderOnlyOutput):
 
     spec_stats: BatchSpecStats | None = None
 
-
-def as_tensor(values: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(values))

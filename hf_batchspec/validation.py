@@ -12,6 +12,7 @@ from .masks import attention_layout
 
 STRATEGIES = ("eqspec", "exspec")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
+DEFAULT_MAX_BATCH_SIZE = 32
 _HF_DEFAULTS = GenerationConfig()
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 # model_kwargs that transformers' own generate() prepares; anything else came from the caller
@@ -74,7 +75,7 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
             raise BatchSpecError(f"batch_spec={batch_spec!r} needs a draft model: pass assistant_model=...")
         return None
     if batch_spec is None:
-        return "eqspec" if batch_size is not None and batch_size > 1 else None
+        return "exspec" if batch_size is not None and batch_size > 1 else None
     return batch_spec
 
 
@@ -205,3 +206,19 @@ def check_draft_schedule(kwargs: dict, draft) -> None:
             f"assistant_confidence_threshold={threshold} is not supported with batch_spec yet; every row drafts "
             "num_assistant_tokens tokens (set it to 0 or leave it unset)."
         )
+
+
+def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_size: int) -> tuple[int, bool]:
+    """EXSPEC's pool size and admission order; EQSPEC decodes every prompt at once and takes neither."""
+    if strategy != "exspec":
+        for name, value in (("max_batch_size", max_batch_size), ("sort_by_length", sort_by_length)):
+            if value is not None:
+                raise BatchSpecError(
+                    f"`{name}` applies to batch_spec='exspec' only; eqspec decodes every prompt at once."
+                )
+        return batch_size, False
+    if max_batch_size is None:
+        max_batch_size = min(batch_size, DEFAULT_MAX_BATCH_SIZE)
+    if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
+        raise BatchSpecError(f"max_batch_size must be a positive integer; got {max_batch_size!r}.")
+    return max_batch_size, bool(sort_by_length)

@@ -1,0 +1,102 @@
+"""EXSPEC: a pool of `max_batch_size` slots refilled from a queue of prompts, exact and bounded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from hf_batchspec import RaggedCache
+from tests.reference import left_pad, plain_greedy
+from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+
+
+class CacheWatch:
+    """Looks at the caches the models really receive (forward pre-hooks), and at every verify forward."""
+
+    def __init__(self, *models):
+        self.max_rows = self.max_slots = 0
+        self.verify_batches = []
+        self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in models]
+        self.target = models[0]
+
+    def _hook(self, module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if not isinstance(cache, RaggedCache):
+            return  # a reference run of transformers' own generate
+        for layer in cache.layers:
+            if layer.keys is not None:
+                self.max_rows = max(self.max_rows, layer.keys.shape[0])
+                self.max_slots = max(self.max_slots, layer.keys.shape[2])
+        keep = kwargs.get("logits_to_keep")
+        if module is self.target and isinstance(keep, int) and keep == 0:
+            # verify keeps every column; prefills keep a column index tensor, draft steps the last column
+            self.verify_batches.append(kwargs["input_ids"].shape[0])
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "gpt2"])
+@settings(max_examples=15)
+@given(req=requests(max_rows=40, max_prompt=24, max_new=24), data=st.data())
+def test_exspec_equals_plain_greedy_with_bounded_cache(arch, req, data):
+    target = target_model(arch)
+    draft = draft_model(arch, req["draft"])
+    max_batch_size = data.draw(st.integers(1, 8), label="max_batch_size")
+    sort = data.draw(st.booleans(), label="sort_by_length")
+    watch = CacheWatch(target, draft) if draft is not target else CacheWatch(target)
+    try:
+        stats = check_against_plain_greedy(target, draft, req, data, strategy="exspec",
+                                           max_batch_size=max_batch_size, sort_by_length=sort)
+    finally:
+        watch.close()
+    longest = max(len(p) for p in req["prompts"])
+    assert watch.max_rows <= max_batch_size
+    assert watch.max_slots <= longest + req["max_new"]
+    assert watch.verify_batches == stats.active_rows  # the stats report the batches the target really ran
+
+
+def test_finished_rows_are_replaced_while_prompts_wait():
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 128, (int(n),), generator=generator).tolist()
+               for n in torch.randint(1, 30, (30,), generator=generator)]
+    ids, mask = left_pad(prompts, 0)
+    # different budgets per row come from stop ids: take a frequent generated token as EOS
+    free_run = [t for p in prompts[:6] for t in plain_greedy(target, p, 20, None)]
+    eos = max(set(free_run), key=free_run.count)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=4,
+                          max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                          return_dict_in_generate=True)
+    stats = out.spec_stats
+    assert stats.admitted_batches > 1 and max(stats.waiting_rows) > 0
+    for active, waiting in zip(stats.active_rows, stats.waiting_rows):
+        if waiting:
+            assert active == 4, "a slot stayed empty while prompts waited"
+    assert stats.occupancy > 0.8
+    for row, prompt in enumerate(prompts):  # and rows come back in input order
+        new = plain_greedy(target, prompt, 20, (eos,))
+        assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(new)].tolist() == new
+
+
+def test_exspec_is_the_default_for_batches(target=None):
+    target = target_model("llama")
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft_model("llama", "perturbed"),
+                          max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    assert out.spec_stats.strategy == "exspec"
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_spec="eqspec", max_batch_size=2),
+                                    dict(batch_spec="eqspec", sort_by_length=True),
+                                    dict(batch_spec="exspec", max_batch_size=0)])
+def test_pool_options_are_checked(kwargs):
+    target = target_model("llama")
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], 0)
+    with pytest.raises(hf_batchspec.BatchSpecError, match="max_batch_size|sort_by_length"):
+        target.generate(ids, attention_mask=mask, assistant_model=target, max_new_tokens=3, **kwargs)
