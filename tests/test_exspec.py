@@ -100,3 +100,19 @@ def test_pool_options_are_checked(kwargs):
     ids, mask = left_pad([[5, 6], [7, 8, 9]], 0)
     with pytest.raises(hf_batchspec.BatchSpecError, match="max_batch_size|sort_by_length"):
         target.generate(ids, attention_mask=mask, assistant_model=target, max_new_tokens=3, **kwargs)
+
+
+def test_forward_timer_sees_every_forward_the_stats_count():
+    from hf_batchspec.profiling import ForwardTimer
+
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    ids, mask = left_pad([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], 0)
+    with ForwardTimer(target, draft) as timer:
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
+                              max_new_tokens=9, do_sample=False, pad_token_id=0, eos_token_id=None,
+                              return_dict_in_generate=True)
+    stats = out.spec_stats
+    assert timer.calls == stats.target_forward_calls + stats.draft_forward_calls
+    assert 0.0 <= timer.forward_seconds <= timer.wall_seconds
+    assert stats.target_prefill_calls == stats.draft_prefill_calls == stats.admitted_batches >= 2
