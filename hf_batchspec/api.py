@@ -7,6 +7,7 @@ special tokens, max length, logits processors, stopping criteria) by handing it 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -16,6 +17,7 @@ from transformers import GenerationMixin
 from . import validation
 from .decoding import DecodeResult, DecodeSettings, speculative_greedy
 from .masks import right_pack
+from .peft_support import row_adapters
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 
 
@@ -121,7 +123,10 @@ def _batch_spec_decode(
                               sort_by_length)
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
-    result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats)
+    adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them
+    with adapters or contextlib.nullcontext():
+        result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,
+                                    on_rows=adapters.select if adapters else None)
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
     if generation_config.return_dict_in_generate:
         return BatchSpecGenerateOutput(sequences=sequences, spec_stats=stats)

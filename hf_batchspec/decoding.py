@@ -45,7 +45,8 @@ class DecodeResult:
 class _Decoder:
     """State of one generate call: both models' runners, the token buffer, the slot pool and the queue."""
 
-    def __init__(self, target, draft, prompts, prompt_lengths, settings: DecodeSettings, stats: BatchSpecStats):
+    def __init__(self, target, draft, prompts, prompt_lengths, settings: DecodeSettings, stats: BatchSpecStats,
+                 on_rows=None):
         n_rows, width = prompts.shape
         self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
         k, max_new = settings.num_assistant_tokens, settings.max_new_tokens
@@ -54,6 +55,7 @@ class _Decoder:
         cache_len = width + max_new
         self.target = ModelRunner(target, slots, cache_len)
         self.draft = ModelRunner(draft, slots, cache_len)
+        self.target.on_rows = self.draft.on_rows = on_rows
         self.device = self.target.device
         self.stop_ids = None if settings.stop_ids is None else settings.stop_ids.to(self.device)
         # Token ids by original row and position; padding candidates may land up to k+1 past a row's end.
@@ -107,7 +109,7 @@ class _Decoder:
         step_input = self.tokens[rows.ids.unsqueeze(1), positions]
         drafts = []
         for j in range(k):
-            logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1)  # [B, 1, V]
+            logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1, row_ids=rows.ids_h)
             drafts.append(logits[:, -1].argmax(-1))
             step_input = drafts[-1].unsqueeze(1)
             positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
@@ -118,7 +120,8 @@ class _Decoder:
         positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
         pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
         top = int(rows.lengths_h.max())
-        logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k)
+        logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k,
+                                     row_ids=rows.ids_h)  # [B, k+1, V]
         return logits.argmax(-1).to(self.device)
 
     def _commit(self, candidates: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +160,7 @@ class _Decoder:
 
         # Target: only the columns some row ends on need logits (up to n of them instead of P).
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
-        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows)
+        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         first = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].argmax(-1)
         self.target.cache.set_lengths(lengths, rows=slots)
@@ -165,7 +168,7 @@ class _Decoder:
         stats.target_prefill_calls += 1
         if max_new > 1:
             # The draft's logits over the prompt are never used: its first step re-feeds the last prompt token.
-            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows)
+            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids)
             self.draft.cache.set_lengths(lengths, rows=slots)
             stats.draft_forward_calls += 1
             stats.draft_prefill_calls += 1
@@ -196,5 +199,6 @@ def speculative_greedy(
     prompt_lengths: np.ndarray,  # [N]
     settings: DecodeSettings,
     stats: BatchSpecStats,
+    on_rows=None,  # called before each forward with its rows' original indices
 ) -> DecodeResult:
-    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats).run()
+    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows).run()

@@ -36,7 +36,7 @@ class ModelRunner:
         self.dtype = compute_dtype(model)
         self._cache_kwarg = compat.cache_kwarg(model)
         self._keeps_logits = compat.accepts(model, "logits_to_keep")
-        self.calls = 0
+        self.on_rows = None  # called with each forward's original row indices (per-row LoRA adapters)
 
     def forward(
         self,
@@ -46,7 +46,10 @@ class ModelRunner:
         kv_len: int,  # slots the attention reads (host int: max position in the forward + 1)
         keep: int | torch.Tensor = 0,  # logits to return: last `keep` columns (0 = all) or column indices
         rows: torch.Tensor | None = None,  # [b] cache rows, when the forward covers only some rows
+        row_ids=None,  # [b] host array: the original prompt index of each row (for `on_rows`)
     ) -> torch.Tensor:  # [b, kept, V]
+        if self.on_rows is not None:
+            self.on_rows(row_ids)
         tokens = tokens.to(self.device)
         positions = positions.to(self.device)
         # Padding queries past a row's end share the cache's last slot, which no real token is ever written
@@ -67,7 +70,6 @@ class ModelRunner:
             keep = keep.to(self.device)
         if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
-        self.calls += 1
         logits = self.model(input_ids=tokens, **kwargs).logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits

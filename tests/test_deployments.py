@@ -1,0 +1,112 @@
+"""The models people really run: bitsandbytes quantization, PEFT LoRA, accelerate dispatch and processes.
+
+All real: bitsandbytes quantizes on the CPU, PEFT injects real LoRA layers, accelerate offloads a layer to
+disk and `accelerate launch` starts two gloo processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+import hf_batchspec
+from tests.reference import left_pad, plain_greedy
+from tests.tiny_models import build, perturbed
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17], [18], [19, 20, 21]]
+NEW = 14
+
+
+def check_rows(target, draft, prompts=PROMPTS, reference=None, **kwargs):
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=3,
+                          max_new_tokens=NEW, do_sample=False, pad_token_id=0, eos_token_id=None,
+                          return_dict_in_generate=True, **kwargs)
+    reference = reference or (lambda row, p: plain_greedy(target, p, NEW, None))
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == reference(row, prompt), f"row {row}"
+    return out.spec_stats
+
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    build("llama").save_pretrained(path)
+    return path
+
+
+QUANT = {
+    "nf4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32),
+    "fp4": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32),
+    # LLM.int8 with threshold 0 is batch-independent (the default 6.0 picks outlier columns over the batch)
+    "int8": BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0),
+}
+
+
+@pytest.mark.parametrize("quant", sorted(QUANT))
+def test_quantized_target_and_draft(saved_llama, quant):
+    load = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
+        saved_llama, quantization_config=QUANT[quant], device_map="cpu", dtype=torch.float32).eval()
+    target = hf_batchspec.enable(load())
+    assert "bitsandbytes" in type(target.model.layers[0].mlp.down_proj).__module__
+    check_rows(target, perturbed(build("llama"), 0.05))  # plain draft
+    check_rows(target, load(), batch_spec="eqspec")  # quantized draft (the same weights: agrees fully)
+
+
+def test_lora_target_unmerged_merged_and_per_row_adapters():
+    lora = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    model = get_peft_model(build("llama"), LoraConfig(**lora)).eval()
+    model.add_adapter("other", LoraConfig(**lora))
+    assert hf_batchspec.enable(model) is model
+    draft = perturbed(build("llama"), 0.05)
+    check_rows(model, draft)  # generate through the PEFT wrapper, adapter unmerged
+    assert any(plain_greedy(model, p, NEW, None) != plain_greedy(build("llama"), p, NEW, None) for p in PROMPTS)
+
+    names = ["default", "other", "default", "__base__", "other"]
+
+    def alone(row, prompt):
+        x = torch.tensor([prompt])
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False,
+                             pad_token_id=0, eos_token_id=None, adapter_names=[names[row]])
+        return out[0, len(prompt):].tolist()
+
+    # per-row adapters through exspec with 2 slots: rows enter and leave, each keeps its own adapter
+    check_rows(model, draft, reference=alone, adapter_names=names, batch_spec="exspec", max_batch_size=2)
+
+    model.merge_adapter()  # merged in place: same outputs, now from plain Linear weights
+    check_rows(model, draft)
+    merged = hf_batchspec.enable(model.merge_and_unload())
+    check_rows(merged, draft)
+
+
+def test_dispatched_target_with_disk_offload(saved_llama, tmp_path):
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    target = AutoModelForCausalLM.from_pretrained(saved_llama, device_map=device_map, offload_folder=str(tmp_path))
+    assert hasattr(target.model.layers[1], "_hf_hook")  # accelerate's offload hook is really there
+    hf_batchspec.enable(target)
+    check_rows(target.eval(), perturbed(build("llama"), 0.05))
+
+
+def test_accelerate_launch_two_processes_equals_one(tmp_path):
+    script = ROOT / "examples" / "multiprocess.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    multi, single = tmp_path / "multi.json", tmp_path / "single.json"
+    run = lambda cmd: subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # noqa
+    result = run(launch + [str(script), "--output", str(multi)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    result = run([sys.executable, str(script), "--single", "--output", str(single)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(multi.read_text()) == json.loads(single.read_text())
