@@ -1,0 +1,85 @@
+"""GPU lane: the equivalence property on CUDA in fp16/bf16, and bitsandbytes 4-bit on the GPU.
+
+Skipped without CUDA (run it with the `device` tool: `python -m pytest -m gpu -s`). In low precision a
+verify over k+1 tokens and a 1-token step can round a true near-tie differently, so exact equality is not
+the criterion: every divergence must happen where the reference's top-2 logit margin is within the dtype's
+rounding error. The exact-match rate is printed (run with -s).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from tests.reference import left_pad
+from tests.tiny_models import VOCAB, build, perturbed
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu lane: needs CUDA")]
+
+RESULTS: dict[str, list[bool]] = {}
+
+
+def greedy_alone(model, prompt, max_new):
+    ids = torch.tensor([prompt], device="cuda")
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                         pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+def near_tie(model, prefix: list[int], dtype: torch.dtype) -> bool:
+    """Is the reference's choice after `prefix` within rounding of the runner-up?"""
+    with torch.no_grad():
+        logits = model(torch.tensor([prefix], device="cuda")).logits[0, -1].float()
+    top2 = logits.topk(2).values
+    # a few ulps of the logits' magnitude in this dtype
+    return bool(top2[0] - top2[1] <= 8 * torch.finfo(dtype).eps * top2[0].abs().clamp(min=1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "mistral"])
+@settings(max_examples=10)
+@given(data=st.data())
+def test_low_precision_diverges_only_at_near_ties(arch, dtype, data):
+    target = hf_batchspec.enable(build(arch).to("cuda", dtype))
+    draft = perturbed(build(arch), 0.05).to("cuda", dtype)
+    rows = data.draw(st.integers(1, 12))
+    lengths = data.draw(st.lists(st.integers(1, 40), min_size=rows, max_size=rows))
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    max_new = data.draw(st.integers(1, 40))
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft,
+                          num_assistant_tokens=data.draw(st.integers(1, 8)), max_new_tokens=max_new,
+                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    for row, prompt in enumerate(prompts):
+        ours = out[row, ids.shape[1]:].tolist()
+        ref = greedy_alone(target, prompt, max_new)
+        exact = ours == ref
+        RESULTS.setdefault(f"{arch}/{dtype}", []).append(exact)
+        if not exact:
+            first = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+            assert near_tie(target, prompt + ref[:first], dtype), f"row {row} diverged at {first} without a near-tie"
+
+
+def test_bnb_4bit_on_gpu(tmp_path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    build("llama").save_pretrained(tmp_path)
+    target = hf_batchspec.enable(AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+        device_map="cuda:0"))
+    draft = perturbed(build("llama"), 0.05).cuda()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, max_new_tokens=16,
+                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    for row, prompt in enumerate(prompts):
+        assert out[row, ids.shape[1]:].tolist() == greedy_alone(target, prompt, 16)
+
+
+def teardown_module(module):
+    for key, matches in sorted(RESULTS.items()):
+        print(f"gpu lane exact-match rate {key}: {sum(matches)}/{len(matches)} rows")
