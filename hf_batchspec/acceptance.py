@@ -39,3 +39,42 @@ def truncate_at_stop(
     hit = is_stop.any(-1)
     first = torch.where(is_stop, cols, tokens.shape[1]).min(-1).values  # [B]
     return torch.where(hit, first + 1, count), hit
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:  # [..., V] -> [...]
+    """One draw per row from (unnormalised) `probs`, without a host sync: argmax of p / E with E ~ Exp(1)
+    (the exponential race; scale-free, so residuals need no normalisation)."""
+    noise = torch.empty_like(probs, dtype=torch.float32).exponential_(generator=generator)
+    return (probs / noise.clamp_(min=torch.finfo(torch.float32).tiny)).argmax(-1)
+
+
+def speculative_sample(
+    draft_tokens: torch.Tensor,  # [B, k] sampled from draft_probs
+    draft_probs: torch.Tensor,  # [B, k, V] q: the draft's distribution at each drafted position
+    target_probs: torch.Tensor,  # [B, k+1, V] p: the target's distribution at the pending token and each draft
+    budget: torch.Tensor,  # [B] drafts each row may use (<= k)
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] accepted drafts, [B] the token that follows them)
+    """Speculative rejection sampling, every row at once: the kept tokens are distributed as sampling from the
+    target alone.
+
+    Draft i is accepted with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection the next token is
+    drawn from the residual max(0, p - q) (renormalised); after a fully accepted budget, the bonus token is
+    drawn from p. Drafts beyond a row's budget count as not offered.
+    """
+    batch, k = draft_tokens.shape
+    rows = torch.arange(batch, device=draft_tokens.device)
+    p_draft = target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, k]
+    q_draft = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, k]
+    u = torch.rand((batch, k), generator=generator, device=draft_tokens.device)
+    offered = torch.arange(k, device=budget.device) < budget.unsqueeze(1)  # [B, k]
+    accept = (u * q_draft < p_draft) & offered  # u < p/q without dividing by q
+    accepted = ((~accept).cumsum(-1) == 0).sum(-1)  # [B] length of the accepted prefix
+    p_next = target_probs[rows, accepted]  # [B, V]
+    q_padded = torch.cat((draft_probs, draft_probs.new_zeros((batch, 1, draft_probs.shape[-1]))), 1)  # [B, k+1, V]
+    rejected = (accepted < budget).unsqueeze(1)  # [B, 1] a draft was offered at `accepted` and refused
+    q_next = torch.where(rejected, q_padded[rows, accepted], 0.0)
+    residual = (p_next - q_next).clamp(min=0)
+    # p == q at that position (possible only in rounding) makes a rejection impossible; p is then the exact choice
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_next)
+    return accepted, sample(residual, generator)

@@ -44,6 +44,7 @@ class BatchSpeculativeGenerationMixin:
         batch_spec: str | None = None,
         max_batch_size: int | None = None,
         sort_by_length: bool | None = None,
+        generator: torch.Generator | None = None,
         **kwargs,
     ):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
@@ -52,6 +53,9 @@ class BatchSpeculativeGenerationMixin:
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
                                                                  batch_size or 1)
         if strategy is None:
+            if generator is not None:
+                raise validation.BatchSpecError("`generator` applies to batch_spec decoding only; use "
+                                                "torch.manual_seed for transformers' own generate.")
             return super().generate(
                 inputs=inputs,
                 generation_config=generation_config,
@@ -80,6 +84,7 @@ class BatchSpeculativeGenerationMixin:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
+        validation.check_generator(generator)
         decode = functools.partial(
             _batch_spec_decode,
             assistant_model=assistant_model,
@@ -87,6 +92,7 @@ class BatchSpeculativeGenerationMixin:
             num_assistant_tokens=num_assistant_tokens,
             max_batch_size=max_batch_size,
             sort_by_length=sort_by_length,
+            generator=generator,
             raw_attention_mask=kwargs.get("attention_mask"),
         )
         return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
@@ -105,6 +111,7 @@ def _batch_spec_decode(
     num_assistant_tokens: int,
     max_batch_size: int,
     sort_by_length: bool,
+    generator: torch.Generator | None,
     raw_attention_mask: torch.Tensor | None,
     **model_kwargs,
 ):
@@ -119,8 +126,10 @@ def _batch_spec_decode(
             f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
-    settings = DecodeSettings(max_new, num_assistant_tokens, _stop_ids(generation_config), max_batch_size,
-                              sort_by_length)
+    settings = DecodeSettings(
+        max_new, num_assistant_tokens, _stop_ids(generation_config), max_batch_size, sort_by_length,
+        do_sample=bool(generation_config.do_sample), warpers=tuple(logits_processor or ()), generator=generator,
+    )
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
     adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .acceptance import greedy_accept, truncate_at_stop
+from .acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
 from .masks import packed_positions
+from .processors import probabilities
 from .runner import ModelRunner
 from .scheduling import ActiveRows, PromptQueue
 from .stats import BatchSpecStats
@@ -32,6 +33,9 @@ class DecodeSettings:
     stop_ids: torch.Tensor | None  # [E] ids that end a row (every eos_token_id)
     max_batch_size: int  # slots decoded at once; prompts beyond wait for a free slot
     sort_by_length: bool = False
+    do_sample: bool = False  # speculative sampling; greedy otherwise (no random numbers drawn)
+    warpers: tuple = ()  # row-local logits warpers (temperature, top-k, top-p, ...) for p and q
+    generator: torch.Generator | None = None
 
 
 @dataclass
@@ -81,10 +85,11 @@ class _Decoder:
         rows, stats, k = self.rows, self.stats, self.settings.num_assistant_tokens
         budget_h = rows.budgets(k, self.settings.max_new_tokens)  # [B]
         k_round = int(budget_h.max())
-        drafts = self._draft(k_round)  # [B, k_round]
-        target_tokens = self._verify(drafts)  # [B, k_round+1]
-        accepted = greedy_accept(drafts, target_tokens, torch.as_tensor(budget_h, device=self.device))  # [B]
-        count, finished = self._commit(target_tokens, accepted + 1)
+        drafts, draft_probs = self._draft(k_round)  # [B, k_round], [B, k_round, V] when sampling
+        target_logits = self._verify(drafts)  # [B, k_round+1, V]
+        budget = torch.as_tensor(budget_h, device=self.device)
+        accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k_round+1]
+        count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
         stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
@@ -97,32 +102,55 @@ class _Decoder:
         self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
         return fin_h.astype(bool)
 
-    def _draft(self, k: int) -> torch.Tensor:  # [B, k]
+    def _draft(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, k] tokens, [B, k, V] q
         rows = self.rows
         if k == 0:
-            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device)
+            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None
         top = int(rows.lengths_h.max())
         # First step feeds the last two committed tokens: after a fully accepted round the draft never ran
         # its own last draft (the target's bonus came after it), so the token before the pending one may be
         # missing from its cache. When it is there, re-running it rewrites its slot with the same prefix.
         positions = rows.lengths.unsqueeze(1) - 2 + torch.arange(2, device=self.device)  # [B, 2]
         step_input = self.tokens[rows.ids.unsqueeze(1), positions]
-        drafts = []
+        drafts, probs = [], []
         for j in range(k):
             logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1, row_ids=rows.ids_h)
-            drafts.append(logits[:, -1].argmax(-1))
+            if self.settings.do_sample:
+                probs.append(probabilities(logits[:, -1].to(self.device), self.settings.warpers))  # [B, V]
+                drafts.append(sample(probs[-1], self.settings.generator))
+            else:
+                drafts.append(logits[:, -1].argmax(-1).to(self.device))
             step_input = drafts[-1].unsqueeze(1)
             positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
-        return torch.stack(drafts, 1).to(self.device)
+        return torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None
 
-    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1] the target's greedy tokens
+    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
         rows, k = self.rows, drafts.shape[1]
         positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
         pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
         top = int(rows.lengths_h.max())
         logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k,
-                                     row_ids=rows.ids_h)  # [B, k+1, V]
-        return logits.argmax(-1).to(self.device)
+                                     row_ids=rows.ids_h)
+        return logits.to(self.device)
+
+    def _accept(self, drafts, draft_probs, target_logits, budget) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accepted drafts per row `[B]` and the round's candidate tokens `[B, k+1]`: the first `accepted + 1`
+        of each row are kept (the accepted drafts, then the target's correction or bonus token)."""
+        if not self.settings.do_sample:
+            target_tokens = target_logits.argmax(-1)  # accepted drafts equal these, so they are the candidates
+            return greedy_accept(drafts, target_tokens, budget), target_tokens
+        target_probs = probabilities(target_logits, self.settings.warpers)  # [B, k+1, V]
+        if draft_probs is None:  # no row had a draft budget: a plain sampling step
+            draft_probs = target_probs[:, :0]
+        accepted, following = speculative_sample(drafts, draft_probs, target_probs, budget, self.settings.generator)
+        candidates = torch.cat((drafts, following.unsqueeze(1)), 1)
+        candidates.scatter_(1, accepted.unsqueeze(1), following.unsqueeze(1))
+        return accepted, candidates
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:  # [n, V] -> [n] the target's own next token
+        if self.settings.do_sample:
+            return sample(probabilities(logits, self.settings.warpers), self.settings.generator)
+        return logits.argmax(-1)
 
     def _commit(self, candidates: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a round's tokens after each row's committed ones; returns (kept [B], finished [B]).
@@ -162,7 +190,8 @@ class _Decoder:
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
         logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
-        first = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].argmax(-1)
+        first = self._choose(logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(
+            self.device))
         self.target.cache.set_lengths(lengths, rows=slots)
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1

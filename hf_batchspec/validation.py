@@ -9,6 +9,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from . import compat
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
+from .processors import prefix_processors
 
 STRATEGIES = ("eqspec", "exspec")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
@@ -19,7 +20,6 @@ SUPPORTED_ATTENTION = ("eager", "sdpa")
 _PREPARED_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "cache", "past_key_values", "use_cache"}
 # generation_config fields whose feature arrives in a later release: asked for, they raise
 _NOT_YET = {
-    "do_sample": "sampling",
     "output_scores": "output_scores",
     "output_logits": "output_logits",
     "output_attentions": "output_attentions",
@@ -153,11 +153,13 @@ def check_generation_config(config: GenerationConfig, logits_processor, stopping
                 f"{feature} ({name}=True) is not supported with batch_spec yet; pass {name}=False "
                 "(greedy decoding) or call without assistant_model."
             )
-    if logits_processor:
-        names = ", ".join(type(p).__name__ for p in logits_processor)
+    prefix_dependent = prefix_processors(logits_processor)
+    if prefix_dependent:
+        names = ", ".join(type(p).__name__ for p in prefix_dependent)
         raise BatchSpecError(
-            f"Logits processors are not supported with batch_spec yet (this call builds: {names}); remove the "
-            "generation settings that create them (repetition_penalty, min_new_tokens, bad_words_ids, ...)."
+            f"Logits processors that read the prefix are not supported with batch_spec yet (this call builds: "
+            f"{names}); remove the generation settings that create them (repetition_penalty, min_new_tokens, "
+            "bad_words_ids, ...). Sampling warpers (temperature, top_k, top_p, min_p) are supported."
         )
     extra = [type(c).__name__ for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
     if extra:
@@ -222,3 +224,8 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
     if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
         raise BatchSpecError(f"max_batch_size must be a positive integer; got {max_batch_size!r}.")
     return max_batch_size, bool(sort_by_length)
+
+
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise BatchSpecError(f"generator must be a torch.Generator; got {type(generator).__name__}.")

@@ -37,7 +37,8 @@ def batch():
 CASES = {
     "beams": (dict(num_beams=2), "num_beams"),
     "return_sequences": (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
-    "sampling": (dict(do_sample=True), "sampling"),
+    "prefix_processor_when_sampling": (dict(do_sample=True, no_repeat_ngram_size=2), "NoRepeatNGram"),
+    "bad_generator": (dict(generator=3), "generator"),
     "repetition_penalty": (dict(repetition_penalty=1.3), "RepetitionPenaltyLogitsProcessor"),
     "min_new_tokens": (dict(min_new_tokens=3), "MinNewTokensLengthLogitsProcessor"),
     "max_time": (dict(max_time=5.0), "MaxTimeCriteria"),

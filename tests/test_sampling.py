@@ -1,0 +1,148 @@
+"""Speculative sampling keeps the target's distribution.
+
+On a 5-token vocabulary the exact joint distribution of the first four generated tokens under the target
+alone is computed by enumeration (625 continuations, one forward); the batch speculative sampler draws 30000
+rows of the same prompt in one call; a chi-square test on the joint (cells with expected count < 5 pooled)
+must not reject at alpha = 1e-6. The seed is fixed, so the outcome is deterministic; the test is sensitive
+enough to catch a sampler that skips the residual distribution (see test_a_biased_sampler_is_caught).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import transformers
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+import hf_batchspec
+from hf_batchspec import acceptance
+from hf_batchspec.processors import probabilities
+from tests.tiny_models import perturbed
+
+V, NEW, ROWS = 5, 4, 30000
+PROMPT = [1, 3, 0, 2]
+
+
+def tiny(seed: int) -> torch.nn.Module:
+    config = transformers.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                      pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)  # a spread of probabilities, neither uniform nor one-hot
+    return model
+
+
+TARGET = hf_batchspec.enable(tiny(0))
+DRAFTS = {"self": TARGET, "perturbed": perturbed(TARGET, 0.3), "unrelated": tiny(11)}
+WARPINGS = {
+    "plain": dict(temperature=1.0),
+    "temp_topk": dict(temperature=0.7, top_k=3),
+    "topp": dict(top_p=0.8),
+}
+
+
+def warpers(settings: dict) -> list:
+    """The warpers transformers builds for these settings, in its order."""
+    out = [TemperatureLogitsWarper(settings.get("temperature", 1.0))]
+    if "top_k" in settings:
+        out.append(TopKLogitsWarper(settings["top_k"]))
+    if "top_p" in settings:
+        out.append(TopPLogitsWarper(settings["top_p"]))
+    return out
+
+
+def exact_joint(settings: dict) -> dict[tuple, float]:
+    """P(t1..t4 | prompt) under the target alone, by enumerating every continuation."""
+    continuations = list(itertools.product(range(V), repeat=NEW - 1))
+    ids = torch.tensor([PROMPT + list(c) for c in continuations])
+    with torch.no_grad():
+        probs = probabilities(TARGET(ids).logits[:, len(PROMPT) - 1:], warpers(settings))  # [V^3, 4, V]
+    joint = {}
+    for row, c in enumerate(continuations):
+        for last in range(V):
+            seq = c + (last,)
+            p = 1.0
+            for i, token in enumerate(seq):
+                p *= probs[row, i, token].item()
+            joint[seq] = p  # identical for every row sharing the prefix: assigning again changes nothing
+    return joint
+
+
+def chi_square_rejects(samples: torch.Tensor, joint: dict[tuple, float], alpha_z: float = 4.75) -> tuple[bool, str]:
+    counts: dict[tuple, int] = {}
+    for seq in map(tuple, samples.tolist()):
+        counts[seq] = counts.get(seq, 0) + 1
+    n = samples.shape[0]
+    stat, df, pooled_e, pooled_o = 0.0, -1, 0.0, 0
+    for seq, p in joint.items():
+        expected, observed = n * p, counts.get(seq, 0)
+        if expected < 5:
+            pooled_e, pooled_o = pooled_e + expected, pooled_o + observed
+            continue
+        stat += (observed - expected) ** 2 / expected
+        df += 1
+    if pooled_e > 0:
+        stat += (pooled_o - pooled_e) ** 2 / pooled_e
+        df += 1
+    # Wilson-Hilferty: the chi-square quantile at the normal quantile alpha_z (4.75 ~ alpha 1e-6)
+    critical = df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
+    return stat > critical, f"chi2={stat:.1f} critical={critical:.1f} df={df}"
+
+
+def speculative_samples(draft, settings: dict, strategy: str = "eqspec", **kwargs) -> torch.Tensor:
+    ids = torch.tensor([PROMPT] * ROWS)
+    out = TARGET.generate(ids, assistant_model=draft, batch_spec=strategy, num_assistant_tokens=2,
+                          max_new_tokens=NEW, do_sample=True, generator=torch.Generator().manual_seed(1234),
+                          return_dict_in_generate=True, **settings, **kwargs)
+    assert out.spec_stats.rounds >= 1 and out.spec_stats.drafted_tokens.sum() > 0
+    return out.sequences[:, len(PROMPT):]
+
+
+@pytest.mark.parametrize("warping", sorted(WARPINGS))
+@pytest.mark.parametrize("draft", sorted(DRAFTS))
+def test_joint_distribution_matches_the_target(draft, warping):
+    settings = WARPINGS[warping]
+    rejects, report = chi_square_rejects(speculative_samples(DRAFTS[draft], settings), exact_joint(settings))
+    assert not rejects, report
+
+
+def test_exspec_refills_keep_the_distribution():
+    settings = WARPINGS["temp_topk"]
+    samples = speculative_samples(DRAFTS["perturbed"], settings, strategy="exspec", max_batch_size=4096)
+    rejects, report = chi_square_rejects(samples, exact_joint(settings))
+    assert not rejects, report
+
+
+def test_a_biased_sampler_is_caught(monkeypatch):
+    """The same test rejects a sampler that draws the token after a rejection from p instead of the residual."""
+
+    def biased(draft_tokens, draft_probs, target_probs, budget, generator=None):
+        accepted, _ = original(draft_tokens, draft_probs, target_probs, budget, generator)
+        rows = torch.arange(draft_tokens.shape[0])
+        return accepted, acceptance.sample(target_probs[rows, accepted], generator)
+
+    original = acceptance.speculative_sample
+    monkeypatch.setattr("hf_batchspec.decoding.speculative_sample", biased)
+    settings = WARPINGS["plain"]
+    rejects, report = chi_square_rejects(speculative_samples(DRAFTS["unrelated"], settings), exact_joint(settings))
+    assert rejects, report
+
+
+def test_seeded_runs_repeat_and_greedy_draws_nothing():
+    ids = torch.tensor([PROMPT] * 8)
+    run = lambda **kw: TARGET.generate(ids, assistant_model=DRAFTS["perturbed"], batch_spec="exspec",  # noqa
+                                       max_batch_size=3, max_new_tokens=12, **kw)
+    torch.manual_seed(5)
+    first = run(do_sample=True)
+    torch.manual_seed(5)
+    assert torch.equal(first, run(do_sample=True))
+    assert torch.equal(run(do_sample=True, generator=torch.Generator().manual_seed(9)),
+                       run(do_sample=True, generator=torch.Generator().manual_seed(9)))
+    state = torch.get_rng_state()
+    run(do_sample=False, temperature=0.5)  # a stale sampling setting does not make greedy sample
+    assert torch.equal(state, torch.get_rng_state())
