@@ -129,6 +129,7 @@ def _batch_spec_decode(
     settings = DecodeSettings(
         max_new, num_assistant_tokens, _stop_ids(generation_config), max_batch_size, sort_by_length,
         do_sample=bool(generation_config.do_sample), warpers=tuple(logits_processor or ()), generator=generator,
+        output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
     )
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
@@ -138,7 +139,8 @@ def _batch_spec_decode(
                                     on_rows=adapters.select if adapters else None)
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
     if generation_config.return_dict_in_generate:
-        return BatchSpecGenerateOutput(sequences=sequences, spec_stats=stats)
+        return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,
+                                       spec_stats=stats)
     return sequences
 
 

@@ -20,7 +20,8 @@ import torch
 
 from .acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
 from .masks import packed_positions
-from .processors import probabilities
+from .outputs import ScoreRecorder
+from .processors import probabilities, warp
 from .runner import ModelRunner
 from .scheduling import ActiveRows, PromptQueue
 from .stats import BatchSpecStats
@@ -36,6 +37,8 @@ class DecodeSettings:
     do_sample: bool = False  # speculative sampling; greedy otherwise (no random numbers drawn)
     warpers: tuple = ()  # row-local logits warpers (temperature, top-k, top-p, ...) for p and q
     generator: torch.Generator | None = None
+    output_scores: bool = False
+    output_logits: bool = False
 
 
 @dataclass
@@ -44,6 +47,8 @@ class DecodeResult:
     prompt_lengths: np.ndarray  # [N]
     new_tokens: np.ndarray  # [N] generated per row, through its stop id
     stats: BatchSpecStats
+    scores: tuple | None = None  # per step [N, V], when output_scores
+    logits: tuple | None = None  # per step [N, V], when output_logits
 
 
 class _Decoder:
@@ -67,6 +72,8 @@ class _Decoder:
         self.tokens[:, :width] = prompts.to(self.device)
         self.rows = ActiveRows(slots, self.device)
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
+        self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
+                                      self.device)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -78,7 +85,9 @@ class _Decoder:
             if not len(self.rows):
                 break
             free = self._round()
-        return DecodeResult(self.tokens, self.prompt_lengths, self.stats.new_tokens.copy(), self.stats)
+        new_tokens = self.stats.new_tokens.copy()
+        recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
+        return DecodeResult(self.tokens, self.prompt_lengths, new_tokens, self.stats, **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
@@ -89,6 +98,8 @@ class _Decoder:
         target_logits = self._verify(drafts)  # [B, k_round+1, V]
         budget = torch.as_tensor(budget_h, device=self.device)
         accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k_round+1]
+        if self.recorder.active:
+            self._record(rows.ids, rows.generated, target_logits)
         count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
@@ -147,6 +158,10 @@ class _Decoder:
         candidates.scatter_(1, accepted.unsqueeze(1), following.unsqueeze(1))
         return accepted, candidates
 
+    def _record(self, ids, generated, logits) -> None:  # logits [b, T, V] at the row's next T steps
+        scores = warp(logits, self.settings.warpers) if self.settings.do_sample else logits
+        self.recorder.record(ids, generated, logits, scores)
+
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:  # [n, V] -> [n] the target's own next token
         if self.settings.do_sample:
             return sample(probabilities(logits, self.settings.warpers), self.settings.generator)
@@ -190,8 +205,10 @@ class _Decoder:
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
         logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
-        first = self._choose(logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(
-            self.device))
+        last_logits = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
+        first = self._choose(last_logits)  # [n]
+        if self.recorder.active:
+            self._record(ids_d, torch.zeros_like(ids_d), last_logits.unsqueeze(1))
         self.target.cache.set_lengths(lengths, rows=slots)
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1

@@ -28,11 +28,16 @@ def prefix_processors(logits_processor) -> list:
     return [p for p in logits_processor or [] if not isinstance(p, ROW_LOCAL_WARPERS)]
 
 
-def probabilities(logits: torch.Tensor, warpers) -> torch.Tensor:  # [..., V] -> [..., V] float32
-    """The sampling distribution at every position: warpers applied row by row, then softmax."""
+def warp(logits: torch.Tensor, warpers) -> torch.Tensor:  # [..., V] -> [..., V] float32
+    """The processed scores at every position (what transformers reports as `scores` when sampling)."""
     shape = logits.shape
     scores = logits.reshape(-1, shape[-1]).float()
     no_ids = torch.empty((scores.shape[0], 0), dtype=torch.long, device=scores.device)
     for warper in warpers:
         scores = warper(no_ids, scores)
-    return torch.softmax(scores, -1).reshape(shape)
+    return scores.reshape(shape)
+
+
+def probabilities(logits: torch.Tensor, warpers) -> torch.Tensor:  # [..., V] -> [..., V] float32
+    """The sampling distribution at every position: warpers applied row by row, then softmax."""
+    return torch.softmax(warp(logits, warpers), -1)

@@ -20,8 +20,6 @@ SUPPORTED_ATTENTION = ("eager", "sdpa")
 _PREPARED_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "cache", "past_key_values", "use_cache"}
 # generation_config fields whose feature arrives in a later release: asked for, they raise
 _NOT_YET = {
-    "output_scores": "output_scores",
-    "output_logits": "output_logits",
     "output_attentions": "output_attentions",
     "output_hidden_states": "output_hidden_states",
 }

@@ -42,7 +42,7 @@ CASES = {
     "repetition_penalty": (dict(repetition_penalty=1.3), "RepetitionPenaltyLogitsProcessor"),
     "min_new_tokens": (dict(min_new_tokens=3), "MinNewTokensLengthLogitsProcessor"),
     "max_time": (dict(max_time=5.0), "MaxTimeCriteria"),
-    "output_scores": (dict(output_scores=True, return_dict_in_generate=True), "output_scores"),
+    "output_attentions": (dict(output_attentions=True, return_dict_in_generate=True), "output_attentions"),
     "unknown_strategy": (dict(batch_spec="fastest"), "batch_spec='fastest'"),
     "logits_processor": (dict(logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)])),
                          "logits_processor"),

@@ -1,0 +1,449 @@
+#!/usr/bin/env python
+"""Train the small target/draft model pair bundled with hf_batchspec.
+
+Why this exists
+---------------
+Speculative decoding is only interesting when the draft model *agrees* with the
+target often enough that proposed tokens get accepted.  Randomly initialised
+"tiny" models (what the unit tests use) agree almost never, so they exercise
+the rejection path but say nothing about speed-ups or about realistic
+acceptance patterns.  Real checkpoints cannot be downloaded in every
+environment (CI, air-gapped machines), so this script produces a genuinely
+trained, *small* pair from text that is always available offline: the Python
+standard library sources of the running interpreter.
+
+The result is:
+
+* ``<out>/target`` -- a 4-layer Llama-style model (~2.6 M parameters),
+* ``<out>/draft``  -- a 1-layer Llama-style model distilled from the target,
+* a byte-level BPE tokenizer saved into both directories, so each one loads
+  with ``AutoTokenizer.from_pretrained`` alone,
+* ``<out>/training_report.json`` -- losses, draft/target agreement, timings,
+  parameter counts and library versions, so the provenance of the bundled
+  weights is recorded next to them.
+
+Weights are stored in float16 safetensors to keep the package small; load them
+with ``dtype=torch.float32`` on CPU.
+
+Usage::
+
+    python scripts/train_demo_pair.py --out hf_batchspec/demo_pair
+
+The defaults are tuned so that the whole run takes roughly five minutes on two
+CPU cores.  The run is deterministic for a given ``--seed`` (same machine,
+same library versions, same standard library sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+SEQ_LEN = 128
+MAX_POSITIONS = 512
+CORPUS_CAP_BYTES = 4 * 1024 * 1024
+HELDOUT_FRACTION = 0.05
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+def collect_stdlib_text(cap_bytes: int = CORPUS_CAP_BYTES) -> list[str]:
+    """Return the source text of stdlib ``*.py`` files, in a deterministic order.
+
+    The standard library is used because it is present on every machine that
+    can run this script, needs no network access, and is real, idiomatic Python
+    -- which gives the models something learnable and the demo recognisable
+    output.  Files are visited in sorted path order (``rglob`` order depends on
+    the filesystem) and collection stops at ``cap_bytes`` so the run time stays
+    bounded.  ``site-packages`` is skipped: it differs between environments and
+    would make the corpus, and thus the weights, machine dependent.  Unreadable
+    or non-UTF-8 files are skipped silently; they are rare and not needed.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts: list[str] = []
+    total = 0
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or "dist-packages" in path.parts:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not text.strip():
+            continue
+        texts.append(text)
+        total += len(text.encode("utf-8"))
+        if total >= cap_bytes:
+            break
+    if not texts:
+        raise RuntimeError(f"no readable *.py files found under {root}")
+    return texts
+
+
+def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer and wrap it for ``transformers``.
+
+    Byte-level BPE is used because it can encode *any* string (no unknown
+    tokens), which matters for a demo that users feed arbitrary prompts.  The
+    vocabulary is deliberately tiny (1024) so the embedding matrix -- the
+    largest part of a small model -- stays small.  ``padding_side="left"`` is
+    what decoder-only batched generation needs: every row's last position is a
+    real token, so new tokens are appended at the same column for all rows.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def encode_corpus(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
+    """Encode each file as ``<s> file </s>`` and concatenate into one id stream.
+
+    Document boundaries are marked so the model learns what a file start looks
+    like; training windows may span a boundary, which is harmless at this scale.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.append(bos)
+        ids.extend(enc)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def sample_windows(stream: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``batch`` random windows of ``SEQ_LEN + 1`` tokens from ``stream``.
+
+    One extra token per window gives inputs and shifted next-token labels.
+    Sampling random offsets (rather than iterating epochs) makes the step count
+    freely adjustable and keeps batches uncorrelated.
+    """
+    starts = torch.randint(0, stream.numel() - SEQ_LEN - 1, (batch,), generator=generator)
+    offsets = torch.arange(SEQ_LEN + 1)
+    return stream[starts[:, None] + offsets[None, :]]
+
+
+def heldout_windows(stream: torch.Tensor, n: int) -> torch.Tensor:
+    """Non-overlapping, evenly spaced evaluation windows (fixed, not random)."""
+    span = SEQ_LEN + 1
+    count = min(n, stream.numel() // span)
+    return stream[: count * span].view(count, span)
+
+
+# --------------------------------------------------------------------------- #
+# Models
+# --------------------------------------------------------------------------- #
+def make_config(tokenizer: PreTrainedTokenizerFast, *, layers: int, hidden: int, intermediate: int,
+                heads: int, kv_heads: int) -> LlamaConfig:
+    """A Llama config sharing vocabulary and special ids with ``tokenizer``.
+
+    Target and draft must share the vocabulary exactly -- speculative decoding
+    compares their distributions token by token.  Embeddings are tied to halve
+    the largest weight matrix; grouped-query attention (``kv_heads < heads``)
+    is used so the demo exercises the same KV-cache shapes as modern models.
+    """
+    return LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def build_model(config: LlamaConfig) -> LlamaForCausalLM:
+    """Instantiate in float32 with eager attention (stable, deterministic on CPU)."""
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config)
+    return model.float()
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% of peak.
+
+    With only a few hundred steps a warm-up avoids early divergence at a high
+    learning rate, and the decay lets the final steps settle.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms), as is standard."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95),
+    )
+
+
+def train_target(model: LlamaForCausalLM, stream: torch.Tensor, *, steps: int, batch: int,
+                 lr: float, seed: int) -> tuple[float, float]:
+    """Plain next-token cross-entropy training.  Returns (final loss, seconds).
+
+    The reported loss is an average over the last 10 steps so that it is not
+    dominated by the noise of a single batch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(model, lr)
+    model.train()
+    recent: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=max(1, steps // 20))
+        w = sample_windows(stream, batch, gen)
+        logits = model(input_ids=w[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), w[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        recent = (recent + [loss.item()])[-10:]
+        if step % 25 == 0 or step == steps - 1:
+            print(f"  target step {step:4d}/{steps}  loss {loss.item():.3f}  "
+                  f"{time.perf_counter() - t0:6.1f}s", flush=True)
+    return sum(recent) / len(recent), time.perf_counter() - t0
+
+
+def train_draft(draft: LlamaForCausalLM, target: LlamaForCausalLM, stream: torch.Tensor, *,
+                steps: int, batch: int, lr: float, seed: int, alpha: float,
+                temperature: float = 1.0) -> tuple[float, float, float]:
+    """Distil ``target`` into ``draft``.  Returns (final KL, final CE, seconds).
+
+    The draft is trained to match the target's full next-token distribution
+    (forward KL, target || draft) rather than only the data labels, because
+    speculative-decoding acceptance depends on how well the draft predicts the
+    *target*, not the corpus.  A small weight ``1 - alpha`` of ordinary
+    next-token loss is mixed in; it speeds up the early phase when the draft
+    knows nothing.  Teacher logits are computed under ``no_grad``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = make_optimizer(draft, lr)
+    target.eval()
+    draft.train()
+    recent_kl: list[float] = []
+    recent_ce: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=max(1, steps // 20))
+        w = sample_windows(stream, batch, gen)
+        inputs = w[:, :-1]
+        with torch.no_grad():
+            teacher = target(input_ids=inputs).logits.reshape(-1, VOCAB_SIZE)
+        student = draft(input_ids=inputs).logits.reshape(-1, VOCAB_SIZE)
+        kl = F.kl_div(
+            F.log_softmax(student / temperature, dim=-1),
+            F.log_softmax(teacher / temperature, dim=-1),
+            reduction="batchmean", log_target=True,
+        ) * temperature**2
+        ce = F.cross_entropy(student, w[:, 1:].reshape(-1))
+        loss = alpha * kl + (1.0 - alpha) * ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        opt.step()
+        recent_kl = (recent_kl + [kl.item()])[-10:]
+        recent_ce = (recent_ce + [ce.item()])[-10:]
+        if step % 25 == 0 or step == steps - 1:
+            print(f"  draft  step {step:4d}/{steps}  kl {kl.item():.3f}  ce {ce.item():.3f}  "
+                  f"{time.perf_counter() - t0:6.1f}s", flush=True)
+    return (sum(recent_kl) / len(recent_kl), sum(recent_ce) / len(recent_ce),
+            time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def evaluate(target: LlamaForCausalLM, draft: LlamaForCausalLM, windows: torch.Tensor,
+             batch: int = 32) -> dict[str, float]:
+    """Held-out cross-entropy of both models and draft/target top-1 agreement.
+
+    Top-1 agreement (fraction of positions where both argmaxes coincide) is the
+    quantity that governs greedy speculative decoding: it is the probability
+    that a single drafted token is accepted.
+    """
+    target.eval()
+    draft.eval()
+    agree = total = 0
+    ce_t = ce_d = 0.0
+    for i in range(0, windows.size(0), batch):
+        w = windows[i:i + batch]
+        labels = w[:, 1:].reshape(-1)
+        lt = target(input_ids=w[:, :-1]).logits.reshape(-1, VOCAB_SIZE)
+        ld = draft(input_ids=w[:, :-1]).logits.reshape(-1, VOCAB_SIZE)
+        agree += (lt.argmax(-1) == ld.argmax(-1)).sum().item()
+        total += labels.numel()
+        ce_t += F.cross_entropy(lt, labels, reduction="sum").item()
+        ce_d += F.cross_entropy(ld, labels, reduction="sum").item()
+    return {"top1_agreement": agree / total, "target_heldout_ce": ce_t / total,
+            "draft_heldout_ce": ce_d / total, "heldout_tokens": total}
+
+
+def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """Save as float16 safetensors plus tokenizer and greedy generation config.
+
+    float16 halves the file size, which matters because the checkpoints ship
+    inside the package.  The tokenizer goes into every model directory so that
+    each one is self-contained.  ``do_sample=False`` makes plain ``generate``
+    greedy by default, matching how the demo is used.  The attention
+    implementation is not pinned so users get their platform's default.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    model.config._attn_implementation = None
+    model.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        do_sample=False,
+    )
+    model.half().save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+# --------------------------------------------------------------------------- #
+# Entry point
+# --------------------------------------------------------------------------- #
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("hf_batchspec/demo_pair"),
+                   help="output directory (gets target/, draft/, training_report.json)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="target training steps (default tuned for ~3.5 min on 2 CPU cores); "
+                        "the draft gets --draft-steps")
+    p.add_argument("--draft-steps", type=int, default=None,
+                   help="draft distillation steps (default: tuned for ~1.5 min on 2 CPU cores)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, batching and data split")
+    p.add_argument("--batch", type=int, default=32, help="windows per step")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return p.parse_args()
+
+
+DEFAULT_TARGET_STEPS = 300
+DEFAULT_DRAFT_STEPS = 300
+
+
+def main() -> None:
+    args = parse_args()
+    target_steps = args.steps if args.steps is not None else DEFAULT_TARGET_STEPS
+    draft_steps = args.draft_steps if args.draft_steps is not None else DEFAULT_DRAFT_STEPS
+
+    # Determinism: fixed seeds everywhere, deterministic kernels, fixed threads
+    # (reduction order in some CPU kernels depends on the thread count).
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    t_start = time.perf_counter()
+    print("collecting stdlib sources ...", flush=True)
+    texts = collect_stdlib_text()
+    corpus_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    print(f"  {len(texts)} files, {corpus_bytes / 1e6:.2f} MB", flush=True)
+
+    # Hold out whole files (a fixed, seed-shuffled subset) so that agreement is
+    # measured on text neither model has seen.
+    order = list(range(len(texts)))
+    random.Random(args.seed).shuffle(order)
+    n_held = max(1, int(len(texts) * HELDOUT_FRACTION))
+    held_idx = set(order[:n_held])
+    train_texts = [t for i, t in enumerate(texts) if i not in held_idx]
+    held_texts = [t for i, t in enumerate(texts) if i in held_idx]
+
+    print("training tokenizer ...", flush=True)
+    tokenizer = train_tokenizer(train_texts)
+    train_stream = encode_corpus(tokenizer, train_texts)
+    held_stream = encode_corpus(tokenizer, held_texts)
+    print(f"  {train_stream.numel()} train tokens, {held_stream.numel()} held-out tokens, "
+          f"{corpus_bytes / (train_stream.numel() + held_stream.numel()):.2f} bytes/token", flush=True)
+    eval_windows = heldout_windows(held_stream, n=256)
+
+    target_cfg = make_config(tokenizer, layers=4, hidden=256, intermediate=512, heads=4, kv_heads=2)
+    draft_cfg = make_config(tokenizer, layers=1, hidden=128, intermediate=256, heads=2, kv_heads=1)
+
+    torch.manual_seed(args.seed)
+    target = build_model(target_cfg)
+    torch.manual_seed(args.seed + 1)
+    draft = build_model(draft_cfg)
+    n_target = sum(p.numel() for p in target.parameters())
+    n_draft = sum(p.numel() for p in draft.parameters())
+    print(f"target {n_target / 1e6:.2f} M params, draft {n_draft / 1e6:.2f} M params", flush=True)
+
+    print(f"training target for {target_steps} steps ...", flush=True)
+    target_loss, target_secs = train_target(
+        target, train_stream, steps=target_steps, batch=args.batch, lr=3e-3, seed=args.seed + 10)
+
+    print(f"distilling draft for {draft_steps} steps ...", flush=True)
+    draft_kl, draft_ce, draft_secs = train_draft(
+        draft, target, train_stream, steps=draft_steps, batch=args.batch, lr=5e-3,
+        seed=args.seed + 20, alpha=0.8)
+
+    metrics = evaluate(target, draft, eval_windows)
+    print(f"held-out: target CE {metrics['target_heldout_ce']:.3f}, draft CE "
+          f"{metrics['draft_heldout_ce']:.3f}, top-1 agreement {metrics['top1_agreement']:.3f}",
+          flush=True)
+
+    out: Path = args.out
+    save_model(target, tokenizer, out / "target")
+    save_model(draft, tokenizer, out / "draft")
+
+    report = {
+        "seed": args.seed,
+        "batch": args.batch,
+        "seq_len": SEQ_LEN,
+        "threads": args.threads,
+        "corpus": {"source": "python stdlib *.py", "files": len(texts), "bytes": corpus_bytes,
+                   "heldout_files": len(held_texts), "train_tokens": train_stream.numel()},
+        "target": {"params": n_target, "steps": target_steps, "seconds": round(target_secs, 1),
+                   "final_train_loss": round(target_loss, 4)},
+        "draft": {"params": n_draft, "steps": draft_steps, "seconds": round(draft_secs, 1),
+                  "final_train_kl": round(draft_kl, 4), "final_train_ce": round(draft_ce, 4)},
+        "heldout": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved to {out} in {report['total_seconds']}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
