@@ -4,10 +4,13 @@ from .api import BatchSpeculativeGenerationMixin, enable
 from .cache import RaggedCache, RaggedLayer
 from .errors import BatchSpecError, UnsupportedModelError
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
+from .streaming import BatchIteratorStreamer, BatchStreamer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchIteratorStreamer",
+    "BatchStreamer",
     "BatchSpecError",
     "BatchSpecGenerateOutput",
     "BatchSpecStats",

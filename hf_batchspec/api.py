@@ -19,6 +19,7 @@ from .decoding import DecodeResult, DecodeSettings, speculative_greedy
 from .masks import right_pack
 from .peft_support import row_adapters
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
+from .streaming import token_sink
 
 
 class BatchSpeculativeGenerationMixin:
@@ -75,7 +76,6 @@ class BatchSpeculativeGenerationMixin:
             stopping_criteria=stopping_criteria,
             prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
             synced_gpus=synced_gpus,
-            streamer=streamer,
         )
         validation.check_pair(self, assistant_model)
         validation.check_draft_schedule(kwargs, assistant_model)
@@ -93,6 +93,7 @@ class BatchSpeculativeGenerationMixin:
             max_batch_size=max_batch_size,
             sort_by_length=sort_by_length,
             generator=generator,
+            streamer=streamer,
             raw_attention_mask=kwargs.get("attention_mask"),
         )
         return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
@@ -112,6 +113,7 @@ def _batch_spec_decode(
     max_batch_size: int,
     sort_by_length: bool,
     generator: torch.Generator | None,
+    streamer,
     raw_attention_mask: torch.Tensor | None,
     **model_kwargs,
 ):
@@ -134,9 +136,12 @@ def _batch_spec_decode(
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
     adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them
+    on_tokens = token_sink(streamer, input_ids)
     with adapters or contextlib.nullcontext():
         result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,
-                                    on_rows=adapters.select if adapters else None)
+                                    on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
+    if streamer is not None:
+        streamer.end()
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
     if generation_config.return_dict_in_generate:
         return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,

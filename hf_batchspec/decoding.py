@@ -55,7 +55,8 @@ class _Decoder:
     """State of one generate call: both models' runners, the token buffer, the slot pool and the queue."""
 
     def __init__(self, target, draft, prompts, prompt_lengths, settings: DecodeSettings, stats: BatchSpecStats,
-                 on_rows=None):
+                 on_rows=None, on_tokens=None):
+        self.on_tokens = on_tokens  # streaming: called with (original rows, each row's newly kept tokens)
         n_rows, width = prompts.shape
         self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
         k, max_new = settings.num_assistant_tokens, settings.max_new_tokens
@@ -103,6 +104,8 @@ class _Decoder:
         count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
+        if self.on_tokens is not None:  # a second transfer, only when streaming
+            self._stream(rows.ids_h, candidates.cpu().numpy(), count_h)
         stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
         stats.draft_forward_calls += k_round
         old_lengths = rows.lengths_h
@@ -157,6 +160,9 @@ class _Decoder:
         candidates = torch.cat((drafts, following.unsqueeze(1)), 1)
         candidates.scatter_(1, accepted.unsqueeze(1), following.unsqueeze(1))
         return accepted, candidates
+
+    def _stream(self, ids: np.ndarray, candidates: np.ndarray, count: np.ndarray) -> None:
+        self.on_tokens(ids, [row[:n].tolist() for row, n in zip(candidates, count)])
 
     def _record(self, ids, generated, logits) -> None:  # logits [b, T, V] at the row's next T steps
         scores = warp(logits, self.settings.warpers) if self.settings.do_sample else logits
@@ -222,6 +228,8 @@ class _Decoder:
         first = first.to(self.device)
         self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
         _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids)
+        if self.on_tokens is not None:
+            self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
         self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1)
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
@@ -246,5 +254,6 @@ def speculative_greedy(
     settings: DecodeSettings,
     stats: BatchSpecStats,
     on_rows=None,  # called before each forward with its rows' original indices
+    on_tokens=None,  # called after each round with (original rows, their newly kept tokens)
 ) -> DecodeResult:
-    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows).run()
+    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows, on_tokens).run()

@@ -77,13 +77,12 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
     return batch_spec
 
 
-def check_call(kwargs: dict, *, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, synced_gpus, streamer):
+def check_call(kwargs: dict, *, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, synced_gpus):
     """Arguments of generate() that the batch speculative path does not serve (yet)."""
     given = {
         "logits_processor": logits_processor,
         "stopping_criteria": stopping_criteria,
         "prefix_allowed_tokens_fn": prefix_allowed_tokens_fn,
-        "streamer": streamer,
         "negative_prompt_ids": kwargs.get("negative_prompt_ids"),
         "assistant_tokenizer": kwargs.get("assistant_tokenizer"),
         "inputs_embeds": kwargs.get("inputs_embeds"),

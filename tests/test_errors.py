@@ -46,7 +46,7 @@ CASES = {
     "unknown_strategy": (dict(batch_spec="fastest"), "batch_spec='fastest'"),
     "logits_processor": (dict(logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)])),
                          "logits_processor"),
-    "streamer": (dict(streamer=TextStreamer(tokenizer=None)), "streamer"),
+    "hf_streamer_for_a_batch": (dict(streamer=TextStreamer(tokenizer=None)), "BatchIteratorStreamer"),
     "schedule": (dict(num_assistant_tokens_schedule="heuristic"), "num_assistant_tokens_schedule"),
     "confidence": (dict(assistant_confidence_threshold=0.3), "assistant_confidence_threshold"),
     "bad_k": (dict(num_assistant_tokens=0), "num_assistant_tokens"),
