@@ -29,13 +29,17 @@ def truncate_at_stop(
     tokens: torch.Tensor,  # [B, T] emitted candidates, the first `count[b]` of row b are real
     count: torch.Tensor,  # [B]
     stop_ids: torch.Tensor | None,  # [E] token ids that end a row
-) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] new count, [B] row hit a stop id)
-    """Cut each row just after its first stop id within its first `count` tokens: tokens after an EOS inside
-    an accepted block must not leak into the output."""
-    if stop_ids is None or stop_ids.numel() == 0:
+    stops: torch.Tensor | None = None,  # [B, T] other reasons a candidate ends its row (stopping criteria)
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([B] new count, [B] row stopped)
+    """Cut each row just after its first stop within its first `count` tokens: tokens after an EOS (or a
+    completed stop string) inside an accepted block must not leak into the output."""
+    if (stop_ids is None or stop_ids.numel() == 0) and stops is None:
         return count, torch.zeros_like(count, dtype=torch.bool)
     cols = torch.arange(tokens.shape[1], device=tokens.device)  # [T]
-    is_stop = torch.isin(tokens, stop_ids) & (cols < count.unsqueeze(1))  # [B, T]
+    is_stop = torch.zeros_like(tokens, dtype=torch.bool) if stops is None else stops.clone()
+    if stop_ids is not None and stop_ids.numel():
+        is_stop |= torch.isin(tokens, stop_ids)
+    is_stop &= cols < count.unsqueeze(1)  # [B, T]
     hit = is_stop.any(-1)
     first = torch.where(is_stop, cols, tokens.shape[1]).min(-1).values  # [B]
     return torch.where(hit, first + 1, count), hit

@@ -18,7 +18,9 @@ from . import validation
 from .decoding import DecodeResult, DecodeSettings, speculative_greedy
 from .masks import right_pack
 from .peft_support import row_adapters
+from .processors import ScoreProcessing
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
+from .stopping import extra_criteria
 from .streaming import token_sink
 
 
@@ -72,8 +74,6 @@ class BatchSpeculativeGenerationMixin:
         # Everything that can be refused is refused here, before transformers prepares anything.
         validation.check_call(
             kwargs,
-            logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria,
             prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
             synced_gpus=synced_gpus,
         )
@@ -85,6 +85,8 @@ class BatchSpeculativeGenerationMixin:
         validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
         validation.check_generator(generator)
+        stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
+                                                                          self.generation_config)
         decode = functools.partial(
             _batch_spec_decode,
             assistant_model=assistant_model,
@@ -94,9 +96,11 @@ class BatchSpeculativeGenerationMixin:
             sort_by_length=sort_by_length,
             generator=generator,
             streamer=streamer,
+            stop_strings=stop_strings,
             raw_attention_mask=kwargs.get("attention_mask"),
         )
         return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
+                                        logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                                         custom_generate=decode, **kwargs)
 
 
@@ -114,6 +118,7 @@ def _batch_spec_decode(
     sort_by_length: bool,
     generator: torch.Generator | None,
     streamer,
+    stop_strings,
     raw_attention_mask: torch.Tensor | None,
     **model_kwargs,
 ):
@@ -128,9 +133,12 @@ def _batch_spec_decode(
             f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
+    eos_ids = _stop_ids(generation_config)
     settings = DecodeSettings(
-        max_new, num_assistant_tokens, _stop_ids(generation_config), max_batch_size, sort_by_length,
-        do_sample=bool(generation_config.do_sample), warpers=tuple(logits_processor or ()), generator=generator,
+        max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
+        do_sample=bool(generation_config.do_sample), generator=generator,
+        processing=ScoreProcessing(logits_processor, eos_ids),
+        criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
     )
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])

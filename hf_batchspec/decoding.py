@@ -21,7 +21,8 @@ import torch
 from .acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
 from .masks import packed_positions
 from .outputs import ScoreRecorder
-from .processors import probabilities, warp
+from .processors import Prefixes, ScoreProcessing, probabilities
+from .stopping import stop_matrix
 from .runner import ModelRunner
 from .scheduling import ActiveRows, PromptQueue
 from .stats import BatchSpecStats
@@ -35,7 +36,8 @@ class DecodeSettings:
     max_batch_size: int  # slots decoded at once; prompts beyond wait for a free slot
     sort_by_length: bool = False
     do_sample: bool = False  # speculative sampling; greedy otherwise (no random numbers drawn)
-    warpers: tuple = ()  # row-local logits warpers (temperature, top-k, top-p, ...) for p and q
+    processing: ScoreProcessing | None = None  # the call's logits processors and warpers, in order
+    criteria: tuple = ()  # stopping criteria beyond EOS and max length (stop strings, max_time, custom)
     generator: torch.Generator | None = None
     output_scores: bool = False
     output_logits: bool = False
@@ -73,6 +75,7 @@ class _Decoder:
         self.tokens[:, :width] = prompts.to(self.device)
         self.rows = ActiveRows(slots, self.device)
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
+        self.processing = settings.processing or ScoreProcessing([], None)
         self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
@@ -99,8 +102,6 @@ class _Decoder:
         target_logits = self._verify(drafts)  # [B, k_round+1, V]
         budget = torch.as_tensor(budget_h, device=self.device)
         accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k_round+1]
-        if self.recorder.active:
-            self._record(rows.ids, rows.generated, target_logits)
         count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
@@ -130,7 +131,7 @@ class _Decoder:
         for j in range(k):
             logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1, row_ids=rows.ids_h)
             if self.settings.do_sample:
-                probs.append(probabilities(logits[:, -1].to(self.device), self.settings.warpers))  # [B, V]
+                probs.append(probabilities(self.processing.draft(logits[:, -1].to(self.device))))  # [B, V]
                 drafts.append(sample(probs[-1], self.settings.generator))
             else:
                 drafts.append(logits[:, -1].argmax(-1).to(self.device))
@@ -150,10 +151,17 @@ class _Decoder:
     def _accept(self, drafts, draft_probs, target_logits, budget) -> tuple[torch.Tensor, torch.Tensor]:
         """Accepted drafts per row `[B]` and the round's candidate tokens `[B, k+1]`: the first `accepted + 1`
         of each row are kept (the accepted drafts, then the target's correction or bonus token)."""
+        rows = self.rows
+        if self.processing.reads_prefix:  # position i is scored after the drafts before it: put them in place
+            cols = rows.lengths.unsqueeze(1) + torch.arange(drafts.shape[1], device=self.device)
+            self.tokens[rows.ids.unsqueeze(1), cols] = drafts
+        scores = self._scores(target_logits, rows.ids_h, rows.lengths_h)  # [B, k+1, V]
+        if self.recorder.active:
+            self.recorder.record(rows.ids, rows.generated, target_logits, scores)
         if not self.settings.do_sample:
-            target_tokens = target_logits.argmax(-1)  # accepted drafts equal these, so they are the candidates
+            target_tokens = scores.argmax(-1)  # accepted drafts equal these, so they are the candidates
             return greedy_accept(drafts, target_tokens, budget), target_tokens
-        target_probs = probabilities(target_logits, self.settings.warpers)  # [B, k+1, V]
+        target_probs = probabilities(scores)  # [B, k+1, V]
         if draft_probs is None:  # no row had a draft budget: a plain sampling step
             draft_probs = target_probs[:, :0]
         accepted, following = speculative_sample(drafts, draft_probs, target_probs, budget, self.settings.generator)
@@ -164,14 +172,16 @@ class _Decoder:
     def _stream(self, ids: np.ndarray, candidates: np.ndarray, count: np.ndarray) -> None:
         self.on_tokens(ids, [row[:n].tolist() for row, n in zip(candidates, count)])
 
-    def _record(self, ids, generated, logits) -> None:  # logits [b, T, V] at the row's next T steps
-        scores = warp(logits, self.settings.warpers) if self.settings.do_sample else logits
-        self.recorder.record(ids, generated, logits, scores)
+    def _scores(self, logits: torch.Tensor, ids: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """The processed scores at T positions per row; position i follows `lengths[b] + i` tokens."""
+        if not self.processing.steps:
+            return logits
+        return self.processing(logits, Prefixes(self.tokens, ids, lengths, self.prompt_lengths[ids]))
 
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:  # [n, V] -> [n] the target's own next token
+    def _choose(self, scores: torch.Tensor) -> torch.Tensor:  # [n, V] -> [n] the target's own next token
         if self.settings.do_sample:
-            return sample(probabilities(logits, self.settings.warpers), self.settings.generator)
-        return logits.argmax(-1)
+            return sample(probabilities(scores), self.settings.generator)
+        return scores.argmax(-1)
 
     def _commit(self, candidates: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a round's tokens after each row's committed ones; returns (kept [B], finished [B]).
@@ -180,10 +190,17 @@ class _Decoder:
         overwritten by later rounds and never read (the output takes `new_tokens` per row).
         """
         rows = self.rows
-        count, stopped = truncate_at_stop(candidates, count, self.stop_ids)
         cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=self.device)  # [B, T]
         self.tokens[rows.ids.unsqueeze(1), cols] = candidates
+        count, stopped = truncate_at_stop(candidates, count, self.stop_ids, self._criteria(rows.ids_h,
+                                                                                           rows.lengths_h, cols))
         return count, stopped | (rows.generated + count >= self.settings.max_new_tokens)
+
+    def _criteria(self, ids: np.ndarray, lengths: np.ndarray, cols: torch.Tensor) -> torch.Tensor | None:
+        """[B, T] candidates that end their row by a stopping criterion (None when the call has none)."""
+        if not self.settings.criteria:
+            return None
+        return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, cols.shape[1])
 
     # -- admission and departure -----------------------------------------------------------------------------
     def _refill(self, free: np.ndarray) -> np.ndarray:
@@ -212,9 +229,10 @@ class _Decoder:
         logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         last_logits = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
-        first = self._choose(last_logits)  # [n]
+        scores = self._scores(last_logits.unsqueeze(1), ids, lengths)  # [n, 1, V]
+        first = self._choose(scores[:, 0])  # [n]
         if self.recorder.active:
-            self._record(ids_d, torch.zeros_like(ids_d), last_logits.unsqueeze(1))
+            self.recorder.record(ids_d, torch.zeros_like(ids_d), last_logits.unsqueeze(1), scores)
         self.target.cache.set_lengths(lengths, rows=slots)
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
@@ -227,7 +245,8 @@ class _Decoder:
 
         first = first.to(self.device)
         self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
-        _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids)
+        criteria = self._criteria(ids, lengths, first.unsqueeze(1))
+        _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids, criteria)
         if self.on_tokens is not None:
             self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
         self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1)

@@ -1,43 +1,128 @@
-"""Which of transformers' logits processors the batch loop applies, and how.
+"""transformers' logits processors applied at every verified position, with that position's exact prefix.
 
-Sampling warpers (temperature, top-k, top-p, min-p, typical, epsilon, eta) look at each row's scores only,
-never at its tokens: they apply to any stack of positions of any rows at once. They shape both the draft's
-distribution q and the target's p, as in transformers' assisted generation. Processors that read the prefix
-(repetition penalty, n-gram bans, min length, ...) are refused for now (validation.py).
+A verify forward scores k+1 positions of each row at once; transformers' processors score one position of
+every row with a rectangular `input_ids`. To equal decoding each prompt alone, position i of row b must be
+processed with exactly row b's tokens before it (no padding, no other row's length):
+
+- row-local warpers (temperature, top-k, top-p, min-p, typical, epsilon, eta, logit normalisation, inf/nan
+  removal) read scores only: applied to all positions of all rows at once;
+- length rules (min_length, min_new_tokens) are vectorised natively from each position's own prefix length
+  and its row's own prompt length (transformers' objects would count the padded width);
+- processors that read the tokens (repetition penalty, n-gram bans, bad words, sequence bias, suppressed
+  tokens, forced BOS) are called once per distinct prefix length, on the rows' exact prefixes. That loop runs
+  only when such a processor is asked for.
+Processors whose meaning depends on the padded batch layout or on the batch index are refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
-from transformers.generation.logits_process import (
-    EpsilonLogitsWarper,
-    EtaLogitsWarper,
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TypicalLogitsWarper,
-)
+from transformers.generation import logits_process as lp
 
-ROW_LOCAL_WARPERS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper,
-                     TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper)
+ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
+             lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
+             lp.InfNanRemoveLogitsProcessor)
+LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor)
+PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
+                  lp.SequenceBiasLogitsProcessor, lp.SuppressTokensLogitsProcessor,
+                  lp.ForcedBOSTokenLogitsProcessor)
+SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS
 
 
-def prefix_processors(logits_processor) -> list:
-    """The processors that read the tokens before each position (those the loop cannot apply yet)."""
-    return [p for p in logits_processor or [] if not isinstance(p, ROW_LOCAL_WARPERS)]
+def unsupported_processors(logits_processor) -> list:
+    return [p for p in logits_processor or [] if not isinstance(p, SUPPORTED)]
 
 
-def warp(logits: torch.Tensor, warpers) -> torch.Tensor:  # [..., V] -> [..., V] float32
-    """The processed scores at every position (what transformers reports as `scores` when sampling)."""
-    shape = logits.shape
-    scores = logits.reshape(-1, shape[-1]).float()
-    no_ids = torch.empty((scores.shape[0], 0), dtype=torch.long, device=scores.device)
-    for warper in warpers:
-        scores = warper(no_ids, scores)
-    return scores.reshape(shape)
+@dataclass
+class Prefixes:
+    """Where the tokens before each scored position are: position i of row b follows `lengths[b] + i` tokens."""
+
+    tokens: torch.Tensor  # [N, S] token ids by original row and position
+    ids: np.ndarray  # [B] original row of each batch row
+    lengths: np.ndarray  # [B] tokens before the first scored position
+    prompt_lengths: np.ndarray  # [B] each row's own prompt length
 
 
-def probabilities(logits: torch.Tensor, warpers) -> torch.Tensor:  # [..., V] -> [..., V] float32
-    """The sampling distribution at every position: warpers applied row by row, then softmax."""
-    return torch.softmax(warp(logits, warpers), -1)
+class ScoreProcessing:
+    """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
+
+    def __init__(self, processors, eos_token_ids: torch.Tensor | None):
+        self.steps = list(processors or [])
+        self.eos = eos_token_ids
+        self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
+        self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
+
+    def __call__(self, logits: torch.Tensor, prefixes: Prefixes | None = None) -> torch.Tensor:  # float32
+        scores = logits.float()
+        for step in self.steps:
+            if isinstance(step, ROW_LOCAL):
+                scores = _row_local(step, scores)
+            elif isinstance(step, LENGTH_RULES):
+                scores = self._length_rule(step, scores, prefixes)
+            else:
+                scores = _by_prefix_length(step, scores, prefixes)
+        return scores
+
+    def draft(self, logits: torch.Tensor) -> torch.Tensor:
+        """The draft's scores: row-local warpers only (any q keeps sampling exact; greedy ignores q)."""
+        scores = logits.float()
+        for step in self.row_local:
+            scores = _row_local(step, scores)
+        return scores
+
+    def _length_rule(self, step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
+        batch, positions, vocab = scores.shape
+        length = torch.as_tensor(prefixes.lengths, device=scores.device).unsqueeze(1) + torch.arange(
+            positions, device=scores.device)  # [B, T] tokens before each position, the row's own count
+        if isinstance(step, lp.MinLengthLogitsProcessor):
+            early = length < step.min_length
+        else:
+            prompt = torch.as_tensor(prefixes.prompt_lengths, device=scores.device).unsqueeze(1)
+            early = length - prompt < step.min_new_tokens
+        is_eos = torch.isin(torch.arange(vocab, device=scores.device), step.eos_token_id.to(scores.device))
+        return scores.masked_fill(early.unsqueeze(-1) & is_eos, -float("inf"))
+
+
+def _row_local(step, scores: torch.Tensor) -> torch.Tensor:
+    shape = scores.shape
+    flat = scores.reshape(-1, shape[-1])
+    no_ids = torch.empty((flat.shape[0], 0), dtype=torch.long, device=flat.device)
+    return step(no_ids, flat).reshape(shape)
+
+
+def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
+    """Call `step` once per distinct prefix length, each time on the exact prefixes of those positions."""
+    batch, positions, vocab = scores.shape
+    lengths = (prefixes.lengths[:, None] + np.arange(positions)).reshape(-1)  # [B*T]
+    rows = np.repeat(prefixes.ids, positions)  # [B*T] original row of each flat position
+    prompts = np.repeat(prefixes.prompt_lengths, positions)
+    flat = scores.reshape(-1, vocab).clone()
+    for length in np.unique(lengths):
+        where = np.flatnonzero(lengths == length)
+        index = torch.as_tensor(where, device=flat.device)
+        input_ids = prefixes.tokens[torch.as_tensor(rows[where], device=prefixes.tokens.device), :length]
+        flat[index] = _for_rows(step, prompts[where])(input_ids.to(flat.device), flat[index])
+    return flat.reshape(batch, positions, vocab)
+
+
+def _for_rows(step, prompt_lengths: np.ndarray):
+    """The processor as it applies to these rows alone.
+
+    transformers gives the repetition penalty each row's left-padding length (`prompt_ignore_length` as a
+    tensor over the padded batch) so that pads are not penalised; our prefixes carry no padding, so that
+    becomes None. An int `prompt_ignore_length` (the documented "skip the prompt") becomes each row's own
+    prompt length.
+    """
+    if isinstance(step, lp.RepetitionPenaltyLogitsProcessor) and step.prompt_ignore_length is not None:
+        ignore = None
+        if isinstance(step.prompt_ignore_length, int):
+            ignore = torch.as_tensor(prompt_lengths, dtype=torch.long)
+        return lp.RepetitionPenaltyLogitsProcessor(step.penalty, prompt_ignore_length=ignore)
+    return step
+
+
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(scores, -1)

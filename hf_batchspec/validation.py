@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import GenerationConfig
-from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 from . import compat
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
-from .processors import prefix_processors
+from .processors import unsupported_processors
 
 STRATEGIES = ("eqspec", "exspec")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
@@ -77,11 +79,9 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
     return batch_spec
 
 
-def check_call(kwargs: dict, *, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, synced_gpus):
+def check_call(kwargs: dict, *, prefix_allowed_tokens_fn, synced_gpus):
     """Arguments of generate() that the batch speculative path does not serve (yet)."""
     given = {
-        "logits_processor": logits_processor,
-        "stopping_criteria": stopping_criteria,
         "prefix_allowed_tokens_fn": prefix_allowed_tokens_fn,
         "negative_prompt_ids": kwargs.get("negative_prompt_ids"),
         "assistant_tokenizer": kwargs.get("assistant_tokenizer"),
@@ -150,19 +150,12 @@ def check_generation_config(config: GenerationConfig, logits_processor, stopping
                 f"{feature} ({name}=True) is not supported with batch_spec yet; pass {name}=False "
                 "(greedy decoding) or call without assistant_model."
             )
-    prefix_dependent = prefix_processors(logits_processor)
-    if prefix_dependent:
-        names = ", ".join(type(p).__name__ for p in prefix_dependent)
+    unsupported = unsupported_processors(logits_processor)
+    if unsupported:
+        names = ", ".join(type(p).__name__ for p in unsupported)
         raise BatchSpecError(
-            f"Logits processors that read the prefix are not supported with batch_spec yet (this call builds: "
-            f"{names}); remove the generation settings that create them (repetition_penalty, min_new_tokens, "
-            "bad_words_ids, ...). Sampling warpers (temperature, top_k, top_p, min_p) are supported."
-        )
-    extra = [type(c).__name__ for c in stopping_criteria or [] if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
-    if extra:
-        raise BatchSpecError(
-            f"Stopping criteria other than max length and EOS are not supported with batch_spec yet: {extra} "
-            "(stop_strings, max_time and custom criteria)."
+            f"These logits processors are not supported with batch_spec: {names} (their meaning depends on the "
+            "padded batch layout or the batch index); remove the settings or processors that create them."
         )
     unknown = sorted(set(model_kwargs) - _PREPARED_MODEL_KWARGS)
     if unknown:
@@ -226,3 +219,20 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
 def check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise BatchSpecError(f"generator must be a torch.Generator; got {type(generator).__name__}.")
+
+
+def stop_string_criteria(kwargs: dict, generation_config, model_config):
+    """Build transformers' StopStringCriteria ourselves (transformers drops `tokenizer` before calling a custom
+    decoding loop); returns (criterion or None, generation_config to hand on without stop_strings)."""
+    stop_strings = kwargs.pop("stop_strings", None)
+    config = generation_config if generation_config is not None else model_config
+    if stop_strings is None and getattr(config, "stop_strings", None):
+        stop_strings = config.stop_strings
+        generation_config = copy.deepcopy(config)
+        generation_config.stop_strings = None
+    if not stop_strings:
+        return None, generation_config
+    tokenizer = kwargs.get("tokenizer")
+    if tokenizer is None:
+        raise BatchSpecError("stop_strings needs the tokenizer: pass tokenizer=... to generate().")
+    return StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings), generation_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TextStreamer
+from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 
 import hf_batchspec
 from hf_batchspec import BatchSpecError, UnsupportedModelError
@@ -34,18 +34,21 @@ def batch():
     return left_pad([[5, 6, 7], [8, 9]], pad_id=0)
 
 
+class Custom(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        return scores
+
+
 CASES = {
     "beams": (dict(num_beams=2), "num_beams"),
     "return_sequences": (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
-    "prefix_processor_when_sampling": (dict(do_sample=True, no_repeat_ngram_size=2), "NoRepeatNGram"),
     "bad_generator": (dict(generator=3), "generator"),
-    "repetition_penalty": (dict(repetition_penalty=1.3), "RepetitionPenaltyLogitsProcessor"),
-    "min_new_tokens": (dict(min_new_tokens=3), "MinNewTokensLengthLogitsProcessor"),
-    "max_time": (dict(max_time=5.0), "MaxTimeCriteria"),
+    "begin_suppress_tokens": (dict(begin_suppress_tokens=[3]), "SuppressTokensAtBeginLogitsProcessor"),
+    "prefix_allowed_tokens_fn": (dict(prefix_allowed_tokens_fn=lambda b, ids: [3]), "prefix_allowed_tokens_fn"),
+    "stop_strings_without_tokenizer": (dict(stop_strings=["ab"]), "tokenizer"),
     "output_attentions": (dict(output_attentions=True, return_dict_in_generate=True), "output_attentions"),
     "unknown_strategy": (dict(batch_spec="fastest"), "batch_spec='fastest'"),
-    "logits_processor": (dict(logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2)])),
-                         "logits_processor"),
+    "custom_logits_processor": (dict(logits_processor=LogitsProcessorList([Custom()])), "Custom"),
     "hf_streamer_for_a_batch": (dict(streamer=TextStreamer(tokenizer=None)), "BatchIteratorStreamer"),
     "schedule": (dict(num_assistant_tokens_schedule="heuristic"), "num_assistant_tokens_schedule"),
     "confidence": (dict(assistant_confidence_threshold=0.3), "assistant_confidence_threshold"),

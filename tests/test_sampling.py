@@ -19,7 +19,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import hf_batchspec
 from hf_batchspec import acceptance
-from hf_batchspec.processors import probabilities
+from hf_batchspec.processors import ScoreProcessing
 from tests.tiny_models import perturbed
 
 V, NEW, ROWS = 5, 4, 30000
@@ -61,7 +61,8 @@ def exact_joint(settings: dict) -> dict[tuple, float]:
     continuations = list(itertools.product(range(V), repeat=NEW - 1))
     ids = torch.tensor([PROMPT + list(c) for c in continuations])
     with torch.no_grad():
-        probs = probabilities(TARGET(ids).logits[:, len(PROMPT) - 1:], warpers(settings))  # [V^3, 4, V]
+        scores = ScoreProcessing(warpers(settings), None)(TARGET(ids).logits[:, len(PROMPT) - 1:])
+        probs = torch.softmax(scores, -1)  # [V^3, 4, V]
     joint = {}
     for row, c in enumerate(continuations):
         for last in range(V):
