@@ -78,12 +78,12 @@ class BatchSpeculativeGenerationMixin:
             synced_gpus=synced_gpus,
         )
         validation.check_pair(self, assistant_model)
-        validation.check_draft_schedule(kwargs, assistant_model)
         pad_token_id = kwargs.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
+        schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, assistant_model)
         validation.check_generator(generator)
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
@@ -92,6 +92,8 @@ class BatchSpeculativeGenerationMixin:
             assistant_model=assistant_model,
             strategy=strategy,
             num_assistant_tokens=num_assistant_tokens,
+            schedule=schedule,
+            confidence_threshold=confidence_threshold,
             max_batch_size=max_batch_size,
             sort_by_length=sort_by_length,
             generator=generator,
@@ -114,6 +116,8 @@ def _batch_spec_decode(
     assistant_model,
     strategy: str,
     num_assistant_tokens: int,
+    schedule: str,
+    confidence_threshold: float | None,
     max_batch_size: int,
     sort_by_length: bool,
     generator: torch.Generator | None,
@@ -136,7 +140,8 @@ def _batch_spec_decode(
     eos_ids = _stop_ids(generation_config)
     settings = DecodeSettings(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
-        do_sample=bool(generation_config.do_sample), generator=generator,
+        do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
+        confidence_threshold=confidence_threshold,
         processing=ScoreProcessing(logits_processor, eos_ids),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
@@ -150,6 +155,9 @@ def _batch_spec_decode(
                                     on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
     if streamer is not None:
         streamer.end()
+    if schedule == "heuristic" and result.draft_lengths is not None and len(result.draft_lengths):
+        # as transformers does: the heuristic's state carries over to the next call through the draft's config
+        assistant_model.generation_config.num_assistant_tokens = int(round(float(result.draft_lengths.mean())))
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
     if generation_config.return_dict_in_generate:
         return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,

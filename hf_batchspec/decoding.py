@@ -39,6 +39,8 @@ class DecodeSettings:
     processing: ScoreProcessing | None = None  # the call's logits processors and warpers, in order
     criteria: tuple = ()  # stopping criteria beyond EOS and max length (stop strings, max_time, custom)
     generator: torch.Generator | None = None
+    schedule: str = "constant"  # draft length per row: constant, or transformers' heuristic
+    confidence_threshold: float | None = None  # a row stops drafting after a draft less likely than this
     output_scores: bool = False
     output_logits: bool = False
 
@@ -49,6 +51,7 @@ class DecodeResult:
     prompt_lengths: np.ndarray  # [N]
     new_tokens: np.ndarray  # [N] generated per row, through its stop id
     stats: BatchSpecStats
+    draft_lengths: np.ndarray | None = None  # per-row k after the last round
     scores: tuple | None = None  # per step [N, V], when output_scores
     logits: tuple | None = None  # per step [N, V], when output_logits
 
@@ -61,7 +64,11 @@ class _Decoder:
         self.on_tokens = on_tokens  # streaming: called with (original rows, each row's newly kept tokens)
         n_rows, width = prompts.shape
         self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
-        k, max_new = settings.num_assistant_tokens, settings.max_new_tokens
+        max_new = settings.max_new_tokens
+        # The heuristic schedule grows a row's k; the cap bounds the token buffer's slack.
+        self.k_cap = settings.num_assistant_tokens if settings.schedule == "constant" else max(
+            20, settings.num_assistant_tokens)
+        k = self.k_cap
         slots = min(settings.max_batch_size, n_rows)
         # Cache: a row's real tokens reach position len + max_new - 2, the last slot takes padding queries.
         cache_len = width + max_new
@@ -76,6 +83,7 @@ class _Decoder:
         self.rows = ActiveRows(slots, self.device)
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.processing = settings.processing or ScoreProcessing([], None)
+        self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
@@ -91,36 +99,41 @@ class _Decoder:
             free = self._round()
         new_tokens = self.stats.new_tokens.copy()
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
-        return DecodeResult(self.tokens, self.prompt_lengths, new_tokens, self.stats, **recorded)
+        return DecodeResult(self.tokens, self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
+                            **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
-        rows, stats, k = self.rows, self.stats, self.settings.num_assistant_tokens
-        budget_h = rows.budgets(k, self.settings.max_new_tokens)  # [B]
-        k_round = int(budget_h.max())
-        drafts, draft_probs = self._draft(k_round)  # [B, k_round], [B, k_round, V] when sampling
-        target_logits = self._verify(drafts)  # [B, k_round+1, V]
+        rows, stats = self.rows, self.stats
+        budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
         budget = torch.as_tensor(budget_h, device=self.device)
+        drafts, draft_probs, budget = self._draft(int(budget_h.max()), budget)  # [B, k], [B, k, V] if sampling
+        k_round = drafts.shape[1]
+        target_logits = self._verify(drafts)  # [B, k_round+1, V]
         accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k_round+1]
         count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
-        acc_h, count_h, fin_h = torch.stack((accepted, count, finished.long())).cpu().numpy()
+        acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
         if self.on_tokens is not None:  # a second transfer, only when streaming
             self._stream(rows.ids_h, candidates.cpu().numpy(), count_h)
         stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
         stats.draft_forward_calls += k_round
         old_lengths = rows.lengths_h
         rows.advance(count_h, count)
+        rows.adapt(acc_h, self.settings.schedule, self.k_cap)
+        self.last_draft_lengths = rows.draft_len_h
         # Rollback by length: the target keeps pending + accepted drafts; the draft keeps what it ran
         # (pending + d_1..d_{k-1}) that was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
         return fin_h.astype(bool)
 
-    def _draft(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, k] tokens, [B, k, V] q
+    def _draft(self, k: int, budget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Up to k drafts per row `[B, k']`, their distributions `[B, k', V]` when sampling, and the budgets,
+        cut where a row's draft fell below the confidence threshold (k' < k when every row stopped early)."""
         rows = self.rows
         if k == 0:
-            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None
+            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget
         top = int(rows.lengths_h.max())
         # First step feeds the last two committed tokens: after a fully accepted round the draft never ran
         # its own last draft (the target's bonus came after it), so the token before the pending one may be
@@ -128,16 +141,25 @@ class _Decoder:
         positions = rows.lengths.unsqueeze(1) - 2 + torch.arange(2, device=self.device)  # [B, 2]
         step_input = self.tokens[rows.ids.unsqueeze(1), positions]
         drafts, probs = [], []
-        for j in range(k):
+        threshold = self.settings.confidence_threshold
+        for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1, row_ids=rows.ids_h)
+            last = logits[:, -1].to(self.device)  # [B, V]
+            step_probs = probabilities(self.processing.draft(last)) if self.settings.do_sample or threshold else None
             if self.settings.do_sample:
-                probs.append(probabilities(self.processing.draft(logits[:, -1].to(self.device))))  # [B, V]
-                drafts.append(sample(probs[-1], self.settings.generator))
+                probs.append(step_probs)
+                drafts.append(sample(step_probs, self.settings.generator))
             else:
-                drafts.append(logits[:, -1].argmax(-1).to(self.device))
+                drafts.append(last.argmax(-1))
+            if threshold:
+                # transformers' ConfidenceCriteria, per row: the unsure draft is kept, the next ones are not
+                unsure = step_probs.gather(1, drafts[-1].unsqueeze(1)).squeeze(1) < threshold
+                budget = torch.where(unsure, torch.minimum(budget, torch.full_like(budget, j + 1)), budget)
+                if j + 1 < k and bool((budget <= j + 1).all()):  # a sync per draft step, only with a threshold
+                    break
             step_input = drafts[-1].unsqueeze(1)
             positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
-        return torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None
+        return torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None, budget
 
     def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
         rows, k = self.rows, drafts.shape[1]
@@ -249,7 +271,8 @@ class _Decoder:
         _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids, criteria)
         if self.on_tokens is not None:
             self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
-        self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1)
+        self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1,
+                        self.settings.num_assistant_tokens)
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
         stats.admitted_batches += 1

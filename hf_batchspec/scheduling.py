@@ -47,21 +47,29 @@ class ActiveRows:
         for name in _FIELDS:
             setattr(self, name + "_h", np.zeros(slots, dtype=np.int64))
             setattr(self, name, torch.zeros(slots, dtype=torch.long, device=device))
+        self.draft_len_h = np.zeros(slots, dtype=np.int64)  # each row's current k (host only: budgets are host)
 
     def __len__(self) -> int:
         return int(self.ids_h.shape[0])
 
     def place(self, slots: np.ndarray, ids: np.ndarray, lengths: np.ndarray, generated: np.ndarray,
-              limits: np.ndarray) -> None:
+              limits: np.ndarray, draft_len: int) -> None:
         """Put newly admitted prompts into `slots` (host and device copies alike)."""
+        self.draft_len_h[slots] = draft_len
         index = torch.as_tensor(slots, device=self.device)
         for name, values in zip(_FIELDS, (ids, lengths, generated, limits)):
             getattr(self, name + "_h")[slots] = values
             getattr(self, name)[index] = torch.as_tensor(values, device=self.device)
 
-    def budgets(self, k: int, max_new_tokens: int) -> np.ndarray:  # [B] drafts each row may use this round
+    def budgets(self, max_new_tokens: int) -> np.ndarray:  # [B] drafts each row may use this round
         """A round yields up to budget+1 tokens; no row drafts more than it still needs."""
-        return np.minimum(k, max_new_tokens - self.generated_h - 1)
+        return np.minimum(self.draft_len_h, max_new_tokens - self.generated_h - 1)
+
+    def adapt(self, accepted: np.ndarray, schedule: str, cap: int) -> None:
+        """transformers' heuristic draft length, per row: +2 after a fully accepted draft, -1 otherwise (>= 1)."""
+        if schedule in ("heuristic", "heuristic_transient"):
+            grown = np.where(accepted >= self.draft_len_h, self.draft_len_h + 2, self.draft_len_h - 1)
+            self.draft_len_h = np.clip(grown, 1, cap)
 
     def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:
         self.lengths_h = self.lengths_h + count_h
@@ -72,6 +80,7 @@ class ActiveRows:
     def keep(self, keep: np.ndarray) -> torch.Tensor:
         """Keep only slots `keep` (in order); returns them as a device index for the caches."""
         index = torch.as_tensor(keep, device=self.device)
+        self.draft_len_h = self.draft_len_h[keep]
         for name in _FIELDS:
             setattr(self, name + "_h", getattr(self, name + "_h")[keep])
             setattr(self, name, getattr(self, name)[index])

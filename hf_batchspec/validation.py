@@ -181,23 +181,25 @@ def resolve_num_assistant_tokens(kwargs: dict, generation_config: GenerationConf
     return value
 
 
-def check_draft_schedule(kwargs: dict, draft) -> None:
-    """Adaptive draft lengths come in a later release; an explicit request for one must not pass silently."""
+SCHEDULES = ("constant", "heuristic", "heuristic_transient")
+
+
+def resolve_draft_schedule(kwargs: dict, draft) -> tuple[str, float | None]:
+    """(num_assistant_tokens_schedule, assistant_confidence_threshold): kwarg first, then the draft's
+    generation_config as transformers reads it. The threshold's transformers default (0.4) counts as unset:
+    at batch > 1 it costs a host sync per draft step, so it applies only when asked for."""
     config = getattr(draft, "generation_config", None)
     schedule = kwargs.get("num_assistant_tokens_schedule") or getattr(config, "num_assistant_tokens_schedule", None)
-    if schedule not in (None, "constant"):
-        raise BatchSpecError(
-            f"num_assistant_tokens_schedule={schedule!r} is not supported with batch_spec yet; use 'constant'."
-        )
+    schedule = schedule or "constant"
+    if schedule not in SCHEDULES:
+        raise BatchSpecError(f"num_assistant_tokens_schedule={schedule!r} is not one of {SCHEDULES}.")
     threshold = kwargs.get("assistant_confidence_threshold")
     if threshold is None:
         threshold = getattr(config, "assistant_confidence_threshold", None)
         threshold = None if threshold == _HF_DEFAULTS.assistant_confidence_threshold else threshold
-    if threshold:
-        raise BatchSpecError(
-            f"assistant_confidence_threshold={threshold} is not supported with batch_spec yet; every row drafts "
-            "num_assistant_tokens tokens (set it to 0 or leave it unset)."
-        )
+    if threshold is not None and not 0 <= threshold < 1:
+        raise BatchSpecError(f"assistant_confidence_threshold must be in [0, 1); got {threshold!r}.")
+    return schedule, threshold or None
 
 
 def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_size: int) -> tuple[int, bool]:

@@ -51,7 +51,7 @@ def requests(draw, max_rows=12, max_prompt=40, max_new=40):
     )
 
 
-def check_against_plain_greedy(target, draft, req, data, strategy="eqspec", **generate_kwargs):
+def check_against_plain_greedy(target, draft, req, data, strategy="eqspec", max_k=None, **generate_kwargs):
     prompts, k, max_new = req["prompts"], req["k"], req["max_new"]
     # Stop ids drawn from what the target really generates, so that rows stop inside accepted blocks.
     free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
@@ -79,7 +79,7 @@ def check_against_plain_greedy(target, draft, req, data, strategy="eqspec", **ge
     assert stats.new_tokens.tolist() == lengths
     assert (stats.new_tokens == stats.accepted_tokens + stats.target_tokens).all()
     assert (stats.accepted_tokens <= stats.drafted_tokens).all()
-    assert (stats.drafted_tokens <= k * stats.row_rounds).all()
+    assert (stats.drafted_tokens <= (max_k or k) * stats.row_rounds).all()
     for row, new in enumerate(expected):
         stopped_in_block = stats.target_tokens[row] == stats.row_rounds[row]
         assert stats.target_tokens[row] in (stats.row_rounds[row], stats.row_rounds[row] + 1)
@@ -121,3 +121,32 @@ def test_self_draft_accepts_every_draft():
     assert stats.rounds == 4  # 1 token from the prefill, then 4 rounds of 5
     for row, prompt in enumerate(prompts):
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 21, None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@settings(max_examples=10)
+@given(req=requests(), data=st.data())
+def test_adaptive_draft_lengths_equal_plain_greedy(arch, req, data):
+    """transformers' heuristic schedule and confidence threshold, per row: only speed may change."""
+    schedule = data.draw(st.sampled_from(["heuristic", "heuristic_transient", "constant"]), label="schedule")
+    threshold = data.draw(st.sampled_from([None, 0.2, 0.6]), label="threshold")
+    target = target_model(arch)
+    draft = perturbed(target, 0.05)  # its own config, so the heuristic's write-back touches no shared draft
+    stats = check_against_plain_greedy(target, draft, req, data, strategy="exspec", max_k=max(20, req["k"]),
+                                       num_assistant_tokens_schedule=schedule,
+                                       assistant_confidence_threshold=threshold)
+    if schedule == "constant" and threshold is None:
+        assert (stats.drafted_tokens <= req["k"] * stats.row_rounds).all()
+
+
+def test_heuristic_grows_k_for_a_perfect_draft_and_carries_over():
+    target = target_model("llama")
+    draft = perturbed(target, 0.0)  # identical weights, a separate object with its own generation_config
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], 0)
+    run = lambda: target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",  # noqa
+                                  num_assistant_tokens_schedule="heuristic", max_new_tokens=40, do_sample=False,
+                                  pad_token_id=0, eos_token_id=None, return_dict_in_generate=True, **kw)
+    kw = dict(num_assistant_tokens=2)
+    out = run()
+    assert out.spec_stats.rounds < 40 / 3  # k grew beyond 2: fewer rounds than a constant k=2 needs
+    assert draft.generation_config.num_assistant_tokens > 2  # written back, as transformers does
