@@ -1,0 +1,304 @@
+"""`python -m hf_batchspec bench`: every decoding method side by side, on the same prompts and models.
+
+Each method generates for the same prompts, with the same models, stop ids and `max_new_tokens`. The token
+count every method is credited with is the same: each row's new tokens up to and including its first stop,
+from the batch-1 greedy reference (so a method cannot look faster by generating past EOS). Wall time is
+measured here, around whole calls, after an untimed warm-up; time inside model forwards comes from
+`profiling.ForwardTimer`, from outside the decode loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .profiling import ForwardTimer
+
+BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
+
+
+@dataclass
+class Result:
+    method: str
+    batch_size: int
+    seconds: float
+    tokens: int
+    exact_rows: int
+    rows: int
+    tokens_per_round: float | None = None
+    target_calls: int | None = None
+    draft_calls: int | None = None
+    bookkeeping: float | None = None  # share of wall time outside model forwards
+    peak_memory_mb: float | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_batchspec
+
+    target = target or str(BUNDLED_PAIR / "target")
+    draft = draft or str(BUNDLED_PAIR / "draft")
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # noqa: E731
+    return hf_batchspec.enable(load(target)), load(draft), tokenizer
+
+
+def load_prompts(path: str | None, tokenizer, count: int) -> list[list[int]]:
+    """Spec-Bench format (one JSON object per line, the prompt in `turns[0]`); the bundled code prompts by default."""
+    if path is None:
+        lines = resources.files("hf_batchspec").joinpath("data/code_prompts.jsonl").read_text().splitlines()
+    else:
+        lines = Path(path).read_text().splitlines()
+    texts = [json.loads(line)["turns"][0] for line in lines if line.strip()][:count]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.bos_token_id] for text in texts]
+
+
+def _left_pad(prompts, pad_id, device):
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+    return ids.to(device), mask.to(device), width
+
+
+def _trim(tokens: list[int], stops: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Bench:
+    def __init__(self, target, draft, prompts, max_new_tokens, k, device):
+        self.target, self.draft, self.prompts, self.device = target, draft, prompts, device
+        self.max_new, self.k = max_new_tokens, k
+        config = target.generation_config
+        eos = config.eos_token_id
+        self.stops = set([eos] if isinstance(eos, int) else eos or [])
+        self.pad = config.pad_token_id if config.pad_token_id is not None else (min(self.stops) if self.stops else 0)
+        self.common = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad,
+                           eos_token_id=sorted(self.stops) or None)
+        self.reference = None
+
+    def _chunks(self, batch_size):
+        for start in range(0, len(self.prompts), batch_size):
+            yield self.prompts[start:start + batch_size]
+
+    def _rows_from(self, out, width, count):
+        return [_trim(out[row, width:].tolist(), self.stops) for row in range(count)]
+
+    def _timed(self, name, batch_size, fn, spec=False) -> Result:
+        fn(self.prompts[: min(2, len(self.prompts))], warmup=True)  # untimed: first-call costs
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        models = (self.target, self.draft) if spec else (self.target,)
+        _sync(self.device)
+        with ForwardTimer(*models) as timer:
+            rows, stats = fn(self.prompts, warmup=False)
+        seconds = timer.wall_seconds
+        if self.reference is None:
+            self.reference = rows
+        exact = sum(r == ref for r, ref in zip(rows, self.reference))
+        tokens = sum(len(r) for r in self.reference)
+        result = Result(name, batch_size, seconds, tokens, exact, len(rows), bookkeeping=timer.bookkeeping_share)
+        if stats:
+            result.tokens_per_round = round(sum(s.tokens_per_round * s.row_rounds.sum() for s in stats)
+                                            / max(1, sum(s.row_rounds.sum() for s in stats)), 3)
+            result.target_calls = sum(s.target_forward_calls for s in stats)
+            result.draft_calls = sum(s.draft_forward_calls for s in stats)
+        if self.device.startswith("cuda"):
+            result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+        return result
+
+    # -- methods: each takes the prompts and returns (rows of new tokens trimmed at the first stop, stats) --
+    def hf_greedy(self, batch_size):
+        def run(prompts, warmup):
+            rows = []
+            for chunk in ([prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]):
+                ids, mask, width = _left_pad(chunk, self.pad, self.device)
+                rows += self._rows_from(self.target.generate(ids, attention_mask=mask, **self.common), width, len(chunk))
+            return rows, []
+        return run
+
+    def hf_assisted(self, num_assistant_tokens, threshold):
+        def run(prompts, warmup):
+            config = self.draft.generation_config
+            saved = (config.num_assistant_tokens, config.assistant_confidence_threshold,
+                     config.num_assistant_tokens_schedule)
+            config.num_assistant_tokens, config.assistant_confidence_threshold = num_assistant_tokens, threshold
+            config.num_assistant_tokens_schedule = "constant"
+            try:
+                rows = []
+                for p in prompts:
+                    ids, mask, width = _left_pad([p], self.pad, self.device)
+                    out = self.target.generate(ids, attention_mask=mask, assistant_model=self.draft, **self.common)
+                    rows += self._rows_from(out, width, 1)
+                return rows, []
+            finally:
+                (config.num_assistant_tokens, config.assistant_confidence_threshold,
+                 config.num_assistant_tokens_schedule) = saved
+        return run
+
+    def hf_prompt_lookup(self, tokens=10):
+        def run(prompts, warmup):
+            rows = []
+            for p in prompts:
+                ids, mask, width = _left_pad([p], self.pad, self.device)
+                out = self.target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=tokens, **self.common)
+                rows += self._rows_from(out, width, 1)
+            return rows, []
+        return run
+
+    def hf_continuous_batching(self, batch_size):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        def run(prompts, warmup):
+            config = GenerationConfig(**self.common)
+            # sized explicitly: on a CPU transformers would otherwise plan its paged cache from a share of all RAM
+            cb = ContinuousBatchingConfig(max_requests_per_batch=batch_size, num_blocks=256, max_batch_tokens=512)
+            outputs = self.target.generate_batch(inputs=prompts, generation_config=config,
+                                                 continuous_batching_config=cb, progress_bar=False)
+            ordered = [outputs[key] for key in sorted(outputs, key=lambda k: int(k.split("_")[-1]))]
+            return [_trim(list(o.generated_tokens), self.stops) for o in ordered], []
+        return run
+
+    def ours(self, strategy, batch_size):
+        def run(prompts, warmup):
+            kwargs = dict(assistant_model=self.draft, batch_spec=strategy, num_assistant_tokens=self.k,
+                          return_dict_in_generate=True, **self.common)
+            chunks = [prompts] if strategy == "exspec" else [prompts[i:i + batch_size]
+                                                             for i in range(0, len(prompts), batch_size)]
+            if strategy == "exspec":
+                kwargs["max_batch_size"] = batch_size
+            rows, stats = [], []
+            for chunk in chunks:
+                ids, mask, width = _left_pad(chunk, self.pad, self.device)
+                out = self.target.generate(ids, attention_mask=mask, **kwargs)
+                rows += self._rows_from(out.sequences, width, len(chunk))
+                stats.append(out.spec_stats)
+            return rows, stats
+        return run
+
+
+def run_bench(args) -> list[Result]:
+    from tqdm.auto import tqdm
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
+    prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
+    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
+    plan = [("hf-greedy-b1", 1, bench.hf_greedy(1), False)]
+    if "assisted" in args.methods:
+        plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
+                 (f"hf-assisted-b1 (k={args.k}, threshold off)", 1, bench.hf_assisted(args.k, 0.0), True)]
+    if "lookup" in args.methods:
+        plan.append(("hf-prompt-lookup-b1", 1, bench.hf_prompt_lookup(), False))
+    for b in args.batch_sizes:
+        if b > 1:
+            plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
+        if "cb" in args.methods:
+            plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
+        plan += [("eqspec", b, bench.ours("eqspec", b), True), ("exspec", b, bench.ours("exspec", b), True)]
+    results = []
+    for name, b, fn, spec in tqdm(plan, desc="bench", disable=args.quiet):
+        try:
+            results.append(bench._timed(name, b, fn, spec))
+        except Exception as error:  # a baseline that cannot run here is reported, not fatal
+            print(f"{name} (batch {b}) failed: {type(error).__name__}: {error}")
+    return results
+
+
+def table(results: list[Result]) -> str:
+    greedy = {r.batch_size: r.tokens_per_second for r in results if r.method.startswith("hf-greedy")}
+    assisted = next((r.tokens_per_second for r in results if r.method.startswith("hf-assisted-b1 (k=")), None)
+    lines = [f"{'method':<48}{'batch':>6}{'tok/s':>9}{'vs HF greedy':>13}{'vs HF assisted b1':>18}"
+             f"{'tok/round':>10}{'calls t/d':>12}{'outside fwd':>12}{'exact':>9}"]
+    for r in results:
+        vs_greedy = f"{r.tokens_per_second / greedy[r.batch_size]:.2f}x" if r.batch_size in greedy else "-"
+        vs_assisted = f"{r.tokens_per_second / assisted:.2f}x" if assisted else "-"
+        calls = f"{r.target_calls}/{r.draft_calls}" if r.target_calls is not None else "-"
+        per_round = f"{r.tokens_per_round:.2f}" if r.tokens_per_round is not None else "-"
+        lines.append(f"{r.method:<48}{r.batch_size:>6}{r.tokens_per_second:>9.0f}{vs_greedy:>13}{vs_assisted:>18}"
+                     f"{per_round:>10}{calls:>12}{r.bookkeeping:>11.0%}{r.exact_rows:>5}/{r.rows:<3}")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for method in dict.fromkeys(r.method for r in results if r.batch_size > 1 or r.method in ("eqspec", "exspec")):
+        points = sorted((r.batch_size, r.tokens_per_second) for r in results if r.method == method)
+        left.plot(*zip(*points), marker="o", label=method)
+    for r in results:
+        if r.batch_size == 1 and r.method.startswith("hf-") and "greedy" not in r.method:
+            left.axhline(r.tokens_per_second, linestyle=":", color="grey")
+    left.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="throughput")
+    left.legend(fontsize=7)
+    ours = [r for r in results if r.method in ("eqspec", "exspec")]
+    labels = [f"{r.method}\nb={r.batch_size}" for r in ours]
+    inside = [1 - r.bookkeeping for r in ours]
+    right.bar(labels, inside, label="model forwards")
+    right.bar(labels, [r.bookkeeping for r in ours], bottom=inside, label="everything else")
+    right.set(ylabel="share of wall time", title="where the time goes")
+    right.tick_params(axis="x", labelsize=6)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which models and prompts: shared by `bench` and `demo`."""
+    parser.add_argument("--target", help="HF model id or local path (default: the bundled demo target)")
+    parser.add_argument("--draft", help="HF model id or local path (default: the bundled demo draft)")
+    parser.add_argument("--prompts", help="JSONL in Spec-Bench format (turns[0]); default: bundled code prompts")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="hf-batchspec bench", description=__doc__.splitlines()[0])
+    add_source_arguments(parser)
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--k", type=int, default=3, help="num_assistant_tokens for ours and HF assisted")
+    parser.add_argument("--methods", default="assisted,lookup,cb", help="HF baselines to include besides greedy")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    results = run_bench(args)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**asdict(r), "tokens_per_second": r.tokens_per_second}
+                                               for r in results], indent=1))
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
