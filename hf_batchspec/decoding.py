@@ -243,7 +243,7 @@ class _Decoder:
         prompts = self.tokens[ids_d, :width]  # [n, P] right-packed
         full = len(slots) == len(self.rows)  # every slot at once (always so for EQSPEC): no gather needed
         cache_rows = None if full else torch.as_tensor(slots, device=self.device)
-        positions = packed_positions(ids_d, width)
+        positions = packed_positions(len(ids), width, self.device)
         limits = torch.as_tensor(lengths + max_new - 1, device=self.device)
 
         # Target: only the columns some row ends on need logits (up to n of them instead of P).

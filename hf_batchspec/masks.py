@@ -86,9 +86,9 @@ def build_masks(
     return masks if layout.as_dict else masks[FULL]
 
 
-def packed_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:  # [B] -> [B, width]
+def packed_positions(rows: int, width: int, device) -> torch.Tensor:  # [rows, width]
     """Positions of a right-packed block: column t holds position t for every row (pads included)."""
-    return torch.arange(width, device=lengths.device).expand(lengths.shape[0], width)
+    return torch.arange(width, device=device).expand(rows, width)
 
 
 def right_pack(
