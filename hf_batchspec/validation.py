@@ -105,6 +105,9 @@ def check_padding(input_ids: torch.Tensor | None, attention_mask, pad_token_id) 
     """Refuse padded input without a mask: positions and masks come from the mask, never from token values."""
     if input_ids is None:
         raise BatchSpecError("batch_spec needs `input_ids` (inputs_embeds are not supported).")
+    if not isinstance(input_ids, torch.Tensor):
+        raise BatchSpecError(f"input_ids must be a torch.LongTensor [batch, length]; got {type(input_ids).__name__} "
+                             "(tokenize with return_tensors='pt').")
     if input_ids.dim() != 2:
         raise BatchSpecError(f"input_ids must be [batch, length]; got shape {tuple(input_ids.shape)}.")
     if attention_mask is None and pad_token_id is not None and input_ids.shape[1] > 1:

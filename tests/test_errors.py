@@ -130,3 +130,10 @@ def test_unsupported_attention_implementation(pair, batch):
     ids, mask = batch
     with pytest.raises(UnsupportedModelError, match="attn_implementation"):
         pair[0].generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=3)
+
+
+@pytest.mark.parametrize("bad", [[[1, 2], [3, 4]], torch.tensor([1, 2, 3])], ids=["list", "1d"])
+def test_input_ids_must_be_a_2d_tensor(pair, no_forward, bad):
+    with pytest.raises(BatchSpecError, match="input_ids must be"):
+        pair[0].generate(bad, assistant_model=pair[1], batch_spec="eqspec", max_new_tokens=3)
+    assert not no_forward
