@@ -275,7 +275,6 @@ class _Decoder:
                         self.settings.num_assistant_tokens)
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
-        stats.admitted_batches += 1
         return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
 
     def _drop(self, free: np.ndarray) -> None:

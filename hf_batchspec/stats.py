@@ -27,7 +27,6 @@ class BatchSpecStats:
     target_prefill_calls: int = 0
     draft_prefill_calls: int = 0
     row_selections: int = 0  # times finished rows were dropped from the caches (one index_select per layer)
-    admitted_batches: int = 0  # prefills that admitted prompts into free slots (the first one included)
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
     active_rows: list = field(default_factory=list)  # rows in the batch at each verify round
@@ -61,6 +60,11 @@ class BatchSpecStats:
         """Mean tokens a row gains per verify round it takes part in (accepted drafts + the target's token)."""
         rounds = self.row_rounds.sum()
         return float((self.new_tokens.sum() - (self.new_tokens > 0).sum()) / rounds) if rounds else 0.0
+
+    @property
+    def admitted_batches(self) -> int:
+        """Prefills that admitted prompts into free slots (the first one included): one target prefill each."""
+        return self.target_prefill_calls
 
     @property
     def occupancy(self) -> float:
