@@ -3,6 +3,7 @@
 from .api import BatchSpeculativeGenerationMixin, enable
 from .cache import RaggedCache, RaggedLayer
 from .errors import BatchSpecError, UnsupportedModelError
+from .speculation import CostModel, calibrate
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .streaming import BatchIteratorStreamer, BatchStreamer
 
@@ -15,8 +16,10 @@ __all__ = [
     "BatchSpecGenerateOutput",
     "BatchSpecStats",
     "BatchSpeculativeGenerationMixin",
+    "CostModel",
     "RaggedCache",
     "RaggedLayer",
     "UnsupportedModelError",
+    "calibrate",
     "enable",
 ]

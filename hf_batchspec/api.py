@@ -19,6 +19,7 @@ from .decoding import DecodeResult, DecodeSettings, speculative_greedy
 from .masks import right_pack
 from .peft_support import row_adapters
 from .processors import ScoreProcessing
+from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .stopping import extra_criteria
 from .streaming import token_sink
@@ -48,6 +49,7 @@ class BatchSpeculativeGenerationMixin:
         max_batch_size: int | None = None,
         sort_by_length: bool | None = None,
         generator: torch.Generator | None = None,
+        speculation: str | CostModel | None = None,
         **kwargs,
     ):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
@@ -59,6 +61,9 @@ class BatchSpeculativeGenerationMixin:
             if generator is not None:
                 raise validation.BatchSpecError("`generator` applies to batch_spec decoding only; use "
                                                 "torch.manual_seed for transformers' own generate.")
+            if speculation is not None:
+                raise validation.BatchSpecError("`speculation` applies to batch_spec decoding only; pass "
+                                                "batch_spec='exspec' (or 'eqspec') to use it at batch 1.")
             return super().generate(
                 inputs=inputs,
                 generation_config=generation_config,
@@ -85,6 +90,7 @@ class BatchSpeculativeGenerationMixin:
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
         schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, assistant_model)
         validation.check_generator(generator)
+        cost_model = validation.resolve_speculation(speculation, self, assistant_model)
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
         decode = functools.partial(
@@ -97,6 +103,7 @@ class BatchSpeculativeGenerationMixin:
             max_batch_size=max_batch_size,
             sort_by_length=sort_by_length,
             generator=generator,
+            cost_model=cost_model,
             streamer=streamer,
             stop_strings=stop_strings,
             raw_attention_mask=kwargs.get("attention_mask"),
@@ -121,6 +128,7 @@ def _batch_spec_decode(
     max_batch_size: int,
     sort_by_length: bool,
     generator: torch.Generator | None,
+    cost_model,
     streamer,
     stop_strings,
     raw_attention_mask: torch.Tensor | None,
@@ -141,7 +149,7 @@ def _batch_spec_decode(
     settings = DecodeSettings(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
         do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
-        confidence_threshold=confidence_threshold,
+        confidence_threshold=confidence_threshold, cost_model=cost_model,
         processing=ScoreProcessing(logits_processor, eos_ids),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),

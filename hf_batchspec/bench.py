@@ -21,6 +21,7 @@ import torch
 from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
+OURS = ("eqspec", "exspec", "exspec-auto")
 
 
 @dataclass
@@ -180,10 +181,10 @@ class Bench:
             return [_trim(list(o.generated_tokens), self.stops) for o in ordered], []
         return run
 
-    def ours(self, strategy, batch_size):
+    def ours(self, strategy, batch_size, speculation="always"):
         def run(prompts, warmup):
             kwargs = dict(assistant_model=self.draft, batch_spec=strategy, num_assistant_tokens=self.k,
-                          return_dict_in_generate=True, **self.common)
+                          speculation=speculation, return_dict_in_generate=True, **self.common)
             chunks = [prompts] if strategy == "exspec" else [prompts[i:i + batch_size]
                                                              for i in range(0, len(prompts), batch_size)]
             if strategy == "exspec":
@@ -205,6 +206,12 @@ def run_bench(args) -> list[Result]:
     target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
+    cost = "auto"
+    if args.calibrate:  # once, before anything is timed, as a deployment would
+        from .speculation import calibrate
+
+        cost = calibrate(target, draft, rows=max(args.batch_sizes))
+        print(f"calibrated: {cost}")
     plan = [("hf-greedy-b1", 1, bench.hf_greedy(1), False)]
     if "assisted" in args.methods:
         plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
@@ -216,7 +223,8 @@ def run_bench(args) -> list[Result]:
             plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
         if "cb" in args.methods:
             plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
-        plan += [("eqspec", b, bench.ours("eqspec", b), True), ("exspec", b, bench.ours("exspec", b), True)]
+        plan += [("eqspec", b, bench.ours("eqspec", b), True), ("exspec", b, bench.ours("exspec", b), True),
+                 ("exspec-auto", b, bench.ours("exspec", b, cost), True)]
     results = []
     for name, b, fn, spec in tqdm(plan, desc="bench", disable=args.quiet):
         try:
@@ -250,7 +258,7 @@ def plot(results: list[Result], path: str) -> None:
     except ImportError as error:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for method in dict.fromkeys(r.method for r in results if r.batch_size > 1 or r.method in ("eqspec", "exspec")):
+    for method in dict.fromkeys(r.method for r in results if r.batch_size > 1 or r.method in OURS):
         points = sorted((r.batch_size, r.tokens_per_second) for r in results if r.method == method)
         left.plot(*zip(*points), marker="o", label=method)
     for r in results:
@@ -258,7 +266,7 @@ def plot(results: list[Result], path: str) -> None:
             left.axhline(r.tokens_per_second, linestyle=":", color="grey")
     left.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="throughput")
     left.legend(fontsize=7)
-    ours = [r for r in results if r.method in ("eqspec", "exspec")]
+    ours = [r for r in results if r.method in OURS]
     labels = [f"{r.method}\nb={r.batch_size}" for r in ours]
     inside = [1 - r.bookkeeping for r in ours]
     right.bar(labels, inside, label="model forwards")
@@ -285,6 +293,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--k", type=int, default=3, help="num_assistant_tokens for ours and HF assisted")
     parser.add_argument("--methods", default="assisted,lookup,cb", help="HF baselines to include besides greedy")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="exspec-auto with a cost model measured here (hf_batchspec.calibrate) instead of the "
+                             "estimate speculation='auto' uses")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the results here")

@@ -25,6 +25,7 @@ from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
 from .runner import ModelRunner
 from .scheduling import ActiveRows, PromptQueue
+from .speculation import CostModel, SpeculationControl
 from .stats import BatchSpecStats
 
 
@@ -43,6 +44,7 @@ class DecodeSettings:
     confidence_threshold: float | None = None  # a row stops drafting after a draft less likely than this
     output_scores: bool = False
     output_logits: bool = False
+    cost_model: CostModel | None = None  # speculation="auto": draft only as much as pays (None: always k)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class _Decoder:
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.processing = settings.processing or ScoreProcessing([], None)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
+        self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
@@ -106,6 +109,10 @@ class _Decoder:
     def _round(self) -> np.ndarray:  # [B] rows that finished
         rows, stats = self.rows, self.stats
         budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
+        planned = rows.draft_len_h
+        if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
+            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
+            planned = np.minimum(planned, max(int(budget_h.max(initial=0)), 1))
         budget = torch.as_tensor(budget_h, device=self.device)
         drafts, draft_probs, budget = self._draft(int(budget_h.max()), budget)  # [B, k], [B, k, V] if sampling
         k_round = drafts.shape[1]
@@ -119,13 +126,17 @@ class _Decoder:
         stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
         stats.draft_forward_calls += k_round
         old_lengths = rows.lengths_h
+        if self.control is not None:
+            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h,
+                                                                         np.minimum(acc_h, count_h), budget_h)
         rows.advance(count_h, count)
-        rows.adapt(acc_h, self.settings.schedule, self.k_cap)
+        rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
         self.last_draft_lengths = rows.draft_len_h
         # Rollback by length: the target keeps pending + accepted drafts; the draft keeps what it ran
         # (pending + d_1..d_{k-1}) that was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
-        self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
+        if k_round:  # a round without drafts leaves the draft's cache as it was (it catches up when it drafts)
+            self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
         return fin_h.astype(bool)
 
     def _draft(self, k: int, budget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -135,15 +146,26 @@ class _Decoder:
         if k == 0:
             return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget
         top = int(rows.lengths_h.max())
-        # First step feeds the last two committed tokens: after a fully accepted round the draft never ran
-        # its own last draft (the target's bonus came after it), so the token before the pending one may be
-        # missing from its cache. When it is there, re-running it rewrites its slot with the same prefix.
-        positions = rows.lengths.unsqueeze(1) - 2 + torch.arange(2, device=self.device)  # [B, 2]
-        step_input = self.tokens[rows.ids.unsqueeze(1), positions]
+        # The first step feeds every committed token the draft has not run: after a fully accepted round the
+        # token before the pending one (the draft's own last draft, never run), after rounds without drafts
+        # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
+        # end, which write scratch slots nobody reads; each row's logits are taken at its pending token.
+        missing_h = rows.lengths_h - self.draft.cache.lengths  # [B] >= 1: the pending token at least
+        width = int(missing_h.max())
+        missing = torch.as_tensor(missing_h, device=self.device)
+        positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
+        step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(max=self.tokens.shape[1] - 1)]
+        kv_len = int((rows.lengths_h - missing_h).max()) + width
+        columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
+        keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=self.device)
+        pick = torch.as_tensor(np.searchsorted(columns, missing_h - 1), device=self.device)  # [B] into `keep`
         drafts, probs = [], []
         threshold = self.settings.confidence_threshold
         for j in range(k):  # the draft is sequential: one forward per draft token
-            logits = self.draft.forward(step_input, positions, rows.limits, top + j, keep=1, row_ids=rows.ids_h)
+            logits = self.draft.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
+            if j == 0 and len(columns) > 1:
+                logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
+            keep = 1
             last = logits[:, -1].to(self.device)  # [B, V]
             step_probs = probabilities(self.processing.draft(last)) if self.settings.do_sample or threshold else None
             if self.settings.do_sample:
@@ -159,6 +181,7 @@ class _Decoder:
                     break
             step_input = drafts[-1].unsqueeze(1)
             positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
+            kv_len = top + j + 1
         return torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None, budget
 
     def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 _FIELDS = ("ids", "lengths", "generated", "limits")
+_HOST_ONLY = ("draft_len", "hits", "trials")  # decisions only: each row's k and its acceptance counts
 
 
 class PromptQueue:
@@ -47,7 +48,9 @@ class ActiveRows:
         for name in _FIELDS:
             setattr(self, name + "_h", np.zeros(slots, dtype=np.int64))
             setattr(self, name, torch.zeros(slots, dtype=torch.long, device=device))
-        self.draft_len_h = np.zeros(slots, dtype=np.int64)  # each row's current k (host only: budgets are host)
+        self.draft_len_h = np.zeros(slots, dtype=np.int64)  # each row's current k
+        self.hits_h = np.zeros(slots)  # decayed accepted drafts (see speculation.Acceptance)
+        self.trials_h = np.zeros(slots)  # decayed drafts tested: accepted ones plus the rejection, if any
 
     def __len__(self) -> int:
         return int(self.ids_h.shape[0])
@@ -56,6 +59,7 @@ class ActiveRows:
               limits: np.ndarray, draft_len: int) -> None:
         """Put newly admitted prompts into `slots` (host and device copies alike)."""
         self.draft_len_h[slots] = draft_len
+        self.hits_h[slots] = self.trials_h[slots] = 0.0
         index = torch.as_tensor(slots, device=self.device)
         for name, values in zip(_FIELDS, (ids, lengths, generated, limits)):
             getattr(self, name + "_h")[slots] = values
@@ -65,11 +69,15 @@ class ActiveRows:
         """A round yields up to budget+1 tokens; no row drafts more than it still needs."""
         return np.minimum(self.draft_len_h, max_new_tokens - self.generated_h - 1)
 
-    def adapt(self, accepted: np.ndarray, schedule: str, cap: int) -> None:
-        """transformers' heuristic draft length, per row: +2 after a fully accepted draft, -1 otherwise (>= 1)."""
+    def adapt(self, accepted: np.ndarray, planned: np.ndarray, schedule: str, cap: int) -> None:
+        """transformers' heuristic draft length, per row: +2 after a fully accepted draft, -1 otherwise (>= 1).
+
+        `planned` is the round's budget before a confidence threshold cut it: a draft stopped for low
+        confidence counts as not fully accepted, as in transformers. A row planned to draft nothing this
+        round (speculation off, or its last token) keeps its k."""
         if schedule in ("heuristic", "heuristic_transient"):
-            grown = np.where(accepted >= self.draft_len_h, self.draft_len_h + 2, self.draft_len_h - 1)
-            self.draft_len_h = np.clip(grown, 1, cap)
+            grown = np.where(accepted >= planned, self.draft_len_h + 2, self.draft_len_h - 1)
+            self.draft_len_h = np.where(planned > 0, np.clip(grown, 1, cap), self.draft_len_h)
 
     def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:
         self.lengths_h = self.lengths_h + count_h
@@ -80,7 +88,8 @@ class ActiveRows:
     def keep(self, keep: np.ndarray) -> torch.Tensor:
         """Keep only slots `keep` (in order); returns them as a device index for the caches."""
         index = torch.as_tensor(keep, device=self.device)
-        self.draft_len_h = self.draft_len_h[keep]
+        for name in _HOST_ONLY:
+            setattr(self, name + "_h", getattr(self, name + "_h")[keep])
         for name in _FIELDS:
             setattr(self, name + "_h", getattr(self, name + "_h")[keep])
             setattr(self, name, getattr(self, name)[index])

@@ -12,6 +12,7 @@ from . import compat
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
 from .processors import unsupported_processors
+from .speculation import CostModel
 
 STRATEGIES = ("eqspec", "exspec")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
@@ -219,6 +220,25 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
     if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
         raise BatchSpecError(f"max_batch_size must be a positive integer; got {max_batch_size!r}.")
     return max_batch_size, bool(sort_by_length)
+
+
+SPECULATION = ("always", "auto")
+
+
+def resolve_speculation(speculation, target, draft) -> CostModel | None:
+    """None (draft every round, as transformers' assisted generation does), or the cost model that
+    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models."""
+    if speculation is None or speculation == "always":
+        return None
+    if isinstance(speculation, CostModel):
+        return speculation
+    if speculation == "auto":
+        return CostModel.estimate(target, draft)
+    raise BatchSpecError(
+        f"speculation={speculation!r} is not supported; use 'always' (draft num_assistant_tokens every round, "
+        f"the default), 'auto' (draft only as much as pays, from a cost model estimated from the models), or "
+        f"a hf_batchspec.CostModel (e.g. from hf_batchspec.calibrate(target, draft))."
+    )
 
 
 def check_generator(generator) -> None:

@@ -374,6 +374,7 @@ DEFAULT_DRAFT_STEPS = 450
 TARGET_LR = 2.5e-3
 DRAFT_LR = 5e-3
 DISTILL_ALPHA = 0.8
+DEFAULT_TARGET_LAYERS = 4
 
 
 def parse_args() -> argparse.Namespace:
@@ -388,6 +389,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for init, batching and data split")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="windows per step")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--target-layers", type=int, default=DEFAULT_TARGET_LAYERS,
+                   help=f"decoder layers of the target (default {DEFAULT_TARGET_LAYERS}); the draft has one")
     return p.parse_args()
 
 
@@ -426,7 +429,7 @@ def main() -> None:
           f"{corpus_bytes / (train_stream.numel() + held_stream.numel()):.2f} bytes/token", flush=True)
     eval_windows = heldout_windows(held_stream, n=256)
 
-    target_cfg = make_config(tokenizer, layers=4, hidden=256, intermediate=512, heads=4, kv_heads=2)
+    target_cfg = make_config(tokenizer, layers=args.target_layers, hidden=256, intermediate=512, heads=4, kv_heads=2)
     draft_cfg = make_config(tokenizer, layers=1, hidden=128, intermediate=256, heads=2, kv_heads=1)
 
     torch.manual_seed(args.seed)

@@ -1,0 +1,204 @@
+"""When drafting pays: a cost model of one verify round and the draft length that maximises tokens per second.
+
+Speculation trades draft forwards and a wider verify for more tokens per round. At batch 1 on a GPU the
+verify is nearly free and almost any draft pays; at a large batch, or on a CPU, a verify over k+1 tokens per
+row costs close to k+1 single-token steps, and with low acceptance the round yields less than it costs.
+`speculation="auto"` decides each round, for the batch as it is:
+
+    tokens(K) = sum over rows of E(alpha_row, min(budget_row, K)),   E(a, k) = 1 + a + ... + a^k
+    cost(K)   = overhead + T(rows x (K+1)) + K draft steps of `rows` tokens
+    K*        = argmax over K in 0..k of tokens(K) / cost(K)
+
+A forward's cost is affine in its tokens: `call + token x n`. `CostModel.estimate` derives the four numbers
+from the models' sizes and the device; `calibrate` measures them on the machine (once, outside generate).
+Row acceptance is a shrunk running estimate (see `Acceptance`), updated from the counts the loop already has
+on the host: the decision is a deterministic function of what happened so far, so a seeded sampling run is
+reproducible and greedy output never depends on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Priors for `CostModel.estimate`, in seconds. CPU: measured with `calibrate` on 2 cores (torch 2.13, fp32):
+# about 1.1 ms of fixed work per decoder layer and call, and 5e-11 s per parameter and token.
+# CUDA: kernel-launch-bound fixed cost per layer, the weights read once per call, then compute per token.
+_CPU_LAYER_CALL = 1.3e-3
+_CPU_PARAM_TOKEN = 4e-11
+_CPU_ROUND = 1.5e-3
+_GPU_LAYER_CALL = 1.5e-4
+_GPU_BYTES_PER_S = 2.0e12
+_GPU_FLOPS = 2.0e14
+_GPU_ROUND = 1.0e-3
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds of one verify round, from affine per-forward costs: a forward of n tokens (rows x positions)
+    costs `call + token * n`. Only ratios matter, so any consistent unit works."""
+
+    target_call: float
+    target_token: float
+    draft_call: float
+    draft_token: float
+    round_overhead: float = 0.0  # the loop's own work per round (sync, acceptance, bookkeeping)
+
+    def __post_init__(self):
+        values = (self.target_call, self.target_token, self.draft_call, self.draft_token, self.round_overhead)
+        if any(not np.isfinite(v) or v < 0 for v in values) or self.target_call + self.target_token <= 0:
+            raise ValueError(f"CostModel needs finite, non-negative costs and a target that costs something; got "
+                             f"{self}.")
+
+    def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:
+        """Cost of a round with draft length k (array) over `rows` rows. The first draft step re-feeds the
+        token before the pending one, so it carries twice the tokens of the later steps."""
+        k = np.asarray(k, dtype=np.float64)
+        verify = self.target_call + self.target_token * rows * (k + 1)
+        drafting = k * (self.draft_call + self.draft_token * rows) + (k > 0) * self.draft_token * rows
+        return self.round_overhead + verify + drafting
+
+    @classmethod
+    def estimate(cls, target: torch.nn.Module, draft: torch.nn.Module) -> "CostModel":
+        """A prior from the models' layer counts and sizes and the target's device type (see module header).
+
+        Rough by nature (a CPU can be 2x faster or slower than the one the constants come from); what it
+        gets right is the shape: on CPU cost grows with tokens almost at once, on a GPU much later.
+        """
+        from .runner import decoder_layers, input_device
+
+        on_gpu = input_device(target).type == "cuda"
+
+        def forward_cost(model):
+            layers = decoder_layers(model.config)
+            params = sum(p.numel() for p in model.parameters())
+            if not on_gpu:
+                return _CPU_LAYER_CALL * layers, _CPU_PARAM_TOKEN * params
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            return _GPU_LAYER_CALL * layers + weights / _GPU_BYTES_PER_S, 2 * params / _GPU_FLOPS
+
+        (t_call, t_token), (d_call, d_token) = forward_cost(target), forward_cost(draft)
+        return cls(t_call, t_token, d_call, d_token, _GPU_ROUND if on_gpu else _CPU_ROUND)
+
+
+def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
+    """Tokens a row gains in a round with `drafts` drafts when each is accepted with probability `alpha`
+    (independently, until the first rejection): 1 + alpha + ... + alpha^drafts."""
+    alpha = np.clip(alpha, 0.0, 0.999)
+    return (1.0 - alpha ** (drafts + 1)) / (1.0 - alpha)
+
+
+def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel) -> int:
+    """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost."""
+    top = int(budgets.max()) if len(budgets) else 0
+    ks = np.arange(top + 1)  # [K]
+    drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
+    tokens = expected_tokens(alpha[None, :], drafts).sum(1)  # [K]
+    return int(np.argmax(tokens / cost.round_cost(len(budgets), ks)))
+
+
+class Acceptance:
+    """Running per-row acceptance estimates, shrunk toward the batch's pooled rate.
+
+    A round tells us, per row that drafted, how many drafts were accepted and whether a rejection ended the
+    run: `hits` accepted, `trials` = hits + (1 if rejected). Old rounds decay (a row's text changes character
+    as it goes). A row with few trials leans on the pooled rate, so a newly admitted prompt starts from what
+    the batch has seen.
+    """
+
+    def __init__(self, decay: float = 0.8, prior_rate: float = 0.6, prior_weight: float = 2.0):
+        self.decay, self.prior_weight = decay, prior_weight
+        self.pooled_hits, self.pooled_trials = prior_rate * prior_weight, prior_weight
+
+    @property
+    def pooled(self) -> float:
+        return self.pooled_hits / self.pooled_trials
+
+    def rates(self, hits: np.ndarray, trials: np.ndarray) -> np.ndarray:
+        return (hits + self.prior_weight * self.pooled) / (trials + self.prior_weight)
+
+    def observe(self, hits: np.ndarray, trials: np.ndarray, accepted: np.ndarray, budgets: np.ndarray):
+        """New (hits, trials) per row after a round; rows that drafted nothing keep theirs."""
+        drafted = budgets > 0
+        new_trials = accepted + (accepted < budgets)
+        hits = np.where(drafted, self.decay * hits + accepted, hits)
+        trials = np.where(drafted, self.decay * trials + new_trials, trials)
+        if drafted.any():
+            self.pooled_hits = self.decay * self.pooled_hits + accepted[drafted].sum()
+            self.pooled_trials = self.decay * self.pooled_trials + new_trials[drafted].sum()
+        return hits, trials
+
+
+class SpeculationControl:
+    """Chooses each round's draft length from the cost model and the rows' acceptance.
+
+    While speculation is off no acceptance is observed, so every `probe_every` rounds off it drafts one
+    token per row to look again (acceptance changes with the text, and rows come and go).
+    """
+
+    def __init__(self, cost: CostModel, probe_every: int = 8):
+        self.cost, self.probe_every = cost, probe_every
+        self.acceptance = Acceptance()
+        self.rounds_off = 0
+
+    def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray) -> np.ndarray:
+        """Each row's budget for this round, capped at the batch-wide K."""
+        if not len(budgets) or budgets.max() == 0:
+            return budgets
+        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost)
+        if k == 0:
+            self.rounds_off += 1
+            if self.rounds_off < self.probe_every:
+                return np.zeros_like(budgets)
+            k = 1
+        self.rounds_off = 0
+        return np.minimum(budgets, k)
+
+
+def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, context: int = 64,
+              repeats: int = 5) -> CostModel:
+    """Measure a `CostModel` on this machine: time forwards of each model at a few token counts (rows x 1,
+    2 and 4 positions, over `context` cached tokens) and fit `call + token x n` by least squares.
+
+    Run it once per model pair and machine (it takes a few hundred forwards) and pass the result as
+    `speculation=`; generate itself never reads a clock.
+    """
+    from .runner import ModelRunner
+
+    def measure(model) -> tuple[float, float]:
+        runner = ModelRunner(model, rows, context + 8)
+        device = runner.device
+        vocab = int(model.config.get_text_config().vocab_size)
+        limits = torch.full((rows,), context + 7, device=device)
+        prefix = torch.randint(0, vocab, (rows, context), device=device)
+        runner.forward(prefix, torch.arange(context, device=device).expand(rows, context), limits, context, keep=1)
+        sizes, seconds = [], []
+        for batch in (1, rows // 2 or 1, rows):
+            for width in (1, 2, 4):
+                tokens = torch.randint(0, vocab, (batch, width), device=device)
+                positions = context + torch.arange(width, device=device).expand(batch, width)
+                rows_index = torch.arange(batch, device=device) if batch < rows else None
+                for attempt in range(repeats + 1):  # the first is a warm-up
+                    _sync(device)
+                    start = time.perf_counter()
+                    runner.forward(tokens, positions, limits[:batch], context + width, rows=rows_index)
+                    _sync(device)
+                    if attempt:
+                        sizes.append(batch * width)
+                        seconds.append(time.perf_counter() - start)
+        design = np.stack([np.ones(len(sizes)), np.asarray(sizes, dtype=np.float64)], 1)
+        call, token = np.linalg.lstsq(design, np.asarray(seconds), rcond=None)[0]
+        return max(float(call), 0.0), max(float(token), 0.0)
+
+    with torch.no_grad():
+        (t_call, t_token), (d_call, d_token) = measure(target), measure(draft)
+    prior = CostModel.estimate(target, draft)
+    return CostModel(t_call, t_token, d_call, d_token, prior.round_overhead)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,132 @@
+"""speculation="auto": drafting only as much as pays. Speed may change; the output may not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from hf_batchspec import CostModel
+from hf_batchspec.speculation import Acceptance, best_draft_length, expected_tokens
+from tests.reference import left_pad, plain_greedy
+from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+
+NEVER_PAYS = CostModel(target_call=1.0, target_token=0.0, draft_call=100.0, draft_token=0.0)
+FREE_DRAFTS = CostModel(target_call=1.0, target_token=0.0, draft_call=0.0, draft_token=0.0)
+
+
+def test_expected_tokens_is_the_truncated_geometric_sum():
+    alpha = np.array([0.0, 0.5, 0.9, 1.0])
+    for k in range(5):
+        direct = sum(np.minimum(alpha, 0.999) ** i for i in range(k + 1))
+        assert np.allclose(expected_tokens(alpha, np.full(4, k)), direct)
+
+
+def test_draft_length_follows_cost_and_acceptance():
+    budgets = np.full(16, 5)
+    cpu_like = CostModel(target_call=1.0, target_token=0.25, draft_call=0.2, draft_token=0.01)
+    # a large batch and a poor draft: a wider verify costs more than it yields
+    assert best_draft_length(np.full(16, 0.1), budgets, cpu_like) == 0
+    # the same batch with a draft that is nearly always right: drafting pays
+    assert best_draft_length(np.full(16, 0.97), budgets, cpu_like) > 0
+    # batch 1 with a cheap verify (a GPU at small batch): the full k
+    assert best_draft_length(np.array([0.7]), np.array([5]), FREE_DRAFTS) == 5
+    assert best_draft_length(np.full(16, 0.7), budgets, NEVER_PAYS) == 0
+    # no row may draft beyond its budget, whatever pays
+    assert best_draft_length(np.full(4, 0.99), np.array([0, 1, 2, 1]), FREE_DRAFTS) == 2
+
+
+def test_acceptance_estimates_move_with_what_rows_see():
+    acc = Acceptance(decay=0.5, prior_rate=0.6, prior_weight=2.0)
+    hits, trials = np.zeros(3), np.zeros(3)
+    # row 0 accepts all 4 drafts, row 1 none of 4, row 2 did not draft
+    hits, trials = acc.observe(hits, trials, accepted=np.array([4, 0, 0]), budgets=np.array([4, 4, 0]))
+    rates = acc.rates(hits, trials)
+    assert rates[0] > rates[2] > rates[1]  # row 2 has only the pooled rate
+    assert trials.tolist() == [4.0, 1.0, 0.0]  # all accepted: no rejection seen; row 1: one rejection
+    assert acc.pooled == pytest.approx((0.5 * 1.2 + 4) / (0.5 * 2 + 5))
+
+
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "gpt2"])
+@settings(max_examples=12)
+@given(req=requests(max_rows=10, max_prompt=24, max_new=40), data=st.data())
+def test_auto_equals_plain_greedy(strategy, arch, req, data):
+    """Random cost models make rounds with and without drafts alternate; after rounds without drafts the
+    draft catches up on every token it missed in one ragged forward."""
+    cost = CostModel(
+        target_call=data.draw(st.floats(0.0, 2.0), label="target_call") + 1e-3,
+        target_token=data.draw(st.floats(0.0, 1.0), label="target_token"),
+        draft_call=data.draw(st.floats(0.0, 2.0), label="draft_call"),
+        draft_token=data.draw(st.floats(0.0, 0.5), label="draft_token"),
+        round_overhead=data.draw(st.floats(0.0, 1.0), label="round_overhead"),
+    )
+    kwargs = {"max_batch_size": data.draw(st.integers(1, 6), label="max_batch_size")} if strategy == "exspec" else {}
+    check_against_plain_greedy(target_model(arch), draft_model(arch, req["draft"]), req, data, strategy=strategy,
+                               speculation=data.draw(st.sampled_from([cost, NEVER_PAYS, "auto"]), label="cost"),
+                               **kwargs)
+
+
+def _generate(target, draft, prompts, speculation, max_new=40, **kwargs):
+    ids, mask = left_pad(prompts, 0)
+    return target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",
+                           num_assistant_tokens=4, max_new_tokens=max_new, eos_token_id=None, pad_token_id=0,
+                           speculation=speculation, return_dict_in_generate=True, **kwargs)
+
+
+PROMPTS = [[5, 6, 7], [9] * 11, [3, 4], list(range(10, 30))]
+
+
+def test_speculation_off_probes_every_eighth_round():
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    out = _generate(target, draft, PROMPTS, NEVER_PAYS, do_sample=False)
+    stats = out.spec_stats
+    draft_steps = stats.draft_forward_calls - stats.draft_prefill_calls
+    assert draft_steps == stats.rounds // 8  # one single-token probe per 8 rounds, nothing else
+    assert (stats.row_rounds + stats.accepted_tokens == 39).all()  # beyond the prefill's: 1 + accepted a round
+    assert (stats.drafted_tokens == draft_steps).all()
+    width = max(len(p) for p in PROMPTS)
+    for row, prompt in enumerate(PROMPTS):
+        assert out.sequences[row, width:].tolist() == plain_greedy(target, prompt, 40, None)
+
+
+def test_free_drafts_make_auto_draft_every_round_like_always():
+    target = target_model("llama")
+    draft = draft_model("llama", "self")
+    auto = _generate(target, draft, PROMPTS, FREE_DRAFTS, do_sample=False).spec_stats
+    always = _generate(target, draft, PROMPTS, "always", do_sample=False).spec_stats
+    assert auto.rounds == always.rounds == 8  # 1 + 8 x 5 tokens: every draft accepted
+    assert auto.draft_forward_calls == always.draft_forward_calls
+
+
+def test_auto_sampling_is_reproducible_with_a_generator():
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    runs = [_generate(target, draft, PROMPTS, "auto", do_sample=True, temperature=1.0,
+                      generator=torch.Generator().manual_seed(7)).sequences for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_estimated_and_calibrated_cost_models():
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    for cost in (CostModel.estimate(target, draft), hf_batchspec.calibrate(target, draft, rows=4, repeats=1)):
+        assert cost.target_call + cost.target_token > 0
+        assert cost.round_cost(8, np.array([0, 1, 3])).tolist() == sorted(cost.round_cost(8, np.array([0, 1, 3])))
+
+
+def test_bad_speculation_values_are_refused():
+    target = target_model("llama")
+    draft = draft_model("llama", "perturbed")
+    ids, mask = left_pad(PROMPTS, 0)
+    with pytest.raises(hf_batchspec.BatchSpecError, match="speculation='sometimes'"):
+        target.generate(ids, attention_mask=mask, assistant_model=draft, speculation="sometimes", max_new_tokens=4)
+    with pytest.raises(hf_batchspec.BatchSpecError, match="batch_spec decoding only"):
+        target.generate(ids[:1], attention_mask=mask[:1], assistant_model=draft, speculation="auto",
+                        max_new_tokens=4)
+    with pytest.raises(ValueError, match="non-negative"):
+        CostModel(target_call=1.0, target_token=-1.0, draft_call=0.0, draft_token=0.0)
