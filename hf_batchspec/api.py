@@ -150,6 +150,7 @@ def _batch_spec_decode(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
         do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
         confidence_threshold=confidence_threshold, cost_model=cost_model,
+        realign_every_round=strategy == "eqspec-realign",
         processing=ScoreProcessing(logits_processor, eos_ids),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),

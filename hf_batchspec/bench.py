@@ -21,7 +21,7 @@ import torch
 from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
-OURS = ("eqspec", "exspec", "exspec-auto")
+OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto")
 
 
 @dataclass
@@ -223,7 +223,9 @@ def run_bench(args) -> list[Result]:
             plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
         if "cb" in args.methods:
             plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
-        plan += [("eqspec", b, bench.ours("eqspec", b), True), ("exspec", b, bench.ours("exspec", b), True),
+        plan += [("eqspec", b, bench.ours("eqspec", b), True),
+                 ("eqspec-realign (paper's layout)", b, bench.ours("eqspec-realign", b), True),
+                 ("exspec", b, bench.ours("exspec", b), True),
                  ("exspec-auto", b, bench.ours("exspec", b, cost), True)]
     results = []
     for name, b, fn, spec in tqdm(plan, desc="bench", disable=args.quiet):

@@ -106,7 +106,7 @@ class RaggedLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         slots = torch.arange(self.max_cache_len, device=self.keys.device)
-        src = (slots + shift.to(self.keys.device)[:, None]).clamp(max=self.max_cache_len - 1)  # [B, S]
+        src = (slots + shift.to(self.keys.device)[:, None]).clamp(0, self.max_cache_len - 1)  # [B, S]
         b, h, s, _ = self.keys.shape
         self.keys = self.keys.gather(2, src[:, None, :, None].expand(b, h, s, self.keys.shape[-1]))
         self.values = self.values.gather(2, src[:, None, :, None].expand(b, h, s, self.values.shape[-1]))
@@ -137,6 +137,9 @@ class RaggedCache(Cache):
         super().__init__(layers=[RaggedLayer(batch_size, max_cache_len, self._plan) for _ in range(num_layers)])
         self.num_slots = max_cache_len  # (not `max_cache_len`: a read-only property of Cache in some 5.x)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # valid slots per row (host)
+        # Slot of each row's position 0. None: slot = position (the ragged layout, the normal case). Set by
+        # `left_align` only, to reproduce the paper's left-padded layout for comparison.
+        self.offsets: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -169,6 +172,19 @@ class RaggedCache(Cache):
         for layer in self.layers:
             layer.select_rows(idx)
         self.lengths = self.lengths[idx.cpu().numpy()]
+        if self.offsets is not None:
+            self.offsets = self.offsets[idx.cpu().numpy()]
+
+    def left_align(self, offsets: np.ndarray) -> None:
+        """The paper's EQSPEC layout: row b's position 0 moves to slot `offsets[b]` (every row ending at the
+        same slot, left padding before it). Moving rows is one gather per layer, into fresh tensors; this is
+        the per-round realignment the ragged layout exists to avoid, kept to measure what it costs."""
+        old = self.offsets if self.offsets is not None else np.zeros_like(offsets)
+        shift = old - offsets  # row b's new slot s takes old slot s + shift[b]
+        if shift.any():
+            for layer in self.layers:
+                layer.shift_rows(torch.as_tensor(shift, dtype=torch.long))
+        self.offsets = np.asarray(offsets, dtype=np.int64).copy()
 
     def realign(self, shift: torch.Tensor | np.ndarray) -> None:
         """Move row b's content `shift[b]` slots to the left, as one gather per layer.

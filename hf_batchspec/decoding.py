@@ -45,6 +45,7 @@ class DecodeSettings:
     output_scores: bool = False
     output_logits: bool = False
     cost_model: CostModel | None = None  # speculation="auto": draft only as much as pays (None: always k)
+    realign_every_round: bool = False  # the paper's left-padded layout, realigned each round (for comparison)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class _Decoder:
         slots = min(settings.max_batch_size, n_rows)
         # Cache: a row's real tokens reach position len + max_new - 2, the last slot takes padding queries.
         cache_len = width + max_new
+        if settings.realign_every_round:  # rows end together at the longest row's end: room for its k drafts
+            cache_len += k + 1
         self.target = ModelRunner(target, slots, cache_len)
         self.draft = ModelRunner(draft, slots, cache_len)
         self.target.on_rows = self.draft.on_rows = on_rows
@@ -108,6 +111,8 @@ class _Decoder:
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
         rows, stats = self.rows, self.stats
+        if self.settings.realign_every_round:
+            self._left_align()
         budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
         planned = rows.draft_len_h
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
@@ -145,7 +150,7 @@ class _Decoder:
         rows = self.rows
         if k == 0:
             return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget
-        top = int(rows.lengths_h.max())
+        top = self._top_slot(rows.lengths_h)
         # The first step feeds every committed token the draft has not run: after a fully accepted round the
         # token before the pending one (the draft's own last draft, never run), after rounds without drafts
         # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
@@ -155,7 +160,7 @@ class _Decoder:
         missing = torch.as_tensor(missing_h, device=self.device)
         positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
         step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(max=self.tokens.shape[1] - 1)]
-        kv_len = int((rows.lengths_h - missing_h).max()) + width
+        kv_len = self._top_slot(rows.lengths_h - missing_h) + width
         columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
         keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=self.device)
         pick = torch.as_tensor(np.searchsorted(columns, missing_h - 1), device=self.device)  # [B] into `keep`
@@ -188,10 +193,24 @@ class _Decoder:
         rows, k = self.rows, drafts.shape[1]
         positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
         pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
-        top = int(rows.lengths_h.max())
+        top = self._top_slot(rows.lengths_h)
         logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k,
                                      row_ids=rows.ids_h)
         return logits.to(self.device)
+
+    def _top_slot(self, ends: np.ndarray) -> int:
+        """max over rows of the slot that position `ends[b]` takes (the position itself, unless left-aligned)."""
+        offsets = self.target.cache.offsets
+        return int((ends if offsets is None else ends + offsets).max())
+
+    def _left_align(self) -> None:
+        """The paper's EQSPEC: every row's cached tokens end at the same slot, left padding before them. Rows
+        gain different counts each round, so both caches move every row, every round."""
+        lengths = self.rows.lengths_h
+        offsets = lengths.max() - lengths
+        for run in (self.target, self.draft):
+            run.cache.left_align(offsets)
+        self.stats.realignments += 1
 
     def _accept(self, drafts, draft_probs, target_logits, budget) -> tuple[torch.Tensor, torch.Tensor]:
         """Accepted drafts per row `[B]` and the round's candidate tokens `[B, k+1]`: the first `accepted + 1`

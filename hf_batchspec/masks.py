@@ -65,11 +65,14 @@ def additive_mask(
     kv_len: int,
     dtype: torch.dtype,
     window: int | None = None,
+    first: torch.Tensor | None = None,  # [B] slot of each row's position 0, in a left-padded layout
 ) -> torch.Tensor:  # [B, 1, q, kv_len]
     """0 where a query may attend, the dtype's minimum elsewhere."""
     slots = torch.arange(kv_len, device=positions.device)  # [S]
     pos = positions.unsqueeze(-1)  # [B, q, 1]
     allowed = slots <= pos  # [B, q, S]
+    if first is not None:  # the left padding before a row's first token
+        allowed &= slots >= first[:, None, None]
     if window is not None:
         # transformers' sliding_window_overlay: kv_idx > q_idx - window
         allowed &= slots > pos - window
@@ -79,10 +82,11 @@ def additive_mask(
 
 
 def build_masks(
-    layout: AttentionLayout, positions: torch.Tensor, kv_len: int, dtype: torch.dtype
+    layout: AttentionLayout, slots: torch.Tensor, kv_len: int, dtype: torch.dtype, first: torch.Tensor | None = None
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The `attention_mask` argument for one forward over the slot layout."""
-    masks = {kind: additive_mask(positions, kv_len, dtype, window) for kind, window in layout.windows.items()}
+    """The `attention_mask` argument for one forward, from the slots its queries write (= their positions,
+    unless the cache is left-aligned: then `first` gives each row's first slot)."""
+    masks = {kind: additive_mask(slots, kv_len, dtype, window, first) for kind, window in layout.windows.items()}
     return masks if layout.as_dict else masks[FULL]
 
 

@@ -43,7 +43,7 @@ class ModelRunner:
         tokens: torch.Tensor,  # [b, q]
         positions: torch.Tensor,  # [b, q] position = slot of each token
         position_limit: torch.Tensor,  # [b] highest position id a real token of the row can have
-        kv_len: int,  # slots the attention reads (host int: max position in the forward + 1)
+        kv_len: int,  # slots the attention reads (host int: max slot in the forward + 1)
         keep: int | torch.Tensor = 0,  # logits to return: last `keep` columns (0 = all) or column indices
         rows: torch.Tensor | None = None,  # [b] cache rows, when the forward covers only some rows
         row_ids=None,  # [b] host array: the original prompt index of each row (for `on_rows`)
@@ -52,17 +52,22 @@ class ModelRunner:
             self.on_rows(row_ids)
         tokens = tokens.to(self.device)
         positions = positions.to(self.device)
+        first = None
+        if self.cache.offsets is not None:  # left-aligned (the paper's layout): slot = offset + position
+            first = torch.as_tensor(self.cache.offsets, device=self.device)
+            first = first if rows is None else first[rows.to(self.device)]
+        slots = positions if first is None else positions + first.unsqueeze(1)
         # Padding queries past a row's end share the cache's last slot, which no real token is ever written
         # to or read from: the cache stays bounded by rows x (longest prompt + max_new_tokens).
-        positions = positions.clamp(max=self.cache.num_slots - 1)
+        slots = slots.clamp(max=self.cache.num_slots - 1)
         kv_len = min(kv_len, self.cache.num_slots)
-        self.cache.begin(positions, kv_len, rows)
+        self.cache.begin(slots, kv_len, rows)
         # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is
         # discarded, but an absolute-position model must not see ids it was never trained on.
         position_ids = torch.minimum(positions, position_limit.to(self.device).unsqueeze(1))
         kwargs = {
             self._cache_kwarg: self.cache,
-            "attention_mask": build_masks(self.layout, positions, kv_len, self.dtype),
+            "attention_mask": build_masks(self.layout, slots, kv_len, self.dtype, first),
             "position_ids": position_ids,
             "use_cache": True,
         }

@@ -14,7 +14,7 @@ from .masks import attention_layout
 from .processors import unsupported_processors
 from .speculation import CostModel
 
-STRATEGIES = ("eqspec", "exspec")
+STRATEGIES = ("eqspec", "exspec", "eqspec-realign")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
 DEFAULT_MAX_BATCH_SIZE = 32
 _HF_DEFAULTS = GenerationConfig()
@@ -68,7 +68,8 @@ def check_pair(target: torch.nn.Module, draft) -> None:
 
 
 def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | None) -> str | None:
-    """Which path serves this call: None for transformers' own generate, else "eqspec" or "exspec"."""
+    """Which path serves this call: None for transformers' own generate, else "eqspec" or "exspec" (or
+    "eqspec-realign": eqspec in the paper's left-padded layout, realigned every round, to measure that cost)."""
     if batch_spec is not None and batch_spec not in STRATEGIES:
         raise BatchSpecError(f"batch_spec={batch_spec!r} is not one of {STRATEGIES} (or None).")
     if assistant_model is None:

@@ -67,6 +67,19 @@ def test_realign_matches_hand_built_shift():
         assert torch.equal(cache.layers[0].keys[row, :, :n], expected[row, :, :n])
 
 
+def test_left_align_moves_each_row_to_its_offset_and_back():
+    cache, keys = filled()
+    lengths = [3, 5, 1]
+    cache.set_lengths(np.array(lengths))
+    cache.left_align(np.array([2, 0, 4]))  # every row now ends at slot 5 (exclusive)
+    for row, (n, offset) in enumerate(zip(lengths, [2, 0, 4])):
+        assert torch.equal(cache.layers[0].keys[row, :, offset:offset + n], keys[row, :, :n])
+    cache.left_align(np.array([0, 1, 0]))  # moves left for rows 0 and 2, right for row 1
+    for row, (n, offset) in enumerate(zip(lengths, [0, 1, 0])):
+        assert torch.equal(cache.layers[0].keys[row, :, offset:offset + n], keys[row, :, :n])
+    assert cache.offsets.tolist() == [0, 1, 0]
+
+
 def test_from_left_padded_matches_per_row_prefill():
     """A padded DynamicCache prefill, realigned, holds each row's own keys at slots 0..len-1."""
     model = build("llama")
