@@ -117,7 +117,7 @@ class _Decoder:
         planned = rows.draft_len_h
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
-            planned = np.minimum(planned, max(int(budget_h.max(initial=0)), 1))
+            planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = torch.as_tensor(budget_h, device=self.device)
         drafts, draft_probs, budget = self._draft(int(budget_h.max()), budget)  # [B, k], [B, k, V] if sampling
         k_round = drafts.shape[1]

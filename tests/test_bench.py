@@ -25,7 +25,8 @@ def test_bench_reports_every_method_exact(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
     methods = {(r["method"], r["batch_size"]) for r in rows}
-    assert {("hf-greedy-b1", 1), ("hf-greedy", 2), ("eqspec", 2), ("exspec", 2), ("hf-prompt-lookup-b1", 1)} <= methods
+    assert {("hf-greedy-b1", 1), ("hf-greedy", 2), ("eqspec", 2), ("exspec", 2), ("exspec-auto", 2),
+            ("eqspec-realign (paper's layout)", 2), ("hf-prompt-lookup-b1", 1)} <= methods
     for r in rows:
         assert r["exact_rows"] == r["rows"] == 4, r["method"]
         assert r["tokens"] == rows[0]["tokens"] and r["tokens"] > 0  # every method credited the same tokens
