@@ -107,29 +107,39 @@ class Bench:
         return [_trim(out[row, width:].tolist(), self.stops) for row in range(count)]
 
     def _timed(self, name, batch_size, fn, spec=False) -> Result:
-        fn(self.prompts[: min(2, len(self.prompts))], warmup=True)  # untimed: first-call costs
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        models = (self.target, self.draft) if spec else (self.target,)
-        timer = None
-        for _ in range(self.repeats):  # the fastest of `repeats` runs: other processes only ever slow a run down
-            _sync(self.device)
-            with ForwardTimer(*models) as attempt:
-                rows, stats = fn(self.prompts, warmup=False)
-            timer = attempt if timer is None or attempt.wall_seconds < timer.wall_seconds else timer
-        seconds = timer.wall_seconds
+        return self.compare([(name, fn, spec)], batch_size)[0]
+
+    def compare(self, methods, batch_size, warmed=False) -> list[Result]:
+        """Time `methods` ([(name, fn, uses the draft)]) at one batch size, taking turns: each of `repeats`
+        passes runs every method once, and a method's fastest run counts. On a shared machine a slow spell
+        then falls on all methods alike instead of on whichever happened to run during it."""
+        for _, fn, _ in [] if warmed else methods:
+            fn(self.prompts[: min(2, len(self.prompts))], warmup=True)  # untimed: first-call costs
+        best = [None] * len(methods)  # (timer, rows, stats, peak memory)
+        for _ in range(self.repeats):
+            for i, (_, fn, spec) in enumerate(methods):
+                if self.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                _sync(self.device)
+                with ForwardTimer(*((self.target, self.draft) if spec else (self.target,))) as timer:
+                    rows, stats = fn(self.prompts, warmup=False)
+                peak = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
+                if best[i] is None or timer.wall_seconds < best[i][0].wall_seconds:
+                    best[i] = (timer, rows, stats, peak)
+        return [self._result(name, batch_size, *measured) for (name, _, _), measured in zip(methods, best)]
+
+    def _result(self, name, batch_size, timer, rows, stats, peak) -> Result:
         if self.reference is None:
             self.reference = rows
         exact = sum(r == ref for r, ref in zip(rows, self.reference))
         tokens = sum(len(r) for r in self.reference)
-        result = Result(name, batch_size, seconds, tokens, exact, len(rows), bookkeeping=timer.bookkeeping_share)
+        result = Result(name, batch_size, timer.wall_seconds, tokens, exact, len(rows),
+                        bookkeeping=timer.bookkeeping_share, peak_memory_mb=peak)
         if stats:
             result.tokens_per_round = round(sum(s.tokens_per_round * s.row_rounds.sum() for s in stats)
                                             / max(1, sum(s.row_rounds.sum() for s in stats)), 3)
             result.target_calls = sum(s.target_forward_calls for s in stats)
             result.draft_calls = sum(s.draft_forward_calls for s in stats)
-        if self.device.startswith("cuda"):
-            result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
         return result
 
     # -- methods: each takes the prompts and returns (rows of new tokens trimmed at the first stop, stats) --
@@ -231,12 +241,18 @@ def run_bench(args) -> list[Result]:
                  ("eqspec-realign (paper's layout)", b, bench.ours("eqspec-realign", b), True),
                  ("exspec", b, bench.ours("exspec", b), True),
                  ("exspec-auto", b, bench.ours("exspec", b, cost), True)]
-    results = []
-    for name, b, fn, spec in tqdm(plan, desc="bench", disable=args.quiet):
-        try:
-            results.append(bench._timed(name, b, fn, spec))
-        except Exception as error:  # a baseline that cannot run here is reported, not fatal
-            print(f"{name} (batch {b}) failed: {type(error).__name__}: {error}")
+    results, groups = [], {}  # HF greedy at batch 1 comes first: its rows are the reference
+    for name, b, fn, spec in plan:
+        groups.setdefault(b, []).append((name, fn, spec))
+    for b, methods in tqdm(groups.items(), desc="bench (batch sizes)", disable=args.quiet):
+        runnable = []
+        for method in methods:  # a baseline that cannot run here is reported, not fatal
+            try:
+                method[1](bench.prompts[: min(2, len(bench.prompts))], warmup=True)  # untimed: first-call costs
+                runnable.append(method)
+            except Exception as error:
+                print(f"{method[0]} (batch {b}) failed: {type(error).__name__}: {error}")
+        results += bench.compare(runnable, b, warmed=True)
     return results
 
 
@@ -264,21 +280,21 @@ def plot(results: list[Result], path: str) -> None:
     except ImportError as error:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for method in dict.fromkeys(r.method for r in results if r.batch_size > 1 or r.method in OURS):
-        points = sorted((r.batch_size, r.tokens_per_second) for r in results if r.method == method)
-        left.plot(*zip(*points), marker="o", label=method)
+    line = lambda r: "hf-greedy" if r.method == "hf-greedy-b1" else r.method  # noqa: E731 (b1 starts its line)
+    colors = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(line(r) for r in results))}
+    for method in dict.fromkeys(line(r) for r in results if r.batch_size > 1 or r.method in OURS):
+        points = sorted((r.batch_size, r.tokens_per_second) for r in results if line(r) == method)
+        left.plot(*zip(*points), marker="o", label=method, color=colors[method])
     for r in results:
         if r.batch_size == 1 and r.method.startswith("hf-") and "greedy" not in r.method:
             left.axhline(r.tokens_per_second, linestyle=":", color="grey")
     left.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="throughput")
     left.legend(fontsize=7)
-    ours = [r for r in results if r.method in OURS]
-    labels = [f"{r.method}\nb={r.batch_size}" for r in ours]
-    inside = [1 - r.bookkeeping for r in ours]
-    right.bar(labels, inside, label="model forwards")
-    right.bar(labels, [r.bookkeeping for r in ours], bottom=inside, label="everything else")
-    right.set(ylabel="share of wall time", title="where the time goes")
-    right.tick_params(axis="x", labelsize=6)
+    for method in dict.fromkeys(line(r) for r in results if r.method in OURS or line(r) == "hf-greedy"):
+        points = sorted((r.batch_size, 100 * r.bookkeeping) for r in results if line(r) == method)
+        right.plot(*zip(*points), marker="o", label=method, color=colors[method])
+    right.set(xscale="log", xlabel="batch size", ylabel="% of wall time outside model forwards",
+              title="bookkeeping (everything but model forwards)")
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -308,8 +324,14 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one")
     args = parser.parse_args(argv)
-    results = run_bench(args)
+    if args.from_json:
+        fields = Result.__dataclass_fields__
+        results = [Result(**{k: v for k, v in row.items() if k in fields})
+                   for row in json.loads(Path(args.from_json).read_text())]
+    else:
+        results = run_bench(args)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps([{**asdict(r), "tokens_per_second": r.tokens_per_second}

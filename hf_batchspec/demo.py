@@ -29,10 +29,10 @@ def main(argv=None) -> None:
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
     b = args.batch_size
-    results = [bench._timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1)),
-               bench._timed(f"HF greedy, batch {b}", b, bench.hf_greedy(b)),
-               bench._timed(f"hf-batchspec eqspec, batch {b}", b, bench.ours("eqspec", b), spec=True),
-               bench._timed(f"hf-batchspec exspec, max_batch_size {b}", b, bench.ours("exspec", b), spec=True)]
+    results = [bench._timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1))]
+    results += bench.compare([(f"HF greedy, batch {b}", bench.hf_greedy(b), False),
+                              (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b), True),
+                              (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b), True)], b)
     reference, greedy = results[0], results[1]
 
     print(f"{len(prompts)} prompts, up to {args.max_new_tokens} new tokens, k={args.k}, {reference.tokens} tokens "
