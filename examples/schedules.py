@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from hf_batchspec.bench import Bench, add_source_arguments, load_pair, load_prompts
-from hf_batchspec.speculation import calibrate
+from hf_batchspec.profiling import calibrate
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 from .api import BatchSpeculativeGenerationMixin, enable
 from .cache import RaggedCache, RaggedLayer
 from .errors import BatchSpecError, UnsupportedModelError
-from .speculation import CostModel, calibrate
+from .profiling import calibrate
+from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .streaming import BatchIteratorStreamer, BatchStreamer
 

@@ -74,16 +74,16 @@ def _left_pad(prompts, pad_id, device):
     return ids.to(device), mask.to(device), width
 
 
+def _chunks(prompts: list, size: int) -> list[list]:
+    """Consecutive batches of `size` prompts, as batched greedy and eqspec take them."""
+    return [prompts[start:start + size] for start in range(0, len(prompts), size)]
+
+
 def _trim(tokens: list[int], stops: set[int]) -> list[int]:
     for i, t in enumerate(tokens):
         if t in stops:
             return tokens[: i + 1]
     return tokens
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Bench:
@@ -97,10 +97,6 @@ class Bench:
         self.common = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad,
                            eos_token_id=sorted(self.stops) or None)
         self.reference = None
-
-    def _chunks(self, batch_size):
-        for start in range(0, len(self.prompts), batch_size):
-            yield self.prompts[start:start + batch_size]
 
     def _rows_from(self, out, width, count):
         return [_trim(out[row, width:].tolist(), self.stops) for row in range(count)]
@@ -119,7 +115,6 @@ class Bench:
             for i, (_, fn, spec) in enumerate(methods):
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                _sync(self.device)
                 with ForwardTimer(*((self.target, self.draft) if spec else (self.target,))) as timer:
                     rows, stats = fn(self.prompts, warmup=False)
                 peak = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
@@ -145,7 +140,7 @@ class Bench:
     def hf_greedy(self, batch_size):
         def run(prompts, warmup):
             rows = []
-            for chunk in ([prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]):
+            for chunk in _chunks(prompts, batch_size):
                 ids, mask, width = _left_pad(chunk, self.pad, self.device)
                 rows += self._rows_from(self.target.generate(ids, attention_mask=mask, **self.common), width, len(chunk))
             return rows, []
@@ -198,8 +193,7 @@ class Bench:
         def run(prompts, warmup):
             kwargs = dict(assistant_model=self.draft, batch_spec=strategy, num_assistant_tokens=k or self.k,
                           speculation=speculation, return_dict_in_generate=True, **self.common, **generate_kwargs)
-            chunks = [prompts] if strategy == "exspec" else [prompts[i:i + batch_size]
-                                                             for i in range(0, len(prompts), batch_size)]
+            chunks = [prompts] if strategy == "exspec" else _chunks(prompts, batch_size)
             if strategy == "exspec":
                 kwargs["max_batch_size"] = batch_size
             rows, stats = [], []
@@ -221,7 +215,7 @@ def run_bench(args) -> list[Result]:
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
     cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
-        from .speculation import calibrate
+        from .profiling import calibrate
 
         cost = calibrate(target, draft, rows=max(args.batch_sizes))
         print(f"calibrated: {cost}")

@@ -1,7 +1,8 @@
-"""Where a generate call's wall time goes: model forwards vs everything else ("bookkeeping").
+"""Every clock of the package: where a generate call's wall time goes, and what a forward costs here.
 
 Kept out of the decode loop on purpose: `ForwardTimer` wraps the models from outside with forward hooks,
-so the algorithm never reads a clock. Use it around a call in benchmarks and examples:
+and `calibrate` times forwards before generate runs, so the algorithm never reads a clock. Use
+`ForwardTimer` around a call in benchmarks and examples:
 
     with ForwardTimer(target, draft) as timer:
         out = target.generate(...)
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
+from .speculation import CostModel
 
-def _synchronize(device: torch.device | None = None) -> None:
-    # Forward hooks fire when the Python call returns, not when a GPU finishes: wait for the device.
+
+def synchronize() -> None:
+    # A forward returns when its kernels are queued, not when a GPU has run them: wait for the devices.
     if torch.cuda.is_available():
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize()
 
 
 class ForwardTimer:
@@ -34,11 +38,11 @@ class ForwardTimer:
         self._t0 = 0.0
 
     def _pre(self, module, args, kwargs):
-        _synchronize()
+        synchronize()
         self._started = time.perf_counter()
 
     def _post(self, module, args, kwargs, output):
-        _synchronize()
+        synchronize()
         self.forward_seconds += time.perf_counter() - self._started
         self.calls += 1
 
@@ -46,12 +50,12 @@ class ForwardTimer:
         for model in self.models:
             self._handles.append(model.register_forward_pre_hook(self._pre, with_kwargs=True))
             self._handles.append(model.register_forward_hook(self._post, with_kwargs=True))
-        _synchronize()
+        synchronize()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        _synchronize()
+        synchronize()
         self.wall_seconds = time.perf_counter() - self._t0
         for handle in self._handles:
             handle.remove()
@@ -61,3 +65,44 @@ class ForwardTimer:
     def bookkeeping_share(self) -> float:
         """Share of wall time spent outside model forwards."""
         return 1.0 - self.forward_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, context: int = 64,
+              repeats: int = 5) -> CostModel:
+    """Measure a `CostModel` on this machine: time forwards of each model at a few token counts (rows x 1,
+    2 and 4 positions, over `context` cached tokens) and fit `call + token x n` by least squares.
+
+    Run it once per model pair and machine (it takes a few hundred forwards) and pass the result as
+    `speculation=`; generate itself never reads a clock.
+    """
+    from .runner import ModelRunner
+
+    def measure(model) -> tuple[float, float]:
+        runner = ModelRunner(model, rows, context + 8)
+        device = runner.device
+        vocab = int(model.config.get_text_config().vocab_size)
+        limits = torch.full((rows,), context + 7, device=device)
+        prefix = torch.randint(0, vocab, (rows, context), device=device)
+        runner.forward(prefix, torch.arange(context, device=device).expand(rows, context), limits, context, keep=1)
+        sizes, seconds = [], []
+        for batch in (1, rows // 2 or 1, rows):
+            for width in (1, 2, 4):
+                tokens = torch.randint(0, vocab, (batch, width), device=device)
+                positions = context + torch.arange(width, device=device).expand(batch, width)
+                rows_index = torch.arange(batch, device=device) if batch < rows else None
+                for attempt in range(repeats + 1):  # the first is a warm-up
+                    synchronize()
+                    start = time.perf_counter()
+                    runner.forward(tokens, positions, limits[:batch], context + width, rows=rows_index)
+                    synchronize()
+                    if attempt:
+                        sizes.append(batch * width)
+                        seconds.append(time.perf_counter() - start)
+        design = np.stack([np.ones(len(sizes)), np.asarray(sizes, dtype=np.float64)], 1)
+        call, token = np.linalg.lstsq(design, np.asarray(seconds), rcond=None)[0]
+        return max(float(call), 0.0), max(float(token), 0.0)
+
+    with torch.no_grad():
+        (t_call, t_token), (d_call, d_token) = measure(target), measure(draft)
+    prior = CostModel.estimate(target, draft)
+    return CostModel(t_call, t_token, d_call, d_token, prior.round_overhead)

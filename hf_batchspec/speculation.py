@@ -10,7 +10,8 @@ row costs close to k+1 single-token steps, and with low acceptance the round yie
     K*        = argmax over K in 0..k of tokens(K) / cost(K)
 
 A forward's cost is affine in its tokens: `call + token x n`. `CostModel.estimate` derives the four numbers
-from the models' sizes and the device; `calibrate` measures them on the machine (once, outside generate).
+from the models' sizes and the device; `profiling.calibrate` measures them on the machine (once, outside
+generate: the clocks live in `profiling.py`).
 Row acceptance is a shrunk running estimate (see `Acceptance`), updated from the counts the loop already has
 on the host: the decision is a deterministic function of what happened so far, so a seeded sampling run is
 reproducible and greedy output never depends on it.
@@ -18,13 +19,12 @@ reproducible and greedy output never depends on it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-# Priors for `CostModel.estimate`, in seconds. CPU: measured with `calibrate` on 2 cores (torch 2.13, fp32):
+# Priors for `CostModel.estimate`, in seconds. CPU: measured with `profiling.calibrate` on 2 cores (torch 2.13, fp32):
 # about 1.1 ms of fixed work per decoder layer and call, and 5e-11 s per parameter and token.
 # CUDA: kernel-launch-bound fixed cost per layer, the weights read once per call, then compute per token.
 _CPU_LAYER_CALL = 1.3e-3
@@ -156,49 +156,3 @@ class SpeculationControl:
             k = 1
         self.rounds_off = 0
         return np.minimum(budgets, k)
-
-
-def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, context: int = 64,
-              repeats: int = 5) -> CostModel:
-    """Measure a `CostModel` on this machine: time forwards of each model at a few token counts (rows x 1,
-    2 and 4 positions, over `context` cached tokens) and fit `call + token x n` by least squares.
-
-    Run it once per model pair and machine (it takes a few hundred forwards) and pass the result as
-    `speculation=`; generate itself never reads a clock.
-    """
-    from .runner import ModelRunner
-
-    def measure(model) -> tuple[float, float]:
-        runner = ModelRunner(model, rows, context + 8)
-        device = runner.device
-        vocab = int(model.config.get_text_config().vocab_size)
-        limits = torch.full((rows,), context + 7, device=device)
-        prefix = torch.randint(0, vocab, (rows, context), device=device)
-        runner.forward(prefix, torch.arange(context, device=device).expand(rows, context), limits, context, keep=1)
-        sizes, seconds = [], []
-        for batch in (1, rows // 2 or 1, rows):
-            for width in (1, 2, 4):
-                tokens = torch.randint(0, vocab, (batch, width), device=device)
-                positions = context + torch.arange(width, device=device).expand(batch, width)
-                rows_index = torch.arange(batch, device=device) if batch < rows else None
-                for attempt in range(repeats + 1):  # the first is a warm-up
-                    _sync(device)
-                    start = time.perf_counter()
-                    runner.forward(tokens, positions, limits[:batch], context + width, rows=rows_index)
-                    _sync(device)
-                    if attempt:
-                        sizes.append(batch * width)
-                        seconds.append(time.perf_counter() - start)
-        design = np.stack([np.ones(len(sizes)), np.asarray(sizes, dtype=np.float64)], 1)
-        call, token = np.linalg.lstsq(design, np.asarray(seconds), rcond=None)[0]
-        return max(float(call), 0.0), max(float(token), 0.0)
-
-    with torch.no_grad():
-        (t_call, t_token), (d_call, d_token) = measure(target), measure(draft)
-    prior = CostModel.estimate(target, draft)
-    return CostModel(t_call, t_token, d_call, d_token, prior.round_overhead)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
