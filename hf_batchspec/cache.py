@@ -171,9 +171,10 @@ class RaggedCache(Cache):
         idx = torch.as_tensor(indices, dtype=torch.long)
         for layer in self.layers:
             layer.select_rows(idx)
-        self.lengths = self.lengths[idx.cpu().numpy()]
+        kept = idx.cpu().numpy()
+        self.lengths = self.lengths[kept]
         if self.offsets is not None:
-            self.offsets = self.offsets[idx.cpu().numpy()]
+            self.offsets = self.offsets[kept]
 
     def left_align(self, offsets: np.ndarray) -> None:
         """The paper's EQSPEC layout: row b's position 0 moves to slot `offsets[b]` (every row ending at the

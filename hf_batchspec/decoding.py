@@ -128,12 +128,13 @@ class _Decoder:
         acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
         if self.on_tokens is not None:  # a second transfer, only when streaming
             self._stream(rows.ids_h, candidates.cpu().numpy(), count_h)
-        stats.add_round(rows.ids_h, budget_h, np.minimum(acc_h, count_h), count_h, len(self.queue))
+        kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
+        stats.add_round(rows.ids_h, budget_h, kept_drafts, count_h, len(self.queue))
         stats.draft_forward_calls += k_round
         old_lengths = rows.lengths_h
         if self.control is not None:
-            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h,
-                                                                         np.minimum(acc_h, count_h), budget_h)
+            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
+                                                                         budget_h)
         rows.advance(count_h, count)
         rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
         self.last_draft_lengths = rows.draft_len_h
@@ -256,15 +257,15 @@ class _Decoder:
         rows = self.rows
         cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=self.device)  # [B, T]
         self.tokens[rows.ids.unsqueeze(1), cols] = candidates
-        count, stopped = truncate_at_stop(candidates, count, self.stop_ids, self._criteria(rows.ids_h,
-                                                                                           rows.lengths_h, cols))
+        criteria = self._criteria(rows.ids_h, rows.lengths_h, candidates.shape[1])
+        count, stopped = truncate_at_stop(candidates, count, self.stop_ids, criteria)
         return count, stopped | (rows.generated + count >= self.settings.max_new_tokens)
 
-    def _criteria(self, ids: np.ndarray, lengths: np.ndarray, cols: torch.Tensor) -> torch.Tensor | None:
-        """[B, T] candidates that end their row by a stopping criterion (None when the call has none)."""
+    def _criteria(self, ids: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor | None:
+        """[B, width] candidates that end their row by a stopping criterion (None when the call has none)."""
         if not self.settings.criteria:
             return None
-        return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, cols.shape[1])
+        return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, width)
 
     # -- admission and departure -----------------------------------------------------------------------------
     def _refill(self, free: np.ndarray) -> np.ndarray:
@@ -301,7 +302,7 @@ class _Decoder:
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
         if max_new > 1:
-            # The draft's logits over the prompt are never used: its first step re-feeds the last prompt token.
+            # The draft's logits over the prompt are never used: its first step runs the pending first token.
             self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids)
             self.draft.cache.set_lengths(lengths, rows=slots)
             stats.draft_forward_calls += 1
@@ -309,7 +310,7 @@ class _Decoder:
 
         first = first.to(self.device)
         self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
-        criteria = self._criteria(ids, lengths, first.unsqueeze(1))
+        criteria = self._criteria(ids, lengths, 1)
         _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids, criteria)
         if self.on_tokens is not None:
             self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
