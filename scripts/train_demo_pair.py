@@ -239,6 +239,19 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     )
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor) -> None:
+    """One update, gradients clipped to norm 1 (both models train the same way)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train_target(model: LlamaForCausalLM, stream: torch.Tensor, *, steps: int, batch: int,
                  lr: float, seed: int) -> tuple[float, float]:
     """Plain next-token cross-entropy training.  Returns (final loss, seconds).
@@ -252,15 +265,11 @@ def train_target(model: LlamaForCausalLM, stream: torch.Tensor, *, steps: int, b
     recent: list[float] = []
     t0 = time.perf_counter()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=max(1, steps // 20))
+        set_lr(opt, lr_at(step, steps, lr, warmup=max(1, steps // 20)))
         w = sample_windows(stream, batch, gen)
         logits = model(input_ids=w[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), w[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, model, loss)
         recent = (recent + [loss.item()])[-10:]
         if step % 50 == 0 or step == steps - 1:
             print(f"  target step {step:4d}/{steps}  loss {loss.item():.3f}  "
@@ -288,8 +297,7 @@ def train_draft(draft: LlamaForCausalLM, target: LlamaForCausalLM, stream: torch
     recent_ce: list[float] = []
     t0 = time.perf_counter()
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=max(1, steps // 20))
+        set_lr(opt, lr_at(step, steps, lr, warmup=max(1, steps // 20)))
         w = sample_windows(stream, batch, gen)
         inputs = w[:, :-1]
         with torch.no_grad():
@@ -302,10 +310,7 @@ def train_draft(draft: LlamaForCausalLM, target: LlamaForCausalLM, stream: torch
         ) * temperature**2
         ce = F.cross_entropy(student, w[:, 1:].reshape(-1))
         loss = alpha * kl + (1.0 - alpha) * ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, draft, loss)
         recent_kl = (recent_kl + [kl.item()])[-10:]
         recent_ce = (recent_ce + [ce.item()])[-10:]
         if step % 50 == 0 or step == steps - 1:
