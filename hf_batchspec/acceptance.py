@@ -1,11 +1,16 @@
-"""Which drafted tokens a round keeps: pure functions over the whole batch.
+"""Which drafted tokens a round keeps: pure functions over the whole batch, greedy and sampling.
 
 Names (used across the package): the draft proposes `k` tokens per row (`draft_tokens`, `[B, k]`); the
-target scores the pending token and the k drafts in one forward and its greedy choice at each of those
-k+1 positions is `target_tokens` (`[B, k+1]`). Draft token i is **accepted** while it equals target token i;
-the target's token right after the accepted prefix is kept too: a **correction** at the first mismatch, the
-**bonus** token when every draft was accepted. Since accepted drafts equal the target's tokens, a row's
-emitted tokens are always `target_tokens[:, :n + 1]`.
+target scores the pending token and the k drafts in one forward, `k+1` positions per row. A row's first
+`accepted` drafts are kept, then one token of the target's own right after them: a **correction** at the first
+rejection, the **bonus** token when every draft was accepted.
+
+- Greedy (`greedy_accept`): draft i is accepted while it equals the target's argmax at position i
+  (`target_tokens`, `[B, k+1]`), so a row's kept tokens are always `target_tokens[:, :accepted + 1]`.
+- Sampling (`speculative_sample`): draft i is accepted with probability min(1, p_i(d_i) / q_i(d_i)); the token
+  after the accepted prefix is drawn from the residual max(0, p - q) after a rejection, or from p after a fully
+  accepted budget, so the kept tokens are distributed as sampling from the target alone.
+- `truncate_at_stop` then cuts each row just after its first stop.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationMixin
 
 from . import validation
-from .decoding import DecodeResult, DecodeSettings, speculative_greedy
+from .decoding import DecodeResult, DecodeSettings, speculative_decode
 from .masks import right_pack
 from .peft_support import row_adapters
 from .processors import ScoreProcessing
@@ -53,17 +53,15 @@ class BatchSpeculativeGenerationMixin:
         **kwargs,
     ):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        batch_size = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else None
+        batch_size = validation.batch_size_of(input_ids, kwargs.get("inputs_embeds"))
         strategy = validation.choose_strategy(batch_spec, assistant_model, batch_size)
-        max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
-                                                                 batch_size or 1)
+        validation.check_routing(
+            strategy, assistant_model, batch_size,
+            dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
+                 generator=generator),
+            kwargs, generation_config, self.generation_config,
+        )
         if strategy is None:
-            if generator is not None:
-                raise validation.BatchSpecError("`generator` applies to batch_spec decoding only; use "
-                                                "torch.manual_seed for transformers' own generate.")
-            if speculation is not None:
-                raise validation.BatchSpecError("`speculation` applies to batch_spec decoding only; pass "
-                                                "batch_spec='exspec' (or 'eqspec') to use it at batch 1.")
             return super().generate(
                 inputs=inputs,
                 generation_config=generation_config,
@@ -77,16 +75,16 @@ class BatchSpeculativeGenerationMixin:
             )
 
         # Everything that can be refused is refused here, before transformers prepares anything.
-        validation.check_call(
-            kwargs,
-            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-            synced_gpus=synced_gpus,
-        )
+        validation.check_call(kwargs, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, synced_gpus=synced_gpus,
+                              generation_config=generation_config, model_config=self.generation_config)
         validation.check_pair(self, assistant_model)
         pad_token_id = kwargs.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
-        validation.check_padding(input_ids, kwargs.get("attention_mask"), pad_token_id)
+        validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
+                                validation.vocab_size(self, assistant_model), kwargs.get("inputs_embeds"))
+        max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
+                                                                 batch_size)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
         schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, assistant_model)
         validation.check_generator(generator)
@@ -151,7 +149,7 @@ def _batch_spec_decode(
         do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
         confidence_threshold=confidence_threshold, cost_model=cost_model,
         realign_every_round=strategy == "eqspec-realign",
-        processing=ScoreProcessing(logits_processor, eos_ids),
+        processing=ScoreProcessing(logits_processor),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
     )
@@ -160,7 +158,7 @@ def _batch_spec_decode(
     adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them
     on_tokens = token_sink(streamer, input_ids)
     with adapters or contextlib.nullcontext():
-        result = speculative_greedy(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,
+        result = speculative_decode(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,
                                     on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
     if streamer is not None:
         streamer.end()

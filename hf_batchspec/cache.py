@@ -226,10 +226,15 @@ class RaggedCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.lengths.max()) if self.lengths.size else 0
 
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative count of tokens to remove from every row")
-        self.rollback(np.maximum(self.lengths + tokens_to_remove, 0))
+    def crop(self, max_length: int) -> None:
+        """transformers' contract, per row: a negative argument removes that many tokens from every row (0
+        removes none, as transformers' generate calls it); a positive one keeps at most that many (the meaning it
+        has had since transformers 4.x, deprecated but still served in 5.17): rows already shorter are
+        untouched. Like `rollback`, nothing is copied."""
+        if max_length <= 0:
+            self.rollback(np.maximum(self.lengths + max_length, 0))
+        else:
+            self.rollback(np.minimum(self.lengths, max_length))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.select_rows(indices)

@@ -1,10 +1,11 @@
-"""The batch speculative greedy loop on the ragged cache (EQSPEC and EXSPEC).
+"""The batch speculative decoding loop on the ragged cache (EQSPEC and EXSPEC), greedy or sampling.
 
 Outline of one round, for the B active rows at once:
   1. draft:   the draft model proposes up to k tokens per row (k forwards of 1 token; the first also re-feeds
               the previous token, which the draft has not seen when the last round's drafts were all accepted)
-  2. verify:  the target runs [pending, d_1..d_k] in one forward and picks its own token at each position
-  3. accept:  keep the matching prefix of drafts plus the target's next token; cut at a stop id
+  2. verify:  the target runs [pending, d_1..d_k] in one forward and scores each position
+  3. accept:  keep the accepted prefix of drafts (greedy: equal to the target's argmax; sampling: speculative
+              rejection sampling) plus the target's next token; cut at a stop
   4. commit:  append the kept tokens to each row; the caches roll back by length alone
   5. refill:  rows that hit a stop id or their token budget free their slot: a waiting prompt is prefilled
               into it (EXSPEC), or, when none waits, the slot leaves the batch
@@ -27,6 +28,13 @@ from .runner import ModelRunner
 from .scheduling import ActiveRows, PromptQueue
 from .speculation import CostModel, SpeculationControl
 from .stats import BatchSpecStats
+
+
+# The largest k the heuristic schedule grows a row to: transformers' default num_assistant_tokens (20), the
+# length its own heuristic starts from. transformers grows k without a bound at batch 1; at batch > 1 every
+# row's verify is as wide as the batch's largest k, so an unbounded k would make every round as wide as the
+# best row's streak. A num_assistant_tokens above 20 raises the cap to itself.
+HEURISTIC_MAX_DRAFT = 20
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,10 @@ class _Decoder:
         n_rows, width = prompts.shape
         self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
         max_new = settings.max_new_tokens
-        # The heuristic schedule grows a row's k; the cap bounds the token buffer's slack.
+        # The heuristic schedule grows a row's k by 2 per fully accepted round; the cap bounds the token
+        # buffer's slack (k + 1 columns past a row's end) and the verify width (see HEURISTIC_MAX_DRAFT).
         self.k_cap = settings.num_assistant_tokens if settings.schedule == "constant" else max(
-            20, settings.num_assistant_tokens)
+            HEURISTIC_MAX_DRAFT, settings.num_assistant_tokens)
         k = self.k_cap
         slots = min(settings.max_batch_size, n_rows)
         # Cache: a row's real tokens reach position len + max_new - 2, the last slot takes padding queries.
@@ -87,7 +96,7 @@ class _Decoder:
         self.tokens[:, :width] = prompts.to(self.device)
         self.rows = ActiveRows(slots, self.device)
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
-        self.processing = settings.processing or ScoreProcessing([], None)
+        self.processing = settings.processing or ScoreProcessing([])
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
@@ -330,7 +339,7 @@ class _Decoder:
             self.stats.row_selections += 1
 
 
-def speculative_greedy(
+def speculative_decode(
     target: torch.nn.Module,
     draft: torch.nn.Module,
     prompts: torch.Tensor,  # [N, P] right-packed: row b's prompt in columns 0..len_b-1
@@ -340,4 +349,8 @@ def speculative_greedy(
     on_rows=None,  # called before each forward with its rows' original indices
     on_tokens=None,  # called after each round with (original rows, their newly kept tokens)
 ) -> DecodeResult:
+    """Decode every prompt to its stop or budget, drafting with `draft` and verifying with `target`.
+
+    Greedy (`settings.do_sample` False) output equals plain greedy decoding of each prompt alone; sampling
+    keeps the target's distribution (speculative rejection sampling)."""
     return _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows, on_tokens).run()

@@ -49,9 +49,8 @@ class Prefixes:
 class ScoreProcessing:
     """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
 
-    def __init__(self, processors, eos_token_ids: torch.Tensor | None):
+    def __init__(self, processors):
         self.steps = list(processors or [])
-        self.eos = eos_token_ids
         self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
         self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
 

@@ -81,19 +81,114 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
     return batch_spec
 
 
-def check_call(kwargs: dict, *, prefix_allowed_tokens_fn, synced_gpus):
-    """Arguments of generate() that the batch speculative path does not serve (yet)."""
-    given = {
-        "prefix_allowed_tokens_fn": prefix_allowed_tokens_fn,
-        "negative_prompt_ids": kwargs.get("negative_prompt_ids"),
-        "assistant_tokenizer": kwargs.get("assistant_tokenizer"),
-        "inputs_embeds": kwargs.get("inputs_embeds"),
-        "prompt_lookup_num_tokens": kwargs.get("prompt_lookup_num_tokens"),
-        "assistant_early_exit": kwargs.get("assistant_early_exit"),
-    }
+# Options of ours that only batch speculative decoding reads.
+OWN_OPTIONS = ("max_batch_size", "sort_by_length", "speculation", "generator")
+# transformers' own draft sources besides a draft model; its assisted generation serves them at batch 1 only.
+HF_DRAFT_SOURCES = ("prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
+
+
+def check_routing(strategy: str | None, assistant_model, batch_size: int | None, options: dict, kwargs: dict,
+                  generation_config, model_config) -> None:
+    """Refuse options the chosen path would drop, naming the real cause.
+
+    `options` holds our own arguments as passed (None = not passed). When transformers' generate serves the call
+    (strategy None) none of them applies, and the reason is either the missing `assistant_model` or, at batch 1
+    with `batch_spec` unset, that transformers' own assisted generation serves it.
+    """
+    given = [name for name in OWN_OPTIONS if options.get(name) is not None]
+    if strategy is None and given:
+        name = given[0]
+        if assistant_model is None:
+            raise BatchSpecError(
+                f"`{name}` applies to batch speculative decoding, which needs a draft model: pass "
+                f"assistant_model=... (a small model with the target's tokenizer), or drop `{name}`."
+            )
+        raise BatchSpecError(
+            f"`{name}` applies to batch speculative decoding, but at batch 1 with batch_spec unset transformers' "
+            f"own assisted generation serves the call: pass batch_spec='exspec' to use `{name}` at batch 1."
+        )
+    if strategy is not None and strategy != "exspec":
+        for name in ("max_batch_size", "sort_by_length"):
+            if options.get(name) is not None:
+                raise BatchSpecError(
+                    f"`{name}` applies to batch_spec='exspec' only (a pool of slots refilled from a queue); "
+                    f"batch_spec={strategy!r} decodes every prompt at once: drop `{name}` or use batch_spec='exspec'."
+                )
+    if strategy is None and assistant_model is None and batch_size is not None and batch_size > 1:
+        for name in HF_DRAFT_SOURCES:
+            value = setting(name, kwargs, generation_config, model_config)
+            if value is not None and value is not False:
+                raise BatchSpecError(
+                    f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
+                    f"not batch this draft source yet; this batch has {batch_size} prompts: call generate once per "
+                    f"prompt, or draft with a small model instead (assistant_model=..., any batch size)."
+                )
+
+
+def setting(name: str, kwargs: dict, generation_config, model_config):
+    """A generation setting as transformers resolves it: the kwarg, else the call's config, else the model's."""
+    if kwargs.get(name) is not None:
+        return kwargs[name]
+    for config in (generation_config, model_config):
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+# Settings of generate() that the batch speculative path does not serve (yet): what to do instead.
+_NOT_SERVED = {
+    "prefix_allowed_tokens_fn": "its constraint reads the padded batch layout",
+    "negative_prompt_ids": "classifier-free guidance needs a second, unconditional batch",
+    "assistant_tokenizer": "drafts with another tokenizer are not batched yet",
+    "prompt_lookup_num_tokens": "prompt lookup is not batched yet; it drafts instead of assistant_model",
+    "max_matching_ngram_size": "it configures prompt lookup, which is not batched yet",
+    "assistant_early_exit": "early-exit self-speculation is not batched yet; it drafts instead of assistant_model",
+    "use_mtp": "multi-token-prediction drafting is not batched yet",
+    "speculation_type": "transformers' other speculation types are not batched",
+    "assistant_ensemble_weight": "ensemble verification changes the output distribution; batch_spec is lossless",
+    "compile_config": "batch_spec does not compile its forwards yet (they run eagerly)",
+    "cache_config": "batch_spec builds its own per-row caches",
+    "max_cache_len": "batch_spec sizes its own per-row caches (prompt width + max_new_tokens)",
+    "prefill_chunk_size": "batch_spec prefills each admitted prompt in one forward",
+    "penalty_alpha": "contrastive search is another decoding method",
+    "dola_layers": "DoLa decoding is another decoding method",
+    "low_memory": "it applies to contrastive search only",
+    "token_healing": "token healing rewrites the prompt, which batch_spec does not do",
+    "continuous_batching_config": "it configures transformers' generate_batch, not generate",
+}
+
+
+def check_call(kwargs: dict, *, prefix_allowed_tokens_fn, synced_gpus, generation_config=None, model_config=None):
+    """Arguments of generate() that the batch speculative path does not serve (yet): refused, never dropped.
+
+    A setting counts as given when the caller passed it as a keyword, or in an explicit `generation_config` with
+    a value other than transformers' default and the model's own; the model's `generation_config` (a checkpoint's
+    defaults, e.g. Gemma's cache_implementation="hybrid") is not the caller's request.
+    """
+    given = {"prefix_allowed_tokens_fn": prefix_allowed_tokens_fn}
+    for name in (*_NOT_SERVED, "cache_implementation"):
+        if name in given:
+            continue
+        if name in kwargs:
+            given[name] = kwargs[name]
+        elif generation_config is not None:
+            value = getattr(generation_config, name, None)
+            defaults = (getattr(_HF_DEFAULTS, name, None), getattr(model_config, name, None))
+            given[name] = None if any(value == default for default in defaults) else value
+    implementation = given.pop("cache_implementation", None)
     for name, value in given.items():
-        if value is not None and not (isinstance(value, list) and not value):
-            raise BatchSpecError(f"`{name}` is not supported with batch_spec; drop it or call without assistant_model.")
+        if value is not None and value is not False and not (isinstance(value, list) and not value):
+            raise BatchSpecError(
+                f"`{name}` is not supported with batch_spec ({_NOT_SERVED[name]}): drop it, or call without "
+                "assistant_model for transformers' own generate."
+            )
+    if implementation not in (None, "dynamic"):
+        raise BatchSpecError(
+            f"cache_implementation={implementation!r} is not supported with batch_spec: the call builds its own "
+            "per-row caches (preallocated, rolled back per row) and does not compile its forwards yet. Drop "
+            "cache_implementation, or call without assistant_model for transformers' own generate."
+        )
     if synced_gpus:
         raise BatchSpecError(
             "synced_gpus is not supported with batch_spec; split the prompts across processes instead "
@@ -103,15 +198,47 @@ def check_call(kwargs: dict, *, prefix_allowed_tokens_fn, synced_gpus):
         raise BatchSpecError(f"`{name}` is not supported with batch_spec: the call builds its own per-row caches.")
 
 
-def check_padding(input_ids: torch.Tensor | None, attention_mask, pad_token_id) -> None:
-    """Refuse padded input without a mask: positions and masks come from the mask, never from token values."""
+def batch_size_of(input_ids, inputs_embeds) -> int | None:
+    """The call's batch size, from `input_ids` or else `inputs_embeds` (None when neither is a batch)."""
+    for tensor in (input_ids, inputs_embeds):
+        if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+            return int(tensor.shape[0])
+    return None
+
+
+def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, inputs_embeds=None) -> None:
+    """Every tensor argument, before any work: dtype, dimensions, shapes that agree, and values (ids inside the
+    vocabulary of both models, a 0/1 left-padding mask). Positions and masks come from the mask, never from token
+    values, so a bad mask or id would otherwise surface deep inside a forward, or not at all."""
     if input_ids is None:
-        raise BatchSpecError("batch_spec needs `input_ids` (inputs_embeds are not supported).")
+        if inputs_embeds is not None:
+            raise BatchSpecError(
+                "inputs_embeds is not supported with assistant_model at batch > 1 (or with batch_spec): batch "
+                "speculative decoding needs token ids, which the draft reads and the target verifies. Pass input_ids."
+            )
+        raise BatchSpecError("batch_spec needs `input_ids` [batch, length] (the tokenizer's return_tensors='pt').")
+    if inputs_embeds is not None:
+        raise BatchSpecError("Pass either input_ids or inputs_embeds, not both (batch_spec decodes from input_ids).")
     if not isinstance(input_ids, torch.Tensor):
         raise BatchSpecError(f"input_ids must be a torch.LongTensor [batch, length]; got {type(input_ids).__name__} "
                              "(tokenize with return_tensors='pt').")
     if input_ids.dim() != 2:
         raise BatchSpecError(f"input_ids must be [batch, length]; got shape {tuple(input_ids.shape)}.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise BatchSpecError(
+            f"input_ids must hold integer token ids (torch.long); got dtype {input_ids.dtype}. Use the tokenizer's "
+            "input_ids as returned (return_tensors='pt'), or convert ids with .long()."
+        )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise BatchSpecError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs a token.")
+    real = check_attention_mask(attention_mask, input_ids)  # [B, W] bool: the tokens that are prompt, not padding
+    outside = real & ((input_ids < 0) | (input_ids >= vocab_size))
+    if bool(outside.any()):
+        row, col = (int(i) for i in outside.nonzero()[0])
+        raise BatchSpecError(
+            f"input_ids[{row}, {col}] = {int(input_ids[row, col])} is outside the vocabulary [0, {vocab_size}) of "
+            "the target and assistant models: the ids must come from the models' own tokenizer."
+        )
     if attention_mask is None and pad_token_id is not None and input_ids.shape[1] > 1:
         if bool((input_ids[:, 0] == pad_token_id).any()):
             raise BatchSpecError(
@@ -120,26 +247,63 @@ def check_padding(input_ids: torch.Tensor | None, attention_mask, pad_token_id) 
             )
 
 
-def prompt_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:  # [B]
-    """Real tokens per row from a left-padding mask; anything else is refused."""
+def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:  # [B, W] bool
+    """A left-padding mask: each row is zeros, then at least one one. Returns it as booleans."""
     if attention_mask is None:
-        return torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    if not isinstance(attention_mask, torch.Tensor):
+        raise BatchSpecError(f"attention_mask must be a tensor [batch, length]; got {type(attention_mask).__name__} "
+                             "(tokenize with return_tensors='pt').")
     if attention_mask.shape != input_ids.shape:
         raise BatchSpecError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}."
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: "
+            "pass the mask the tokenizer returned with these ids."
         )
-    mask = attention_mask.long()
-    if bool(((mask != 0) & (mask != 1)).any()):
-        raise BatchSpecError("attention_mask must hold only 0 and 1.")
-    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+    if attention_mask.device != input_ids.device:
+        raise BatchSpecError(f"attention_mask is on {attention_mask.device} but input_ids on {input_ids.device}: "
+                             "move both to the same device.")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise BatchSpecError("attention_mask must hold only 0 (padding) and 1 (real tokens); it holds other values.")
+    mask = attention_mask != 0
+    empty = ~mask.any(-1)
+    if bool(empty.any()):
+        raise BatchSpecError(f"Row {int(empty.nonzero()[0])} of attention_mask is all zeros: every prompt needs at "
+                             "least one token.")
+    rises = (mask[:, 1:] & ~mask[:, :-1]).sum(-1)  # [B] 0 -> 1 steps
+    falls = (~mask[:, 1:] & mask[:, :-1]).sum(-1)  # [B] 1 -> 0 steps
+    right = (falls == 1) & (rises == 0) & mask[:, 0]  # ones, then zeros
+    if bool(right.any()):
         raise BatchSpecError(
-            "attention_mask has padding after real tokens (right padding or holes); batched generation with a "
-            "decoder-only model needs left padding: set tokenizer.padding_side = 'left'."
+            f"attention_mask row {int(right.nonzero()[0])} has its padding after the real tokens (right padding); "
+            "batched generation with a decoder-only model needs left padding: set tokenizer.padding_side = 'left' "
+            "before tokenizing."
         )
-    lengths = mask.sum(-1)
-    if bool((lengths == 0).any()):
-        raise BatchSpecError("A row of attention_mask is all zeros: every prompt needs at least one token.")
-    return lengths
+    holes = falls > 0
+    if bool(holes.any()):
+        row = int(holes.nonzero()[0])
+        raise BatchSpecError(
+            f"attention_mask row {row} has a 0 between real tokens (a hole inside the prompt); hf-batchspec needs "
+            "each prompt's tokens contiguous, padding only on the left (positions count the real tokens). Remove "
+            "the masked tokens from the prompt (re-tokenize it), or mask only left padding."
+        )
+    return mask
+
+
+def prompt_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:  # [B]
+    """Real tokens per row of a left-padding mask (checked by `check_attention_mask` before any work)."""
+    if attention_mask is None:
+        return torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long, device=input_ids.device)
+    return (attention_mask != 0).long().sum(-1)
+
+
+def vocab_size(*models) -> int:
+    """Ids every model can embed: the smallest input embedding table (config.vocab_size where there is none)."""
+    sizes = []
+    for model in models:
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        size = getattr(embedding, "num_embeddings", None)
+        sizes.append(int(size) if size is not None else int(model.config.get_text_config().vocab_size))
+    return min(sizes)
 
 
 def check_generation_config(config: GenerationConfig, logits_processor, stopping_criteria, model_kwargs) -> None:
@@ -152,8 +316,8 @@ def check_generation_config(config: GenerationConfig, logits_processor, stopping
     for name, feature in _NOT_YET.items():
         if getattr(config, name, False):
             raise BatchSpecError(
-                f"{feature} ({name}=True) is not supported with batch_spec yet; pass {name}=False "
-                "(greedy decoding) or call without assistant_model."
+                f"{feature} ({name}=True) is not supported with batch_spec yet; drop {name} (or pass "
+                f"{name}=False), or call without assistant_model for transformers' own generate."
             )
     unsupported = unsupported_processors(logits_processor)
     if unsupported:
@@ -208,13 +372,8 @@ def resolve_draft_schedule(kwargs: dict, draft) -> tuple[str, float | None]:
 
 
 def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_size: int) -> tuple[int, bool]:
-    """EXSPEC's pool size and admission order; EQSPEC decodes every prompt at once and takes neither."""
+    """EXSPEC's pool size and admission order (`check_routing` refused them for every other path)."""
     if strategy != "exspec":
-        for name, value in (("max_batch_size", max_batch_size), ("sort_by_length", sort_by_length)):
-            if value is not None:
-                raise BatchSpecError(
-                    f"`{name}` applies to batch_spec='exspec' only; eqspec decodes every prompt at once."
-                )
         return batch_size, False
     if max_batch_size is None:
         max_batch_size = min(batch_size, DEFAULT_MAX_BATCH_SIZE)

@@ -130,3 +130,17 @@ def test_model_forward_through_ragged_cache_equals_alone():
         with torch.no_grad():
             alone = model(input_ids=torch.tensor([seq])).logits[0, -1]
         torch.testing.assert_close(logits[row, -1], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_crop_follows_transformers_contract_per_row():
+    """Negative: remove that many tokens from every row; 0: nothing; positive: keep at most that many (the
+    4.x meaning, still served by transformers 5.17). Nothing is copied either way."""
+    cache, _ = filled()
+    cache.set_lengths(np.array([8, 5, 2]))
+    cache.crop(-3)
+    assert cache.lengths.tolist() == [5, 2, 0]
+    cache.crop(0)
+    assert cache.lengths.tolist() == [5, 2, 0]
+    cache.set_lengths(np.array([8, 5, 2]))
+    cache.crop(4)
+    assert cache.lengths.tolist() == [4, 4, 2]

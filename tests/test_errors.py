@@ -55,6 +55,16 @@ CASES = {
     "bad_k": (dict(num_assistant_tokens=0), "num_assistant_tokens"),
     "use_cache": (dict(use_cache=False), "use_cache"),
     "user_cache": (dict(past_key_values=transformers.DynamicCache()), "past_key_values"),
+    "static_cache": (dict(cache_implementation="static"), "cache_implementation='static'"),
+    "compile_config": (dict(compile_config=transformers.CompileConfig()), "compile_config"),
+    "compile_config_in_generation_config": (
+        dict(generation_config=transformers.GenerationConfig(compile_config=transformers.CompileConfig(),
+                                                             max_new_tokens=4)), "compile_config"),
+    "prompt_lookup_with_assistant": (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
+    "early_exit_with_assistant": (dict(assistant_early_exit=1), "assistant_early_exit"),
+    "max_cache_len": (dict(max_cache_len=64), "max_cache_len"),
+    "contrastive_search": (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha"),
+    "max_batch_size_with_eqspec": (dict(max_batch_size=2), "batch_spec='exspec'"),
 }
 
 
@@ -137,3 +147,115 @@ def test_input_ids_must_be_a_2d_tensor(pair, no_forward, bad):
     with pytest.raises(BatchSpecError, match="input_ids must be"):
         pair[0].generate(bad, assistant_model=pair[1], batch_spec="eqspec", max_new_tokens=3)
     assert not no_forward
+
+
+def refused(pair, no_forward, message, ids, **kwargs):
+    with pytest.raises(BatchSpecError, match=message) as error:
+        pair[0].generate(ids, **kwargs)
+    assert not no_forward, "refused after a forward pass ran"
+    return str(error.value)
+
+
+@pytest.mark.parametrize("convert", [lambda ids: ids.float(), lambda ids: ids.float() + 0.7, lambda ids: ids.bool()],
+                         ids=["float", "float_fraction", "bool"])
+def test_input_ids_must_be_integers(pair, batch, no_forward, convert):
+    ids, mask = batch
+    refused(pair, no_forward, "integer token ids", convert(ids), attention_mask=mask, assistant_model=pair[1],
+            max_new_tokens=8)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 128, 10_000])
+def test_ids_outside_the_vocabulary(pair, batch, no_forward, bad_id):
+    ids, mask = batch
+    ids = ids.clone()
+    ids[1, 2] = bad_id
+    message = refused(pair, no_forward, "outside the vocabulary", ids, attention_mask=mask, assistant_model=pair[1],
+                      max_new_tokens=4)
+    assert "input_ids[1, 2]" in message and "[0, 128)" in message
+
+
+def test_padding_ids_are_never_embedded(pair, batch):
+    """Masked positions are padding: whatever id they hold (here one outside the vocabulary) is never read."""
+    ids, mask = batch
+    padded = ids.masked_fill(mask == 0, 500)
+    out = pair[0].generate(padded, attention_mask=mask, assistant_model=pair[1], max_new_tokens=5, do_sample=False,
+                           pad_token_id=0)
+    expected = pair[0].generate(ids, attention_mask=mask, assistant_model=pair[1], max_new_tokens=5, do_sample=False,
+                                pad_token_id=0)
+    assert torch.equal(out[:, ids.shape[1]:], expected[:, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("value", [2, 0.5], ids=["two", "half"])
+def test_mask_must_be_zeros_and_ones(pair, batch, no_forward, value):
+    ids, mask = batch
+    mask = mask.float() if isinstance(value, float) else mask.clone()
+    mask[0, 1] = value
+    refused(pair, no_forward, "only 0", ids, attention_mask=mask, assistant_model=pair[1], max_new_tokens=4)
+
+
+def test_mask_must_match_the_ids(pair, batch, no_forward):
+    ids, mask = batch
+    refused(pair, no_forward, "attention_mask has shape", ids, attention_mask=mask[:, 1:], assistant_model=pair[1],
+            max_new_tokens=4)
+    refused(pair, no_forward, "attention_mask must be a tensor", ids, attention_mask=mask.tolist(),
+            assistant_model=pair[1], max_new_tokens=4)
+
+
+def test_hole_in_the_mask_is_named_as_such(pair, no_forward):
+    ids = torch.tensor([[5, 6, 7, 8], [0, 9, 10, 11]])
+    mask = torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1]])
+    message = refused(pair, no_forward, "hole", ids, attention_mask=mask, assistant_model=pair[1], max_new_tokens=4)
+    assert "row 0" in message and "padding_side" not in message
+
+
+def test_empty_prompts_refused(pair, no_forward):
+    ids = torch.zeros((2, 0), dtype=torch.long)
+    refused(pair, no_forward, "empty", ids, attention_mask=ids, assistant_model=pair[1], max_new_tokens=4)
+
+
+def test_inputs_embeds_batch_refused_with_our_message(pair, batch, no_forward):
+    """The batch size comes from inputs_embeds too: a batch of embeddings must not reach transformers'
+    batch-1 assisted generation."""
+    ids, mask = batch
+    embeds = pair[0].get_input_embeddings()(ids)
+    message = refused(pair, no_forward, "inputs_embeds", None, inputs_embeds=embeds, attention_mask=mask,
+                      assistant_model=pair[1], max_new_tokens=4)
+    assert "input_ids" in message and "batch_size = 1" not in message
+
+
+@pytest.mark.parametrize("option", [dict(max_batch_size=2), dict(sort_by_length=True), dict(speculation="auto"),
+                                    dict(generator=torch.Generator())], ids=lambda o: next(iter(o)))
+def test_our_options_without_assistant_name_the_missing_assistant(pair, no_forward, option):
+    ids, mask = left_pad([[5 + i, 6, 7] for i in range(16)], pad_id=0)
+    message = refused(pair, no_forward, "assistant_model", ids, attention_mask=mask, max_new_tokens=4, **option)
+    assert "eqspec" not in message and "batch 1" not in message
+
+
+@pytest.mark.parametrize("option", [dict(max_batch_size=2), dict(speculation="auto")], ids=lambda o: next(iter(o)))
+def test_our_options_at_batch_one_name_batch_spec(pair, no_forward, option):
+    ids = torch.tensor([[5, 6, 7]])
+    message = refused(pair, no_forward, "batch_spec='exspec'", ids, attention_mask=torch.ones_like(ids),
+                      assistant_model=pair[1], max_new_tokens=4, **option)
+    assert "eqspec decodes" not in message
+
+
+@pytest.mark.parametrize("option", [dict(prompt_lookup_num_tokens=3), dict(assistant_early_exit=1)],
+                         ids=lambda o: next(iter(o)))
+def test_hf_draft_sources_at_batch_above_one_get_our_message(pair, batch, no_forward, option):
+    ids, mask = batch
+    message = refused(pair, no_forward, next(iter(option)), ids, attention_mask=mask, max_new_tokens=4, **option)
+    assert "batch 1 only" in message and "batch_size = 1" not in message
+
+
+def test_checkpoint_cache_default_is_not_the_callers_request(pair, batch):
+    """A checkpoint's own generation_config (Gemma's ships cache_implementation="hybrid") is not refused: the
+    caller did not ask for it. The same setting passed by the caller is (test_refused_before_any_work)."""
+    target, draft = pair
+    ids, mask = batch
+    target.generation_config.cache_implementation = "hybrid"
+    try:
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=3, do_sample=False,
+                              pad_token_id=0)
+    finally:
+        target.generation_config.cache_implementation = None
+    assert out.shape == (2, ids.shape[1] + 3)

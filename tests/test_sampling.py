@@ -61,7 +61,7 @@ def exact_joint(settings: dict) -> dict[tuple, float]:
     continuations = list(itertools.product(range(V), repeat=NEW - 1))
     ids = torch.tensor([PROMPT + list(c) for c in continuations])
     with torch.no_grad():
-        scores = ScoreProcessing(warpers(settings), None)(TARGET(ids).logits[:, len(PROMPT) - 1:])
+        scores = ScoreProcessing(warpers(settings))(TARGET(ids).logits[:, len(PROMPT) - 1:])
         probs = torch.softmax(scores, -1)  # [V^3, 4, V]
     joint = {}
     for row, c in enumerate(continuations):

@@ -125,7 +125,7 @@ def test_bad_speculation_values_are_refused():
     ids, mask = left_pad(PROMPTS, 0)
     with pytest.raises(hf_batchspec.BatchSpecError, match="speculation='sometimes'"):
         target.generate(ids, attention_mask=mask, assistant_model=draft, speculation="sometimes", max_new_tokens=4)
-    with pytest.raises(hf_batchspec.BatchSpecError, match="batch_spec decoding only"):
+    with pytest.raises(hf_batchspec.BatchSpecError, match="batch_spec=.exspec. to use `speculation` at batch 1"):
         target.generate(ids[:1], attention_mask=mask[:1], assistant_model=draft, speculation="auto",
                         max_new_tokens=4)
     with pytest.raises(ValueError, match="non-negative"):
