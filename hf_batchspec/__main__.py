@@ -1,18 +1,36 @@
-"""`python -m hf_batchspec bench ...` (also the `hf-batchspec` console script)."""
+"""`python -m hf_batchspec {bench,demo} ...` (also the `hf-batchspec` console script)."""
 
+from __future__ import annotations
+
+import argparse
 import sys
+
+COMMANDS = {
+    "bench": "time HF baselines, eqspec and exspec side by side",
+    "demo": "batch-decode the bundled pair, checked against greedy, timed",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The top-level parser: help and errors only; a command's own options are parsed by that command."""
+    top = argparse.ArgumentParser(prog="hf-batchspec", description="Batch speculative decoding for HF transformers.",
+                                  epilog="Run `hf-batchspec COMMAND -h` for a command's options.")
+    commands = top.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", title="commands",
+                                  required=True)
+    for name, summary in COMMANDS.items():
+        commands.add_parser(name, help=summary, add_help=False)
+    return top
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("bench", "demo"):
-        raise SystemExit("usage: hf-batchspec {bench,demo} [options]   (-h after the command for its options)")
-    if argv[0] == "bench":
-        from .bench import main as bench
-        bench(argv[1:])
-    else:
-        from .demo import main as demo
-        demo(argv[1:])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:  # the rest of argv is the command's, `-h` included
+        if argv[0] == "bench":
+            from .bench import main as command
+        else:
+            from .demo import main as command
+        return command(argv[1:])
+    parser().parse_args(argv)  # -h/--help: usage and exit 0; no or an unknown command: usage on stderr, exit 2
 
 
 if __name__ == "__main__":

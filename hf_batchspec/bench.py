@@ -22,6 +22,8 @@ from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
 OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto")
+BASELINES = ("assisted", "lookup", "cb")  # the HF baselines --methods can add besides greedy
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Result:
     draft_calls: int | None = None
     bookkeeping: float | None = None  # share of wall time outside model forwards
     peak_memory_mb: float | None = None
+    threads: int | None = None  # torch.get_num_threads() during the run (absent from older JSON files)
 
     @property
     def tokens_per_second(self) -> float:
@@ -128,7 +131,7 @@ class Bench:
         exact = sum(r == ref for r, ref in zip(rows, self.reference))
         tokens = sum(len(r) for r in self.reference)
         result = Result(name, batch_size, timer.wall_seconds, tokens, exact, len(rows),
-                        bookkeeping=timer.bookkeeping_share, peak_memory_mb=peak)
+                        bookkeeping=timer.bookkeeping_share, peak_memory_mb=peak, threads=torch.get_num_threads())
         if stats:
             result.tokens_per_round = round(sum(s.tokens_per_round * s.row_rounds.sum() for s in stats)
                                             / max(1, sum(s.row_rounds.sum() for s in stats)), 3)
@@ -209,7 +212,7 @@ class Bench:
 def run_bench(args) -> list[Result]:
     from tqdm.auto import tqdm
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
@@ -293,6 +296,87 @@ def plot(results: list[Result], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help; the description and epilog as written (their line breaks kept)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:  # unset means "not used", or a default the help itself describes
+            return action.help
+        return super()._get_help_string(action)
+
+
+K_HELP = ("drafts per row and round. 3 is the best constant draft length measured for the bundled pair "
+          "(examples/schedules.py, docs/results.md); the library's own default, 5, follows the paper: pass --k 5 "
+          "to run with it")
+
+TABLE_LEGEND = """\
+columns of the table:
+  method, batch      the method and its batch size (exspec: max_batch_size; "-b1": one prompt at a time)
+  tok/s              tokens per wall second, the fastest of --repeats runs. Every method is credited the same
+                     tokens: each row's new tokens through its first EOS, from the HF greedy batch-1 reference
+  vs HF greedy       tok/s relative to HF greedy at the same batch size
+  vs HF assisted b1  tok/s relative to HF assisted generation at batch 1 with k=--k, threshold off
+                     ("-" without --methods assisted)
+  tok/round          tokens a row gains per verify round: accepted drafts + the target's own token (ours only)
+  calls t/d          target/draft forward calls, prefills included (ours only)
+  outside fwd        share of wall time outside model forwards, i.e. the decoding loop's own bookkeeping
+  exact              rows equal to the HF greedy batch-1 reference (token ids through the first EOS) / rows
+"""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    """`--batch-sizes`: comma-separated positive integers, e.g. 1,2,4,8."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1 or len(set(sizes)) < len(sizes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, each once, e.g. 1,2,4,8; "
+                                         f"got {text!r}")
+    return sizes
+
+
+def baselines(text: str) -> list[str]:
+    """`--methods`: comma-separated names from BASELINES; an empty string for none."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(map(repr, unknown))}: expected comma-separated "
+                                         f"names from {', '.join(BASELINES)}, or '' for none")
+    return names
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(), metavar="N",
+                        help="torch CPU threads (torch.set_num_threads), set before the models load; the default is "
+                             "torch's current count. More threads than free cores can be many times slower (on a "
+                             "small or shared machine, try 1)")
+
+
+def set_threads(threads: int) -> None:
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+
+
+def header(device: str, dtype: str) -> str:
+    """One line saying what the numbers below were measured on."""
+    import transformers
+
+    name = f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""
+    return (f"device {device}{name}, dtype {dtype}, torch threads {torch.get_num_threads()}, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Which models and prompts: shared by `bench` and `demo`."""
     parser.add_argument("--target", help="HF model id or local path (default: the bundled demo target)")
@@ -301,29 +385,41 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="hf-batchspec bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hf-batchspec bench", description=__doc__.split("\n\n")[0],
+                                     epilog=TABLE_LEGEND, formatter_class=HelpFormatter)
     add_source_arguments(parser)
-    parser.add_argument("--num-prompts", type=int, default=32)
-    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--k", type=int, default=3, help="num_assistant_tokens for ours and HF assisted")
-    parser.add_argument("--methods", default="assisted,lookup,cb", help="HF baselines to include besides greedy")
+    parser.add_argument("--num-prompts", type=int, default=32, help="how many prompts to take, from the first")
+    parser.add_argument("--batch-sizes", type=batch_sizes, default="1,2,4,8,16,32", metavar="B,B,...",
+                        help="batch sizes to run ours and batched HF at: comma-separated positive integers, "
+                             "e.g. 1,2,4,8")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
+    parser.add_argument("--k", type=positive_int, default=3, metavar="K",
+                        help="num_assistant_tokens (k) for ours and for HF assisted: " + K_HELP)
+    parser.add_argument("--methods", type=baselines, default=",".join(BASELINES), metavar="NAME,...",
+                        help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
+                             "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
+                             "decoding at batch 1), cb (continuous batching at each batch size)")
     parser.add_argument("--calibrate", action="store_true",
                         help="exspec-auto with a cost model measured here (hf_batchspec.calibrate) instead of the "
                              "estimate speculation='auto' uses")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the models' dtype")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    add_threads_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest counts")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", help="write the results here (JSON; --from-json reads it back)")
     parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown)")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one")
     args = parser.parse_args(argv)
     if args.from_json:
         fields = Result.__dataclass_fields__
         results = [Result(**{k: v for k, v in row.items() if k in fields})
                    for row in json.loads(Path(args.from_json).read_text())]
+        threads = sorted({r.threads for r in results if r.threads is not None})
+        print(f"results from {args.from_json}, torch threads {'/'.join(map(str, threads)) or 'not recorded'}")
     else:
+        set_threads(args.threads)  # before the models load
+        print(header(args.device, args.dtype), flush=True)
         results = run_bench(args)
     print(table(results))
     if args.json:

@@ -12,18 +12,23 @@ import argparse
 
 import torch
 
-from .bench import Bench, add_source_arguments, load_pair, load_prompts
+from .bench import (K_HELP, Bench, HelpFormatter, add_source_arguments, add_threads_argument, header, load_pair,
+                    load_prompts, positive_int, set_threads)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="hf-batchspec demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hf-batchspec demo", description=__doc__, formatter_class=HelpFormatter)
     add_source_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-prompts", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--k", type=int, default=3, help="num_assistant_tokens")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (exspec: max_batch_size)")
+    parser.add_argument("--num-prompts", type=int, default=16, help="how many prompts to take, from the first")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
+    parser.add_argument("--k", type=positive_int, default=3, metavar="K", help="num_assistant_tokens (k): " + K_HELP)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+
+    set_threads(args.threads)  # before the models load
+    print(header(args.device, "float32"), flush=True)
 
     target, draft, tokenizer = load_pair(args.target, args.draft, torch.float32, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)

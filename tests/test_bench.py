@@ -6,11 +6,13 @@ Speed is not asserted here (tests do not time things); exactness and the report'
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_TARGET = ROOT / "hf_batchspec" / "demo_pair" / "target"
 
 
 def run(*args):
@@ -18,28 +20,69 @@ def run(*args):
                           timeout=900)
 
 
+def target_stopping_at(word: str, path: Path) -> tuple[Path, list[int]]:
+    """A copy of the bundled target that also stops at `word`, a common token: rows then end at different
+    lengths, most before max_new_tokens (the bundled target itself never emits EOS on the bundled prompts)."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(BUNDLED_TARGET, path)
+    config = json.loads((path / "generation_config.json").read_text())
+    [word_id] = AutoTokenizer.from_pretrained(path)(word, add_special_tokens=False)["input_ids"]
+    config["eos_token_id"] = stops = [config["eos_token_id"], word_id]
+    (path / "generation_config.json").write_text(json.dumps(config))
+    return path, stops
+
+
+def greedy_token_count(target: Path, stops: list[int], num_prompts: int, max_new_tokens: int) -> int:
+    """New tokens through the first stop, summed over the bench's prompts, each decoded alone by transformers'
+    plain greedy `generate`: worked out here, apart from the bench, as what it must credit every method with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_batchspec.bench import load_prompts
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the bench below runs: the same sums, the same near-ties
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+        total = 0
+        for prompt in load_prompts(None, AutoTokenizer.from_pretrained(target), num_prompts):
+            ids = torch.tensor([prompt])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stops, pad_token_id=0)
+            new = out[0, ids.shape[1]:].tolist()
+            total += next((i + 1 for i, token in enumerate(new) if token in stops), len(new))
+        return total
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_bench_reports_every_method_exact(tmp_path):
     out = tmp_path / "bench.json"
-    result = run("bench", "--num-prompts", "4", "--batch-sizes", "1,2", "--max-new-tokens", "12", "--methods",
-                 "assisted,lookup", "--json", str(out), "--quiet")
+    target, stops = target_stopping_at(" the", tmp_path / "target")
+    result = run("bench", "--target", str(target), "--num-prompts", "4", "--batch-sizes", "1,2", "--max-new-tokens",
+                 "12", "--methods", "assisted,lookup", "--threads", "1", "--repeats", "1", "--json", str(out),
+                 "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
+    header = result.stdout.splitlines()[0]
+    assert "torch threads 1," in header and "device cpu" in header and "transformers " in header, header
+    expected = greedy_token_count(target, stops, 4, 12)
+    assert 0 < expected < 4 * 12  # some rows stop early: crediting tokens past the first stop would show
     rows = json.loads(out.read_text())
     methods = {(r["method"], r["batch_size"]) for r in rows}
     assert {("hf-greedy-b1", 1), ("hf-greedy", 2), ("eqspec", 2), ("exspec", 2), ("exspec-auto", 2),
             ("eqspec-realign (paper's layout)", 2), ("hf-prompt-lookup-b1", 1)} <= methods
     for r in rows:
         assert r["exact_rows"] == r["rows"] == 4, r["method"]
-        assert r["tokens"] == rows[0]["tokens"] and r["tokens"] > 0  # every method credited the same tokens
+        assert r["tokens"] == expected, r["method"]  # each row's new tokens through its first stop
+        assert r["threads"] == 1, r["method"]
     ours = [r for r in rows if r["method"] in ("eqspec", "exspec")]
     assert all(r["target_calls"] > 0 and r["draft_calls"] > 0 and r["tokens_per_round"] >= 1 for r in ours)
 
 
 def test_demo_checks_rows_against_plain_greedy():
-    result = run("demo", "--num-prompts", "3", "--batch-size", "2", "--max-new-tokens", "10")
+    result = run("demo", "--num-prompts", "3", "--batch-size", "2", "--max-new-tokens", "10", "--threads", "1")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch threads 1," in result.stdout.splitlines()[0], result.stdout
     assert "every row equals plain greedy decoding" in result.stdout
 
-
-def test_unknown_command_is_refused():
-    result = run("train")
-    assert result.returncode != 0 and "usage" in result.stderr
