@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
-from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList
+from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from tests.reference import left_pad
 from tests.test_equivalence import draft_model, requests, target_model
@@ -46,7 +46,8 @@ def check_rows(target, draft, prompts, max_new, k, eos, strategy="exspec", **kwa
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec=strategy,
                           num_assistant_tokens=k, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                          pad_token_id=0, return_dict_in_generate=True, max_batch_size=3, **kwargs)
+                          pad_token_id=0, return_dict_in_generate=True, **kwargs,
+                          **({"max_batch_size": 3} if strategy == "exspec" else {}))
     for row, prompt in enumerate(prompts):
         expected = alone(target, prompt, max_new, eos, **kwargs)
         n = int(out.spec_stats.new_tokens[row])
@@ -71,13 +72,65 @@ class SumDivisible(StoppingCriteria):
         return (input_ids[:, -2:].sum(-1) % 13) == 0
 
 
+def check_early_ends(out, prompts, max_new, criterion):
+    """Every row that ended before `max_new` new tokens was ended by `criterion` on its last token (no EOS in
+    these calls), and a row whose last kept token was an accepted draft ended early.
+
+    A row gets one target token from the prefill and one per verify round (`target_tokens == row_rounds + 1`),
+    unless a stop cut it inside a block of accepted drafts (`target_tokens == row_rounds`): the token budget
+    never ends a row on a draft, since a row never drafts more than it still needs."""
+    stats, width = out.spec_stats, max(len(p) for p in prompts)  # prompts come back left-padded
+    on_draft = []
+    for row, prompt in enumerate(prompts):
+        n = int(stats.new_tokens[row])
+        sequence = torch.tensor([prompt + out.sequences[row, width:width + n].tolist()])
+        ended_early = n < max_new
+        if ended_early:
+            assert bool(criterion(sequence, None)[0]), f"row {row}: ended after {n} tokens, the criterion says go on"
+        assert stats.target_tokens[row] - stats.row_rounds[row] in (0, 1), f"row {row}"
+        if stats.target_tokens[row] == stats.row_rounds[row]:
+            assert ended_early, f"row {row}: ended on a draft token without a stop"
+            on_draft.append(row)
+    return on_draft
+
+
 @settings(max_examples=8)
 @given(req=requests(max_rows=8, max_prompt=16, max_new=24))
 def test_custom_stopping_criteria_inside_accepted_blocks(req):
     target = target_model("qwen3")
     out = check_rows(target, draft_model("qwen3", req["draft"]), req["prompts"], req["max_new"], req["k"], None,
                      stopping_criteria=StoppingCriteriaList([SumDivisible()]))
-    assert out.spec_stats.new_tokens.sum() > 0
+    check_early_ends(out, req["prompts"], req["max_new"], SumDivisible())
+
+
+def seeded_prompts(seed: int, rows: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (int(n),), generator=generator).tolist()
+            for n in torch.randint(2, 12, (rows,), generator=generator)]
+
+
+def is_draft_position(n: int, k: int) -> bool:
+    """With a draft that is always accepted, new token n (1-based) is a draft token: the prefill gives token 1,
+    then each round k drafts and the target's bonus token."""
+    return n > 1 and (n - 1) % (k + 1) != 0
+
+
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+def test_custom_stopping_criterion_ends_a_row_on_an_accepted_draft(strategy):
+    """The target as its own draft accepts every draft, so a row that the criterion stops at a draft position
+    stops inside an accepted block: it must end there, as transformers' generate of its prompt alone does,
+    with the tokens after it in the block dropped."""
+    target, k, max_new = target_model("qwen3"), 3, 24
+    criteria = StoppingCriteriaList([SumDivisible()])
+    prompts = seeded_prompts(0, 8)
+    out = check_rows(target, draft_model("qwen3", "self"), prompts, max_new, k, None, strategy,
+                     stopping_criteria=criteria)
+    stats = out.spec_stats
+    lengths = stats.new_tokens.tolist()  # check_rows: each row ends where transformers' generate alone ends
+    stopped = [row for row, n in enumerate(lengths) if is_draft_position(n, k) and n < max_new]
+    assert stopped, f"no prompt stops on a draft position: {lengths} (choose other prompts)"
+    on_draft = check_early_ends(out, prompts, max_new, SumDivisible())
+    assert on_draft == stopped  # exactly those rows ended on a draft, and on a kept one
 
 
 def letter_tokenizer() -> PreTrainedTokenizerFast:
@@ -103,5 +156,31 @@ def test_stop_strings_end_rows_inside_accepted_blocks(req, data):
     text = tokenizer.decode(free)
     start = data.draw(st.integers(0, max(0, len(text) - 3)), label="start")
     stop = text[start:start + data.draw(st.integers(1, 3), label="length")] or "a"
-    check_rows(target, draft_model("llama", req["draft"]), req["prompts"], req["max_new"], req["k"], None,
-               stop_strings=[stop], tokenizer=tokenizer)
+    out = check_rows(target, draft_model("llama", req["draft"]), req["prompts"], req["max_new"], req["k"], None,
+                     stop_strings=[stop], tokenizer=tokenizer)
+    check_early_ends(out, req["prompts"], req["max_new"], StopStringCriteria(tokenizer, [stop]))
+
+
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+def test_stop_string_ends_a_row_on_an_accepted_draft(strategy):
+    """A stop string taken from the target's own text, chosen so that transformers' generate of that prompt alone
+    stops on a draft position: with the target as its own draft, the row ends inside an accepted block, exactly
+    where transformers ends it."""
+    target, k, max_new = target_model("llama"), 3, 24
+    tokenizer = letter_tokenizer()
+    prompts = seeded_prompts(0, 5)
+    free = alone(target, prompts[0], max_new, None)
+    stop = None
+    for n in (n for n in range(2, max_new) if is_draft_position(n, k)):  # the text through new token n ends the stop
+        candidate = tokenizer.decode(free[:n])[-3:]
+        ended = alone(target, prompts[0], max_new, None, stop_strings=[candidate], tokenizer=tokenizer)
+        if is_draft_position(len(ended), k) and len(ended) < max_new:
+            stop = candidate
+            break
+    assert stop is not None, "no stop string of this text ends the row on a draft position (choose another prompt)"
+    out = check_rows(target, draft_model("llama", "self"), prompts, max_new, k, None, strategy, stop_strings=[stop],
+                     tokenizer=tokenizer)
+    stats = out.spec_stats
+    assert int(stats.new_tokens[0]) == len(ended) < max_new
+    on_draft = check_early_ends(out, prompts, max_new, StopStringCriteria(tokenizer, [stop]))
+    assert 0 in on_draft and stats.target_tokens[0] == stats.row_rounds[0]
