@@ -83,14 +83,20 @@ class BatchSpeculativeGenerationMixin:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
                                 validation.vocab_size(self, assistant_model), kwargs.get("inputs_embeds"))
+        # static shapes: rows are padded to a power of two, never past what the caller allowed at once
+        static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
                                                                  batch_size)
         num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
         schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, assistant_model)
         validation.check_generator(generator)
         cost_model = validation.resolve_speculation(speculation, self, assistant_model)
+        static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
+                                                            assistant_model, strategy)
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
+        # Served by our own caches and compiled calls: transformers must not build a static cache of its own.
+        generation_config = validation.without_cache_settings(kwargs, generation_config)
         decode = functools.partial(
             _batch_spec_decode,
             assistant_model=assistant_model,
@@ -105,6 +111,8 @@ class BatchSpeculativeGenerationMixin:
             streamer=streamer,
             stop_strings=stop_strings,
             raw_attention_mask=kwargs.get("attention_mask"),
+            static_shapes=static and (static_row_limit or 1 << 62),
+            compile_config=compile_config,
         )
         return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
                                         logits_processor=logits_processor, stopping_criteria=stopping_criteria,
@@ -130,6 +138,8 @@ def _batch_spec_decode(
     streamer,
     stop_strings,
     raw_attention_mask: torch.Tensor | None,
+    static_shapes: int,
+    compile_config,
     **model_kwargs,
 ):
     """Called by transformers' generate() once it has prepared the call (see the module docstring)."""
@@ -148,7 +158,7 @@ def _batch_spec_decode(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
         do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
         confidence_threshold=confidence_threshold, cost_model=cost_model,
-        realign_every_round=strategy == "eqspec-realign",
+        realign_every_round=strategy == "eqspec-realign", static_shapes=static_shapes, compile_config=compile_config,
         processing=ScoreProcessing(logits_processor),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
@@ -156,6 +166,9 @@ def _batch_spec_decode(
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
     adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them
+    if adapters and static_shapes:
+        raise validation.BatchSpecError("Per-row LoRA adapters (adapter_names=) are not supported with static "
+                                        "shapes yet: drop compile_config / cache_implementation='static'.")
     on_tokens = token_sink(streamer, input_ids)
     with adapters or contextlib.nullcontext():
         result = speculative_decode(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,

@@ -40,6 +40,7 @@ class Result:
     bookkeeping: float | None = None  # share of wall time outside model forwards
     peak_memory_mb: float | None = None
     threads: int | None = None  # torch.get_num_threads() during the run (absent from older JSON files)
+    warmup_seconds: float | None = None  # the untimed first run: with --compile, compiling its shapes
 
     @property
     def tokens_per_second(self) -> float:
@@ -118,7 +119,10 @@ class Bench:
             for i, (_, fn, spec) in enumerate(methods):
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                with ForwardTimer(*((self.target, self.draft) if spec else (self.target,))) as timer:
+                # a compiled forward is timed from outside only: hooks on it would make torch.compile recompile
+                timed = () if getattr(fn, "full_warmup", False) else (self.target, self.draft) if spec else (
+                    self.target,)
+                with ForwardTimer(*timed) as timer:
                     rows, stats = fn(self.prompts, warmup=False)
                 peak = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
                 if best[i] is None or timer.wall_seconds < best[i][0].wall_seconds:
@@ -131,7 +135,8 @@ class Bench:
         exact = sum(r == ref for r, ref in zip(rows, self.reference))
         tokens = sum(len(r) for r in self.reference)
         result = Result(name, batch_size, timer.wall_seconds, tokens, exact, len(rows),
-                        bookkeeping=timer.bookkeeping_share, peak_memory_mb=peak, threads=torch.get_num_threads())
+                        bookkeeping=timer.bookkeeping_share if timer.models else None, peak_memory_mb=peak,
+                        threads=torch.get_num_threads())
         if stats:
             result.tokens_per_round = round(sum(s.tokens_per_round * s.row_rounds.sum() for s in stats)
                                             / max(1, sum(s.row_rounds.sum() for s in stats)), 3)
@@ -192,6 +197,36 @@ class Bench:
             return [_trim(list(o.generated_tokens), self.stops) for o in ordered], []
         return run
 
+    def compile_config(self):
+        """transformers' CompileConfig as its own generate uses it; on a CPU it compiles only when forced."""
+        from transformers import CompileConfig
+
+        config = CompileConfig()
+        if not self.device.startswith("cuda"):
+            config._compile_all_devices = True
+        return config
+
+    def hf_compiled_greedy(self, batch_size):
+        """transformers' fastest greedy: a static cache (sized once for the longest prompt, so every chunk reuses
+        one compiled step) and `compile_config`, as `generate` compiles it."""
+        from transformers import GenerationConfig
+
+        sizing = {}
+        if hasattr(GenerationConfig(), "max_cache_len"):  # transformers >= 5.2x: one cache size for all chunks
+            sizing["max_cache_len"] = max(len(p) for p in self.prompts) + self.max_new
+        config = self.compile_config()
+
+        def run(prompts, warmup):
+            rows = []
+            for chunk in _chunks(prompts, batch_size):
+                ids, mask, width = _left_pad(chunk, self.pad, self.device)
+                out = self.target.generate(ids, attention_mask=mask, cache_implementation="static",
+                                           compile_config=config, **sizing, **self.common)
+                rows += self._rows_from(out, width, len(chunk))
+            return rows, []
+        run.full_warmup = True  # compiled: warm up on the timed shapes
+        return run
+
     def ours(self, strategy, batch_size, speculation="always", k=None, **generate_kwargs):
         def run(prompts, warmup):
             kwargs = dict(assistant_model=self.draft, batch_spec=strategy, num_assistant_tokens=k or self.k,
@@ -206,6 +241,7 @@ class Bench:
                 rows += self._rows_from(out.sequences, width, len(chunk))
                 stats.append(out.spec_stats)
             return rows, stats
+        run.full_warmup = "compile_config" in generate_kwargs  # compiled: warm up on the timed shapes
         return run
 
 
@@ -233,22 +269,35 @@ def run_bench(args) -> list[Result]:
             plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
         if "cb" in args.methods:
             plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
+        if args.compile:
+            plan.append(("hf-compiled-greedy (static cache)", b, bench.hf_compiled_greedy(b), False))
         plan += [("eqspec", b, bench.ours("eqspec", b), True),
                  ("eqspec-realign (paper's layout)", b, bench.ours("eqspec-realign", b), True),
                  ("exspec", b, bench.ours("exspec", b), True),
                  ("exspec-auto", b, bench.ours("exspec", b, cost), True)]
+        if args.compile:
+            plan += [("exspec-compiled", b, bench.ours("exspec", b, compile_config=bench.compile_config()), True),
+                     ("exspec-auto-compiled", b,
+                      bench.ours("exspec", b, cost, compile_config=bench.compile_config()), True)]
     results, groups = [], {}  # HF greedy at batch 1 comes first: its rows are the reference
     for name, b, fn, spec in plan:
         groups.setdefault(b, []).append((name, fn, spec))
     for b, methods in tqdm(groups.items(), desc="bench (batch sizes)", disable=args.quiet):
-        runnable = []
+        runnable, warmups = [], []
         for method in methods:  # a baseline that cannot run here is reported, not fatal
+            # untimed first-call costs; a compiled method warms up on the timed shapes (its compile time)
+            prompts = bench.prompts if getattr(method[1], "full_warmup", False) else bench.prompts[:2]
             try:
-                method[1](bench.prompts[: min(2, len(bench.prompts))], warmup=True)  # untimed: first-call costs
+                with ForwardTimer() as clock:
+                    method[1](prompts, warmup=True)
                 runnable.append(method)
+                warmups.append(clock.wall_seconds)
             except Exception as error:
                 print(f"{method[0]} (batch {b}) failed: {type(error).__name__}: {error}")
-        results += bench.compare(runnable, b, warmed=True)
+        measured = bench.compare(runnable, b, warmed=True)
+        for result, warmup in zip(measured, warmups):
+            result.warmup_seconds = round(warmup, 2)
+        results += measured
     return results
 
 
@@ -256,14 +305,16 @@ def table(results: list[Result]) -> str:
     greedy = {r.batch_size: r.tokens_per_second for r in results if r.method.startswith("hf-greedy")}
     assisted = next((r.tokens_per_second for r in results if r.method.startswith("hf-assisted-b1 (k=")), None)
     lines = [f"{'method':<48}{'batch':>6}{'tok/s':>9}{'vs HF greedy':>13}{'vs HF assisted b1':>18}"
-             f"{'tok/round':>10}{'calls t/d':>12}{'outside fwd':>12}{'exact':>9}"]
+             f"{'tok/round':>10}{'calls t/d':>12}{'outside fwd':>12}{'exact':>9}{'warm-up s':>11}"]
     for r in results:
         vs_greedy = f"{r.tokens_per_second / greedy[r.batch_size]:.2f}x" if r.batch_size in greedy else "-"
         vs_assisted = f"{r.tokens_per_second / assisted:.2f}x" if assisted else "-"
         calls = f"{r.target_calls}/{r.draft_calls}" if r.target_calls is not None else "-"
         per_round = f"{r.tokens_per_round:.2f}" if r.tokens_per_round is not None else "-"
         lines.append(f"{r.method:<48}{r.batch_size:>6}{r.tokens_per_second:>9.0f}{vs_greedy:>13}{vs_assisted:>18}"
-                     f"{per_round:>10}{calls:>12}{r.bookkeeping:>11.0%}{r.exact_rows:>5}/{r.rows:<3}")
+                     f"{per_round:>10}{calls:>12}{'-' if r.bookkeeping is None else f'{r.bookkeeping:.0%}':>12}"
+                     f"{r.exact_rows:>5}/{r.rows:<3}"
+                     f"{'-' if r.warmup_seconds is None else f'{r.warmup_seconds:.1f}':>11}")
     return "\n".join(lines)
 
 
@@ -287,7 +338,8 @@ def plot(results: list[Result], path: str) -> None:
     left.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="throughput")
     left.legend(fontsize=7)
     for method in dict.fromkeys(line(r) for r in results if r.method in OURS or line(r) == "hf-greedy"):
-        points = sorted((r.batch_size, 100 * r.bookkeeping) for r in results if line(r) == method)
+        points = sorted((r.batch_size, 100 * r.bookkeeping) for r in results
+                        if line(r) == method and r.bookkeeping is not None)
         right.plot(*zip(*points), marker="o", label=method, color=colors[method])
     right.set(xscale="log", xlabel="batch size", ylabel="% of wall time outside model forwards",
               title="bookkeeping (everything but model forwards)")
@@ -320,7 +372,10 @@ columns of the table:
   tok/round          tokens a row gains per verify round: accepted drafts + the target's own token (ours only)
   calls t/d          target/draft forward calls, prefills included (ours only)
   outside fwd        share of wall time outside model forwards, i.e. the decoding loop's own bookkeeping
+                     ("-" for compiled methods: timing hooks on a compiled forward would make it recompile)
   exact              rows equal to the HF greedy batch-1 reference (token ids through the first EOS) / rows
+  warm-up s          the untimed first run: 2 prompts, or with --compile the compiled methods' full run
+                     (compiling every shape they use)
 """
 
 
@@ -399,6 +454,10 @@ def main(argv=None) -> None:
                         help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
                              "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
                              "decoding at batch 1), cb (continuous batching at each batch size)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run transformers' static-cache compiled greedy and ours with compile_config "
+                             "(torch.compile; on CPU forced with CompileConfig._compile_all_devices), each warmed "
+                             "up on the timed shapes")
     parser.add_argument("--calibrate", action="store_true",
                         help="exspec-auto with a cost model measured here (hf_batchspec.calibrate) instead of the "
                              "estimate speculation='auto' uses")

@@ -55,11 +55,12 @@ class RaggedLayer(CacheLayerMixin):
     is_sliding = False  # windows are applied by the mask, over slots that are positions
     is_croppable = True
 
-    def __init__(self, batch_size: int, max_cache_len: int, plan: _ForwardPlan):
+    def __init__(self, batch_size: int, max_cache_len: int, plan: _ForwardPlan, static_addresses: bool = False):
         super().__init__()
         self.batch_size = batch_size
         self.max_cache_len = max_cache_len
         self._plan = plan
+        self.static_addresses = static_addresses  # a compiled forward (CUDA graphs) reads these very tensors
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         # Heads and head dims come from the first write, as HF's StaticLayer does (tensor parallel, MLA).
@@ -68,6 +69,10 @@ class RaggedLayer(CacheLayerMixin):
         self.keys = key_states.new_zeros((self.batch_size, heads, self.max_cache_len, key_states.shape[-1]))
         self.values = value_states.new_zeros((self.batch_size, heads, self.max_cache_len, value_states.shape[-1]))
         self.is_initialized = True
+        if self.static_addresses and not torch.compiler.is_compiling():
+            # as transformers' StaticLayer: CUDA graphs may keep pointing at these tensors between calls
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         # key_states: [b, H, q, D]; returns [b, H, kv_len, D] views (or gathered rows for a subset forward)
@@ -95,6 +100,8 @@ class RaggedLayer(CacheLayerMixin):
         return self.max_cache_len
 
     def select_rows(self, indices: torch.Tensor) -> None:
+        if self.static_addresses:
+            raise RuntimeError("a cache read by a compiled forward never moves: keep finished rows as idle rows")
         if self.is_initialized:
             indices = indices.to(self.keys.device)
             self.keys = self.keys.index_select(0, indices)
@@ -132,9 +139,10 @@ class RaggedCache(Cache):
     positions. `lengths` record how many slots of each row are valid; `rollback` moves them back.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, max_cache_len: int):
+    def __init__(self, num_layers: int, batch_size: int, max_cache_len: int, static_addresses: bool = False):
         self._plan = _ForwardPlan()
-        super().__init__(layers=[RaggedLayer(batch_size, max_cache_len, self._plan) for _ in range(num_layers)])
+        super().__init__(layers=[RaggedLayer(batch_size, max_cache_len, self._plan, static_addresses)
+                                 for _ in range(num_layers)])
         self.num_slots = max_cache_len  # (not `max_cache_len`: a read-only property of Cache in some 5.x)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # valid slots per row (host)
         # Slot of each row's position 0. None: slot = position (the ragged layout, the normal case). Set by

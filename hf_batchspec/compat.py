@@ -33,3 +33,20 @@ def accepts(model: torch.nn.Module, name: str) -> bool:
 def user_cache_kwargs(kwargs: dict) -> list[str]:
     """Names under which a caller handed `generate` a cache of its own (both spellings are accepted by HF)."""
     return [name for name in ("cache", "past_key_values") if kwargs.get(name) is not None]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's input embeddings live (its first device under accelerate dispatch)."""
+    return model.get_input_embeddings().weight.device
+
+
+def compile_obstacle(model: torch.nn.Module) -> str | None:
+    """Why transformers would not compile this model's forward (it falls back to eager with a warning; we
+    refuse instead), or None."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not getattr(quantizer, "is_compileable", False):
+        return f"its {type(quantizer).__name__} quantization does not support torch.compile"
+    devices = set(getattr(model, "hf_device_map", {}).values())
+    if "disk" in devices or ("cpu" in devices and len(devices) > 1):
+        return "it is offloaded to CPU or disk by accelerate"
+    return None

@@ -54,6 +54,10 @@ class DecodeSettings:
     output_logits: bool = False
     cost_model: CostModel | None = None  # speculation="auto": draft only as much as pays (None: always k)
     realign_every_round: bool = False  # the paper's left-padded layout, realigned each round (for comparison)
+    # Every decode forward in a few fixed shapes (what a compiled forward needs): 0 (off), or the most rows a
+    # forward may have (rows are padded to a power of two up to it).
+    static_shapes: int = 0
+    compile_config: object | None = None  # transformers' CompileConfig: compile the decode forwards (static shapes)
 
 
 @dataclass
@@ -81,40 +85,48 @@ class _Decoder:
         self.k_cap = settings.num_assistant_tokens if settings.schedule == "constant" else max(
             HEURISTIC_MAX_DRAFT, settings.num_assistant_tokens)
         k = self.k_cap
-        slots = min(settings.max_batch_size, n_rows)
+        self.static = bool(settings.static_shapes)
+        self.capacity = min(settings.max_batch_size, n_rows)  # prompts decoded at once
         # Cache: a row's real tokens reach position len + max_new - 2, the last slot takes padding queries.
         cache_len = width + max_new
         if settings.realign_every_round:  # rows end together at the longest row's end: room for its k drafts
             cache_len += k + 1
-        self.target = ModelRunner(target, slots, cache_len)
-        self.draft = ModelRunner(draft, slots, cache_len)
+        slots = self.capacity
+        if self.static:  # a few sizes shared by many calls, so a compiled forward is reused across them
+            slots, cache_len = static_rows(self.capacity, settings.static_shapes), static_length(cache_len)
+            self.k_buckets = draft_buckets(k, all_lengths=settings.cost_model is not None)
+        self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static)
+        self.draft = ModelRunner(draft, slots, cache_len, settings.compile_config, self.static)
         self.target.on_rows = self.draft.on_rows = on_rows
         self.device = self.target.device
         self.stop_ids = None if settings.stop_ids is None else settings.stop_ids.to(self.device)
-        # Token ids by original row and position; padding candidates may land up to k+1 past a row's end.
-        self.tokens = torch.zeros((n_rows, cache_len + k + 1), dtype=torch.long, device=self.device)
-        self.tokens[:, :width] = prompts.to(self.device)
-        self.rows = ActiveRows(slots, self.device)
+        # Token ids by original row and position; padding candidates may land up to k+1 past a row's end. Row
+        # n_rows is scratch: idle slots (static shapes) point there.
+        self.tokens = torch.zeros((n_rows + 1, cache_len + k + 1), dtype=torch.long, device=self.device)
+        self.tokens[:n_rows, :width] = prompts.to(self.device)
+        self.rows = ActiveRows(slots, self.device, scratch_id=n_rows)
+        self.row_prompt_lengths = np.append(prompt_lengths, 1)  # by token-buffer row, the scratch row's too
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.processing = settings.processing or ScoreProcessing([])
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
-        self.recorder = ScoreRecorder(n_rows, max_new + k + 1, settings.output_scores, settings.output_logits,
+        self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
-        free = np.ones(len(self.rows), dtype=bool)  # every slot starts empty
+        free = np.arange(len(self.rows)) < self.capacity  # every slot starts empty; static rows beyond stay idle
         while True:
             free = self._refill(free)
             if free.any():
-                self._drop(free)
-            if not len(self.rows):
+                self._leave(free)
+                free[:] = False
+            if not self.rows.live_h.any():
                 break
             free = self._round()
         new_tokens = self.stats.new_tokens.copy()
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
-        return DecodeResult(self.tokens, self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
+        return DecodeResult(self.tokens[:-1], self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
                             **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
@@ -129,16 +141,19 @@ class _Decoder:
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = torch.as_tensor(budget_h, device=self.device)
         drafts, draft_probs, budget = self._draft(int(budget_h.max()), budget)  # [B, k], [B, k, V] if sampling
-        k_round = drafts.shape[1]
-        target_logits = self._verify(drafts)  # [B, k_round+1, V]
-        accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k_round+1]
+        k_round = drafts.shape[1]  # draft steps run
+        if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
+            drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
+        target_logits = self._verify(drafts)  # [B, k+1, V]
+        accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k+1]
         count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
+        live = rows.live_h
         if self.on_tokens is not None:  # a second transfer, only when streaming
-            self._stream(rows.ids_h, candidates.cpu().numpy(), count_h)
+            self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
-        stats.add_round(rows.ids_h, budget_h, kept_drafts, count_h, len(self.queue))
+        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], len(self.queue))
         stats.draft_forward_calls += k_round
         old_lengths = rows.lengths_h
         if self.control is not None:
@@ -167,18 +182,26 @@ class _Decoder:
         # end, which write scratch slots nobody reads; each row's logits are taken at its pending token.
         missing_h = rows.lengths_h - self.draft.cache.lengths  # [B] >= 1: the pending token at least
         width = int(missing_h.max())
+        if self.static:  # a catch-up width from a few buckets, set by live rows only: 2 in steady state (1 or
+            # 2 tokens missing), so the first step has one shape whether or not the last round was fully accepted
+            width = max(2, 1 << (int(missing_h[rows.live_h].max(initial=1)) - 1).bit_length())
+            missing_h = np.minimum(missing_h, width)  # an idle row's queries are never read
         missing = torch.as_tensor(missing_h, device=self.device)
         positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
-        step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(max=self.tokens.shape[1] - 1)]
+        step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=self.tokens.shape[1] - 1)]
         kv_len = self._top_slot(rows.lengths_h - missing_h) + width
         columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
-        keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=self.device)
-        pick = torch.as_tensor(np.searchsorted(columns, missing_h - 1), device=self.device)  # [B] into `keep`
+        if self.static:  # every column: one shape, whichever columns the rows' pending tokens sit in
+            keep = 0
+        else:
+            keep = 1 if len(columns) == 1 and columns[0] == width - 1 else torch.as_tensor(columns, device=self.device)
+        pick = missing_h - 1 if self.static else np.searchsorted(columns, missing_h - 1)
+        pick = torch.as_tensor(pick, device=self.device)  # [B] the column of each row's pending token in `keep`
         drafts, probs = [], []
         threshold = self.settings.confidence_threshold
         for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.draft.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
-            if j == 0 and len(columns) > 1:
+            if j == 0 and not (isinstance(keep, int) and keep == 1):
                 logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
             keep = 1
             last = logits[:, -1].to(self.device)  # [B, V]
@@ -250,7 +273,7 @@ class _Decoder:
         """The processed scores at T positions per row; position i follows `lengths[b] + i` tokens."""
         if not self.processing.steps:
             return logits
-        return self.processing(logits, Prefixes(self.tokens, ids, lengths, self.prompt_lengths[ids]))
+        return self.processing(logits, Prefixes(self.tokens, ids, lengths, self.row_prompt_lengths[ids]))
 
     def _choose(self, scores: torch.Tensor) -> torch.Tensor:  # [n, V] -> [n] the target's own next token
         if self.settings.do_sample:
@@ -268,7 +291,8 @@ class _Decoder:
         self.tokens[rows.ids.unsqueeze(1), cols] = candidates
         criteria = self._criteria(rows.ids_h, rows.lengths_h, candidates.shape[1])
         count, stopped = truncate_at_stop(candidates, count, self.stop_ids, criteria)
-        return count, stopped | (rows.generated + count >= self.settings.max_new_tokens)
+        count = torch.where(rows.live, count, 0)  # idle rows commit nothing
+        return count, rows.live & (stopped | (rows.generated + count >= self.settings.max_new_tokens))
 
     def _criteria(self, ids: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor | None:
         """[B, width] candidates that end their row by a stopping criterion (None when the call has none)."""
@@ -300,7 +324,8 @@ class _Decoder:
 
         # Target: only the columns some row ends on need logits (up to n of them instead of P).
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
-        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids)
+        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
+                                     prefill=True)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         last_logits = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
         scores = self._scores(last_logits.unsqueeze(1), ids, lengths)  # [n, 1, V]
@@ -312,7 +337,7 @@ class _Decoder:
         stats.target_prefill_calls += 1
         if max_new > 1:
             # The draft's logits over the prompt are never used: its first step runs the pending first token.
-            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids)
+            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids, prefill=True)
             self.draft.cache.set_lengths(lengths, rows=slots)
             stats.draft_forward_calls += 1
             stats.draft_prefill_calls += 1
@@ -329,14 +354,57 @@ class _Decoder:
         stats.target_tokens[ids] += 1
         return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
 
-    def _drop(self, free: np.ndarray) -> None:
-        """Free slots with nothing left to admit leave the batch and both caches (one index_select per layer)."""
+    def _leave(self, free: np.ndarray) -> None:
+        """Free slots with nothing left to admit leave the batch and both caches (one index_select per layer),
+        or, with static shapes, stay in it as idle rows (the caches never move)."""
+        if self.static:
+            self.rows.idle(np.flatnonzero(free))
+            return
         keep = np.flatnonzero(~free)
         index = self.rows.keep(keep)
         if len(keep):
             for run in (self.target, self.draft):
                 run.cache.select_rows(index)
             self.stats.row_selections += 1
+
+
+def static_rows(capacity: int, limit: int) -> int:
+    """Rows of a static-shape forward: the next power of two of the prompts decoded at once, at most `limit`
+    (the caller's max_batch_size), so that calls with nearby batch sizes share one compiled forward."""
+    return min(1 << (capacity - 1).bit_length(), max(capacity, limit))
+
+
+def static_length(slots: int) -> int:
+    """Cache slots per row with static shapes (every decode forward attends over all of them): the next power
+    of two, at least 64, so that calls with nearby prompt lengths and budgets share one compiled forward."""
+    return max(64, 1 << (slots - 1).bit_length())
+
+
+def draft_buckets(k: int, all_lengths: bool) -> np.ndarray:  # [n] verify draft widths, ascending, ending at k
+    """The draft widths a static-shape verify pads to. A constant k verifies k drafts (fewer only pad); when
+    the length varies by design (`speculation="auto"`) powers of two below k keep the wide verify for wide
+    rounds only."""
+    widths = [1 << i for i in range(k.bit_length()) if 1 << i < k] if all_lengths else []
+    return np.array(widths + [k])
+
+
+def pad_drafts(
+    drafts: torch.Tensor,  # [B, k'] the round's drafts
+    draft_probs: torch.Tensor | None,  # [B, k', V] when sampling
+    buckets: np.ndarray,  # [n] widths to pad to
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, k], [B, k, V]
+    """Pad to the smallest bucket of at least k' columns (none when k' = 0). The padding repeats the last draft;
+    it lies past every row's budget, so acceptance never offers it."""
+    k_run = drafts.shape[1]
+    if k_run == 0:
+        return drafts, draft_probs
+    extra = int(buckets[np.searchsorted(buckets, k_run)]) - k_run
+    if extra == 0:
+        return drafts, draft_probs
+    drafts = torch.cat((drafts, drafts[:, -1:].expand(-1, extra)), 1)
+    if draft_probs is not None:
+        draft_probs = torch.cat((draft_probs, draft_probs[:, -1:].expand(-1, extra, -1)), 1)
+    return drafts, draft_probs
 
 
 def speculative_decode(

@@ -47,6 +47,7 @@ class ScoreRecorder:
             if not wanted:
                 out[kind] = None
                 continue
-            buffer = torch.where(alive.unsqueeze(-1), self.buffers[kind][:, :width], 0.0)  # (-inf * 0 is nan)
+            rows = self.buffers[kind][: len(new_tokens), :width]  # rows past N are scratch (idle slots write there)
+            buffer = torch.where(alive.unsqueeze(-1), rows, 0.0)  # (-inf * 0 is nan)
             out[kind] = tuple(buffer[:, step] for step in range(width))
         return out

@@ -28,10 +28,18 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, batch_size: int, max_cache_len: int):
+    """With `static` set, every decode forward (all rows, a query width of 1 or k+1) attends over the whole
+    preallocated cache, so its shapes never change with the rows' lengths; with a `compile_config` those
+    forwards run through transformers' `get_compiled_call` (prefills, whose widths vary, stay eager)."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_cache_len: int, compile_config=None,
+                 static: bool = False):
         self.model = model
         self.layout = attention_layout(model.config)
-        self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len)
+        self.static = static or compile_config is not None
+        self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len,
+                                 static_addresses=compile_config is not None)
+        self._decode_call = model.get_compiled_call(compile_config) if compile_config is not None else model
         self.device = input_device(model)
         self.dtype = compute_dtype(model)
         self._cache_kwarg = compat.cache_kwarg(model)
@@ -47,6 +55,7 @@ class ModelRunner:
         keep: int | torch.Tensor = 0,  # logits to return: last `keep` columns (0 = all) or column indices
         rows: torch.Tensor | None = None,  # [b] cache rows, when the forward covers only some rows
         row_ids=None,  # [b] host array: the original prompt index of each row (for `on_rows`)
+        prefill: bool = False,  # a prompt's first forward: never compiled (its width varies with the prompts)
     ) -> torch.Tensor:  # [b, kept, V]
         if self.on_rows is not None:
             self.on_rows(row_ids)
@@ -60,7 +69,8 @@ class ModelRunner:
         # Padding queries past a row's end share the cache's last slot, which no real token is ever written
         # to or read from: the cache stays bounded by rows x (longest prompt + max_new_tokens).
         slots = slots.clamp(max=self.cache.num_slots - 1)
-        kv_len = min(kv_len, self.cache.num_slots)
+        decode = rows is None and tokens.shape[1] <= self.cache.num_slots and not prefill
+        kv_len = self.cache.num_slots if self.static and decode else min(kv_len, self.cache.num_slots)
         self.cache.begin(slots, kv_len, rows)
         # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is
         # discarded, but an absolute-position model must not see ids it was never trained on.
@@ -75,7 +85,7 @@ class ModelRunner:
             keep = keep.to(self.device)
         if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
-        logits = self.model(input_ids=tokens, **kwargs).logits
+        logits = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs).logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits
             logits = logits[:, keep] if isinstance(keep, torch.Tensor) else logits

@@ -5,6 +5,10 @@ once (as many slots as prompts). EXSPEC admits up to `max_batch_size` and, when 
 wait, prefills waiting prompts into the freed slots: the other rows' KV stays where it is. Once nothing
 waits, finished slots are dropped from the batch (one `index_select` per layer), so the batch shrinks.
 
+With static shapes (a compiled forward) the batch never shrinks: a slot with nothing left to admit stays in
+the forward as an idle row (`live` False), pointed at a scratch row of the token buffer, drafting nothing and
+committing nothing, so every forward keeps the same number of rows and the caches never move.
+
 Each per-row counter lives twice: a numpy array on the host (for decisions: draft budgets, kv lengths,
 which rows finished) and a tensor on the device (for building inputs without a sync). Both are advanced
 from the same per-round values, which the loop brings to the host once per round.
@@ -43,14 +47,20 @@ class ActiveRows:
     target has chosen it but not yet run it, so it is not in the target's cache.
     """
 
-    def __init__(self, slots: int, device):
+    def __init__(self, slots: int, device, scratch_id: int = 0):
         self.device = device
+        self.scratch_id = scratch_id  # the token-buffer row idle slots point at (static shapes)
         for name in _FIELDS:
             setattr(self, name + "_h", np.zeros(slots, dtype=np.int64))
             setattr(self, name, torch.zeros(slots, dtype=torch.long, device=device))
         self.draft_len_h = np.zeros(slots, dtype=np.int64)  # each row's current k
         self.hits_h = np.zeros(slots)  # decayed accepted drafts (see speculation.Acceptance)
         self.trials_h = np.zeros(slots)  # decayed drafts tested: accepted ones plus the rejection, if any
+        self.live_h = np.zeros(slots, dtype=bool)  # holds a prompt being decoded (False: empty or idle)
+        self.live = torch.zeros(slots, dtype=torch.bool, device=device)
+        # An empty slot is an idle row at position 0 with one committed (scratch) token, so that a forward
+        # over every slot has valid positions before the slot is ever filled.
+        self.idle(np.arange(slots))
 
     def __len__(self) -> int:
         return int(self.ids_h.shape[0])
@@ -60,14 +70,26 @@ class ActiveRows:
         """Put newly admitted prompts into `slots` (host and device copies alike)."""
         self.draft_len_h[slots] = draft_len
         self.hits_h[slots] = self.trials_h[slots] = 0.0
+        self._set(slots, dict(ids=ids, lengths=lengths, generated=generated, limits=limits), live=True)
+
+    def idle(self, slots: np.ndarray) -> None:
+        """Slots that stay in the forward without a prompt: they draft and commit nothing; their queries write
+        the scratch row's tokens and cache slots at or beyond their own length, which nothing reads."""
+        lengths = np.maximum(self.lengths_h[slots], 1)
+        self._set(slots, dict(ids=np.full(len(slots), self.scratch_id), lengths=lengths,
+                              generated=np.zeros(len(slots), dtype=np.int64), limits=lengths), live=False)
+
+    def _set(self, slots: np.ndarray, values: dict, live: bool) -> None:
         index = torch.as_tensor(slots, device=self.device)
-        for name, values in zip(_FIELDS, (ids, lengths, generated, limits)):
-            getattr(self, name + "_h")[slots] = values
-            getattr(self, name)[index] = torch.as_tensor(values, device=self.device)
+        for name in _FIELDS:
+            getattr(self, name + "_h")[slots] = values[name]
+            getattr(self, name)[index] = torch.as_tensor(values[name], dtype=torch.long, device=self.device)
+        self.live_h[slots] = live
+        self.live[index] = live
 
     def budgets(self, max_new_tokens: int) -> np.ndarray:  # [B] drafts each row may use this round
-        """A round yields up to budget+1 tokens; no row drafts more than it still needs."""
-        return np.minimum(self.draft_len_h, max_new_tokens - self.generated_h - 1)
+        """A round yields up to budget+1 tokens; no row drafts more than it still needs; idle rows draft nothing."""
+        return np.where(self.live_h, np.minimum(self.draft_len_h, max_new_tokens - self.generated_h - 1), 0)
 
     def adapt(self, accepted: np.ndarray, planned: np.ndarray, schedule: str, cap: int) -> None:
         """transformers' heuristic draft length, per row: +2 after a fully accepted draft, -1 otherwise (>= 1).
@@ -88,6 +110,7 @@ class ActiveRows:
     def keep(self, keep: np.ndarray) -> torch.Tensor:
         """Keep only slots `keep` (in order); returns them as a device index for the caches."""
         index = torch.as_tensor(keep, device=self.device)
+        self.live_h, self.live = self.live_h[keep], self.live[index]
         for name in _HOST_ONLY:
             setattr(self, name + "_h", getattr(self, name + "_h")[keep])
         for name in _FIELDS:

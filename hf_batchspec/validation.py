@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import GenerationConfig
+from transformers import CompileConfig, GenerationConfig
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from . import compat
@@ -125,6 +125,66 @@ def check_routing(strategy: str | None, assistant_model, batch_size: int | None,
                 )
 
 
+def caller_setting(name: str, kwargs: dict, generation_config, model_config):
+    """A setting the caller asked for: passed as a keyword, or in an explicit `generation_config` with a value
+    other than transformers' default and the model's own (a checkpoint's defaults are not a request)."""
+    if name in kwargs:
+        return kwargs[name]
+    if generation_config is None:
+        return None
+    value = getattr(generation_config, name, None)
+    defaults = (getattr(_HF_DEFAULTS, name, None), getattr(model_config, name, None))
+    return None if any(value == default for default in defaults) else value
+
+
+CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
+
+
+def resolve_compile(kwargs: dict, generation_config, model_config, target, draft, strategy: str,
+                    ) -> tuple[bool, CompileConfig | None]:
+    """(static shapes, compile config) as transformers decides for its own greedy: a caller's `compile_config`
+    compiles on any device; `cache_implementation="static"` gives static shapes, compiled by default on CUDA
+    (transformers' auto-compile); `disable_compile=True` turns compiling off. Both models' decode forwards
+    compile; prefills stay eager."""
+    implementation = caller_setting("cache_implementation", kwargs, generation_config, model_config)
+    if implementation not in CACHE_IMPLEMENTATIONS:
+        raise BatchSpecError(
+            f"cache_implementation={implementation!r} is not supported with batch_spec: the call builds its own "
+            "per-row caches. Use 'static' (fixed shapes, compiled on CUDA as transformers does) or drop it."
+        )
+    compile_config = caller_setting("compile_config", kwargs, generation_config, model_config)
+    if compile_config is not None and not isinstance(compile_config, CompileConfig):
+        raise BatchSpecError(f"compile_config must be a transformers.CompileConfig; got "
+                             f"{type(compile_config).__name__}.")
+    static = implementation == "static" or compile_config is not None
+    if compile_config is None and implementation == "static" and compat.model_device(target).type == "cuda":
+        compile_config = getattr(model_config, "compile_config", None) or CompileConfig()
+    if setting("disable_compile", kwargs, generation_config, model_config):
+        compile_config = None
+    if static and strategy == "eqspec-realign":
+        raise BatchSpecError("batch_spec='eqspec-realign' moves every row of both caches each round, which static "
+                             "shapes exclude: use 'eqspec' or 'exspec' with compile_config / cache_implementation.")
+    if compile_config is not None:
+        for role, model in (("target model", target), ("assistant_model", draft)):
+            reason = compat.compile_obstacle(model)
+            if reason:
+                raise BatchSpecError(f"compile_config: the {role} cannot be compiled ({reason}); drop "
+                                     "compile_config / cache_implementation='static', or pass disable_compile=True.")
+    return static, compile_config
+
+
+def without_cache_settings(kwargs: dict, generation_config):
+    """Take cache_implementation / compile_config / disable_compile out of the call (resolved by
+    `resolve_compile`), so that transformers' preparation builds no cache of its own."""
+    for name in ("cache_implementation", "compile_config", "disable_compile"):
+        kwargs.pop(name, None)
+    if generation_config is not None and (generation_config.cache_implementation is not None
+                                          or generation_config.compile_config is not None):
+        generation_config = copy.deepcopy(generation_config)
+        generation_config.cache_implementation = generation_config.compile_config = None
+    return generation_config
+
+
 def setting(name: str, kwargs: dict, generation_config, model_config):
     """A generation setting as transformers resolves it: the kwarg, else the call's config, else the model's."""
     if kwargs.get(name) is not None:
@@ -147,7 +207,6 @@ _NOT_SERVED = {
     "use_mtp": "multi-token-prediction drafting is not batched yet",
     "speculation_type": "transformers' other speculation types are not batched",
     "assistant_ensemble_weight": "ensemble verification changes the output distribution; batch_spec is lossless",
-    "compile_config": "batch_spec does not compile its forwards yet (they run eagerly)",
     "cache_config": "batch_spec builds its own per-row caches",
     "max_cache_len": "batch_spec sizes its own per-row caches (prompt width + max_new_tokens)",
     "prefill_chunk_size": "batch_spec prefills each admitted prompt in one forward",
@@ -167,28 +226,14 @@ def check_call(kwargs: dict, *, prefix_allowed_tokens_fn, synced_gpus, generatio
     defaults, e.g. Gemma's cache_implementation="hybrid") is not the caller's request.
     """
     given = {"prefix_allowed_tokens_fn": prefix_allowed_tokens_fn}
-    for name in (*_NOT_SERVED, "cache_implementation"):
-        if name in given:
-            continue
-        if name in kwargs:
-            given[name] = kwargs[name]
-        elif generation_config is not None:
-            value = getattr(generation_config, name, None)
-            defaults = (getattr(_HF_DEFAULTS, name, None), getattr(model_config, name, None))
-            given[name] = None if any(value == default for default in defaults) else value
-    implementation = given.pop("cache_implementation", None)
+    for name in _NOT_SERVED:
+        given.setdefault(name, caller_setting(name, kwargs, generation_config, model_config))
     for name, value in given.items():
         if value is not None and value is not False and not (isinstance(value, list) and not value):
             raise BatchSpecError(
                 f"`{name}` is not supported with batch_spec ({_NOT_SERVED[name]}): drop it, or call without "
                 "assistant_model for transformers' own generate."
             )
-    if implementation not in (None, "dynamic"):
-        raise BatchSpecError(
-            f"cache_implementation={implementation!r} is not supported with batch_spec: the call builds its own "
-            "per-row caches (preallocated, rolled back per row) and does not compile its forwards yet. Drop "
-            "cache_implementation, or call without assistant_model for transformers' own generate."
-        )
     if synced_gpus:
         raise BatchSpecError(
             "synced_gpus is not supported with batch_spec; split the prompts across processes instead "

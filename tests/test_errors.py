@@ -55,11 +55,10 @@ CASES = {
     "bad_k": (dict(num_assistant_tokens=0), "num_assistant_tokens"),
     "use_cache": (dict(use_cache=False), "use_cache"),
     "user_cache": (dict(past_key_values=transformers.DynamicCache()), "past_key_values"),
-    "static_cache": (dict(cache_implementation="static"), "cache_implementation='static'"),
-    "compile_config": (dict(compile_config=transformers.CompileConfig()), "compile_config"),
-    "compile_config_in_generation_config": (
-        dict(generation_config=transformers.GenerationConfig(compile_config=transformers.CompileConfig(),
-                                                             max_new_tokens=4)), "compile_config"),
+    "offloaded_cache": (dict(cache_implementation="offloaded"), "cache_implementation='offloaded'"),
+    "quantized_cache_in_generation_config": (
+        dict(generation_config=transformers.GenerationConfig(cache_implementation="quantized", max_new_tokens=4)),
+        "cache_implementation='quantized'"),
     "prompt_lookup_with_assistant": (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
     "early_exit_with_assistant": (dict(assistant_early_exit=1), "assistant_early_exit"),
     "max_cache_len": (dict(max_cache_len=64), "max_cache_len"),

@@ -1,0 +1,204 @@
+"""Static shapes and the compiled hot path: same tokens as plain greedy, no graph break, no recompilation.
+
+`cache_implementation="static"` (on CPU without a compile config) runs the static-shape loop eagerly: idle rows
+instead of shrinking the batch, padded verify widths, attention over the whole cache. Those are cheap to test
+everywhere, so the property runs on several architectures. `compile_config` runs the same loop through
+`torch.compile` (a real inductor compile, slow on CPU): one warm-up, then drawn calls that must compile nothing
+new.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import CompileConfig
+
+import hf_batchspec
+from hf_batchspec import BatchSpecError
+from hf_batchspec.decoding import draft_buckets, pad_drafts, static_length, static_rows
+from hf_batchspec.masks import build_masks
+from hf_batchspec.runner import ModelRunner
+from tests.reference import left_pad, plain_greedy
+from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+from tests.tiny_models import VOCAB, build, perturbed
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "gpt2"])
+@settings(max_examples=8)
+@given(req=requests(max_rows=10, max_prompt=30, max_new=30), data=st.data())
+def test_static_shapes_equal_plain_greedy(arch, req, data):
+    strategy = data.draw(st.sampled_from(["exspec", "eqspec"]), label="strategy")
+    speculation = data.draw(st.sampled_from(["always", "auto"]), label="speculation")
+    pool = dict(max_batch_size=data.draw(st.integers(1, 6), label="max_batch_size")) if strategy == "exspec" else {}
+    stats = check_against_plain_greedy(target_model(arch), draft_model(arch, req["draft"]), req, data,
+                                       strategy=strategy, cache_implementation="static", speculation=speculation,
+                                       **pool)
+    assert stats.row_selections == 0, "static shapes never shrink the batch"
+    rows = len(req["prompts"]) if strategy == "eqspec" else min(len(req["prompts"]), pool["max_batch_size"])
+    assert stats.cache_rows == static_rows(rows, pool.get("max_batch_size", 1 << 62)) >= rows
+    assert stats.cache_slots_per_row >= 64 and stats.cache_slots_per_row & (stats.cache_slots_per_row - 1) == 0
+
+
+def test_static_sampling_is_reproducible_and_respects_top_k():
+    target, draft = target_model("llama"), draft_model("llama", "perturbed")
+    ids, mask = left_pad([[5, 6, 7], [9] * 6, [3, 4], [8]], 0)
+    run = lambda: target.generate(ids, attention_mask=mask, assistant_model=draft, do_sample=True,  # noqa: E731
+                                  max_new_tokens=12, generator=torch.Generator().manual_seed(3), pad_token_id=0,
+                                  top_k=5, cache_implementation="static", max_batch_size=2)
+    first, second = run(), run()
+    assert torch.equal(first, second)
+    # top_k=5: every sampled token is among the target's 5 most likely at its prefix
+    for row in range(ids.shape[0]):
+        real = ids[row][mask[row] == 1].tolist()
+        new = first[row, ids.shape[1]:].tolist()
+        new = new[: new.index(2) + 1] if 2 in new else new  # through the config's eos_token_id, then padding
+        for step, token in enumerate(new):
+            logits = target(torch.tensor([real + new[:step]])).logits[0, -1]
+            assert token in logits.topk(5).indices.tolist()
+
+
+def test_static_bookkeeping_helpers():
+    assert [static_rows(n, 32) for n in (1, 3, 4, 5, 17, 32)] == [1, 4, 4, 8, 32, 32]
+    assert static_rows(20, 24) == 24  # never more rows than the caller allows at once
+    assert [static_length(n) for n in (1, 64, 65, 300)] == [64, 64, 128, 512]
+    assert draft_buckets(5, all_lengths=False).tolist() == [5]
+    assert draft_buckets(5, all_lengths=True).tolist() == [1, 2, 4, 5]
+    drafts = torch.tensor([[4, 7], [5, 8]])
+    probs = torch.rand(2, 2, 3)
+    padded, padded_probs = pad_drafts(drafts, probs, np.array([1, 4]))
+    assert pad_drafts(drafts, probs, np.array([1, 2, 4]))[0] is drafts  # 2 is a bucket: no padding
+    assert padded.tolist() == [[4, 7, 7, 7], [5, 8, 8, 8]] and padded_probs.shape == (2, 4, 3)
+    assert torch.equal(padded_probs[:, 3], probs[:, 1])
+    empty = torch.empty(2, 0, dtype=torch.long)
+    assert pad_drafts(empty, None, np.array([4]))[0].shape == (2, 0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "gpt2"])
+def test_decode_forward_has_no_graph_break(arch):
+    """The cache's update and the per-row masks trace into one graph (dynamo's explain, no inductor)."""
+    model = build(arch)
+    runner = ModelRunner(model, 3, 64, static=True)
+    prompt = torch.randint(3, VOCAB, (3, 5))
+    runner.forward(prompt, torch.arange(5).expand(3, 5), torch.full((3,), 60), 5, prefill=True)
+    positions = torch.tensor([[5, 6], [5, 6], [5, 6]])
+    runner.cache.begin(positions, 64)
+    masks = build_masks(runner.layout, positions, 64, torch.float32)
+
+    def decode(tokens):
+        return model(input_ids=tokens, attention_mask=masks, position_ids=positions, use_cache=True,
+                     **{runner._cache_kwarg: runner.cache}).logits
+
+    explained = torch._dynamo.explain(decode)(prompt[:, :2])
+    assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+@pytest.fixture(scope="module")
+def compiled_pair():
+    target = hf_batchspec.enable(build("llama", seed=11))
+    return target, perturbed(target, 0.05, seed=12)
+
+
+def unique_graphs() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+COMPILED = dict(num_assistant_tokens=3, max_batch_size=4, compile_config=CompileConfig())
+
+
+def generate_compiled(target, draft, prompts, max_new, eos):
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    return ids.shape[1], out
+
+
+@pytest.fixture(scope="module")
+def warmed(compiled_pair):
+    """A warm-up covers every shape of the bucket (4 rows, 64 slots, k=3): the verify (width 4), a last token's
+    plain step (width 1, a round where no row drafts), the draft's first step (width 2) and its later steps."""
+    target, draft = compiled_pair
+    before = unique_graphs()
+    generate_compiled(target, draft, [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]], 24, None)
+    generate_compiled(target, draft, [[5, 6], [7], [8, 9, 10], [11]], 2, None)
+    return unique_graphs() - before
+
+
+@settings(max_examples=6)
+@given(data=st.data())
+def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed, data):
+    """After warm-up, other prompt lengths, batch sizes and stops compile nothing new, and every row still
+    equals plain greedy decoding of its prompt alone."""
+    target, draft = compiled_pair
+    assert warmed > 0, "the warm-up compiled nothing: the compiled path did not run"
+    rows = data.draw(st.integers(3, 9), label="rows")  # 3 or more prompts at max_batch_size=4: 4 rows
+    lengths = data.draw(st.lists(st.integers(1, 30), min_size=rows, max_size=rows), label="lengths")
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    max_new = data.draw(st.integers(1, 64 - max(lengths)), label="max_new")
+    free = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
+    eos = tuple(data.draw(st.lists(st.sampled_from(free), max_size=2, unique=True), label="eos")) or None
+    before = unique_graphs()
+    width, out = generate_compiled(target, draft, prompts, max_new, list(eos) if eos else None)
+    assert unique_graphs() == before, "a call inside the warmed bucket recompiled"
+    assert out.spec_stats.row_selections == 0
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, eos)
+        assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
+
+
+def test_compile_settings_are_checked(compiled_pair):
+    target, draft = compiled_pair
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], 0)
+    call = dict(attention_mask=mask, assistant_model=draft, max_new_tokens=3)
+    with pytest.raises(BatchSpecError, match="CompileConfig"):
+        target.generate(ids, compile_config={"mode": "default"}, **call)
+    with pytest.raises(BatchSpecError, match="cache_implementation='offloaded'"):
+        target.generate(ids, cache_implementation="offloaded", **call)
+    with pytest.raises(BatchSpecError, match="eqspec-realign"):
+        target.generate(ids, batch_spec="eqspec-realign", cache_implementation="static", **call)
+
+
+def test_disable_compile_keeps_static_shapes_eager(compiled_pair):
+    target, draft = compiled_pair
+    before = unique_graphs()
+    ids, mask = left_pad([[5, 6], [7, 8, 9]], 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=6, do_sample=False,
+                          pad_token_id=0, eos_token_id=None, compile_config=CompileConfig(), disable_compile=True,
+                          return_dict_in_generate=True)
+    assert unique_graphs() == before
+    assert out.spec_stats.cache_slots_per_row == 64  # static shapes all the same
+    for row, prompt in enumerate([[5, 6], [7, 8, 9]]):
+        assert out.sequences[row, 3:].tolist() == plain_greedy(target, prompt, 6, None)
+
+
+def test_static_cache_never_moves():
+    runner = ModelRunner(build("llama"), 2, 64, compile_config=CompileConfig())
+    with pytest.raises(RuntimeError, match="never moves"):
+        runner.cache.select_rows(torch.tensor([0]))
+
+
+def test_static_scores_and_streaming_equal_dynamic_shapes():
+    """Scores, logits and streamed tokens come from live rows only: idle rows (static shapes) add nothing."""
+    target, draft = target_model("llama"), draft_model("llama", "perturbed")
+    ids, mask = left_pad([[5, 6, 7], [9] * 6, [3, 4], [8], [10, 11]], 0)
+    outputs, streamed = [], []
+    for extra in ({}, dict(cache_implementation="static")):
+        streamer = hf_batchspec.BatchIteratorStreamer()
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=10, do_sample=False,
+                              pad_token_id=0, max_batch_size=3, output_scores=True, output_logits=True,
+                              return_dict_in_generate=True, streamer=streamer, **extra)
+        rows = {}
+        for row, tokens in streamer:
+            rows.setdefault(row, []).extend(tokens)
+        outputs.append(out)
+        streamed.append(rows)
+    dynamic, static = outputs
+    assert torch.equal(dynamic.sequences, static.sequences)
+    assert len(dynamic.scores) == len(static.scores)
+    for a, b in zip(dynamic.scores + dynamic.logits, static.scores + static.logits):
+        torch.testing.assert_close(a, b)
+    assert streamed[0] == streamed[1] and sorted(streamed[1]) == list(range(5))
