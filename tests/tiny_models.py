@@ -22,11 +22,47 @@ ARCHITECTURES = {
     "mistral": ("MistralConfig", dict(**_DECODER, num_key_value_heads=2, sliding_window=6)),
     "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)),
     "glm4": ("Glm4Config", dict(**_DECODER, num_key_value_heads=2, head_dim=8)),
+    # The rest of the architectures README.md names as checked token-exact. Windows stay far shorter than
+    # the sequences (prompts up to 40 + 40 new tokens), so that they matter.
+    "qwen2": ("Qwen2Config", dict(**_DECODER, num_key_value_heads=2, use_sliding_window=True, sliding_window=5,
+                                  max_window_layers=1)),  # layer 0 full, layer 1 sliding
+    "mixtral": ("MixtralConfig", dict(**_DECODER, num_key_value_heads=2, num_local_experts=4,
+                                      num_experts_per_tok=2)),
+    "gptj": ("GPTJConfig", dict(n_embd=32, n_layer=2, n_head=4, n_inner=64, rotary_dim=4, n_positions=256)),
+    "gpt_neox": ("GPTNeoXConfig", dict(**_DECODER, rotary_pct=0.5)),
+    "gemma": ("GemmaConfig", dict(**_DECODER, num_key_value_heads=1, head_dim=8)),
+    # sliding + full layers, attention and final-logit softcapping (small caps, so that they bite)
+    "gemma2": ("Gemma2Config", dict(**_DECODER, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                                    sliding_window=5, layer_types=["sliding_attention", "full_attention"],
+                                    attn_logit_softcapping=1.0, final_logit_softcapping=3.0)),
+    "gemma3": ("Gemma3TextConfig", dict(**_DECODER, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                                        sliding_window=5, layer_types=["sliding_attention", "full_attention"])),
+    "phi": ("PhiConfig", dict(**_DECODER)),
+    "phi3": ("Phi3Config", dict(**_DECODER, num_key_value_heads=2, sliding_window=7,
+                                original_max_position_embeddings=256)),
+    "starcoder2": ("Starcoder2Config", dict(**_DECODER, num_key_value_heads=2, sliding_window=6)),
+    "olmo": ("OlmoConfig", dict(**_DECODER, clip_qkv=8.0)),
+    "olmo2": ("Olmo2Config", dict(**_DECODER, num_key_value_heads=2)),
+    "opt": ("OPTConfig", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=256, word_embed_proj_dim=16, dropout=0.0)),
+    "falcon": ("FalconConfig", dict(hidden_size=32, ffn_hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    num_kv_heads=2, new_decoder_architecture=True, alibi=False,
+                                    max_position_embeddings=256)),
+    "cohere": ("CohereConfig", dict(**_DECODER, num_key_value_heads=2, use_qk_norm=True, logit_scale=0.5)),
+    "granite": ("GraniteConfig", dict(**_DECODER, num_key_value_heads=2, embedding_multiplier=2.0,
+                                      residual_multiplier=0.5, attention_multiplier=0.25, logits_scaling=2.0)),
+    "smollm3": ("SmolLM3Config", dict(**_DECODER, num_key_value_heads=2, no_rope_layer_interval=2)),  # layer 1 NoPE
+    "qwen3_moe": ("Qwen3MoeConfig", dict(**_DECODER, num_key_value_heads=2, head_dim=8, moe_intermediate_size=32,
+                                         num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)),
 }
+# Models whose attention has no SDPA path (Gemma-2's softcapping): `build` defaults them to eager.
+_EAGER_ONLY = {"gemma2"}
 
 
-def build(arch: str, seed: int = 0, attn_implementation: str = "sdpa") -> torch.nn.Module:
+def build(arch: str, seed: int = 0, attn_implementation: str | None = None) -> torch.nn.Module:
     config_name, kwargs = ARCHITECTURES[arch]
+    if attn_implementation is None:
+        attn_implementation = "eager" if arch in _EAGER_ONLY else "sdpa"
     config = getattr(transformers, config_name)(**_COMMON, **kwargs)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
