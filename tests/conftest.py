@@ -8,3 +8,9 @@ settings.register_profile(
 )
 settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The test models are tiny: one thread is faster than several (no cross-thread sync per op) and does not
+# oversubscribe a busy 2-core CI machine. HF_BATCHSPEC_TEST_THREADS overrides it.
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("HF_BATCHSPEC_TEST_THREADS", "1")))
