@@ -59,11 +59,12 @@ ARCHITECTURES = {
 _EAGER_ONLY = {"gemma2"}
 
 
-def build(arch: str, seed: int = 0, attn_implementation: str | None = None) -> torch.nn.Module:
+def build(arch: str, seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
+    """`overrides` replace config fields (e.g. wider layers where a library needs them)."""
     config_name, kwargs = ARCHITECTURES[arch]
     if attn_implementation is None:
         attn_implementation = "eager" if arch in _EAGER_ONLY else "sdpa"
-    config = getattr(transformers, config_name)(**_COMMON, **kwargs)
+    config = getattr(transformers, config_name)(**_COMMON, **{**kwargs, **overrides})
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
