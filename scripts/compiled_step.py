@@ -46,6 +46,9 @@ def transformers_step(model, rows: int, width: int, compile_config) -> float:
     call = model.get_compiled_call(compile_config) if compile_config else model
 
     def step():
+        for layer in cache.layers:  # the same position every time (transformers' layers count what they wrote)
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length.fill_(PROMPT)
         return call(input_ids=tokens[:, :width], past_key_values=cache, use_cache=True,
                     position_ids=(torch.arange(width) + PROMPT).expand(rows, width),
                     cache_position=torch.arange(width) + PROMPT)
