@@ -50,3 +50,19 @@ def compile_obstacle(model: torch.nn.Module) -> str | None:
     if "disk" in devices or ("cpu" in devices and len(devices) > 1):
         return "it is offloaded to CPU or disk by accelerate"
     return None
+
+
+# Compiled graphs one generate call may need: (draft first step, draft step, verify, plain step) per row and
+# cache bucket, for two models whose forwards share one code object (and transformers' own compiled calls).
+_RECOMPILE_LIMIT = 64
+
+
+def static_compile_settings():
+    """dynamo settings for the static-shape decode loop, for the duration of a call: every size change is a new
+    static graph (the shapes come from a few buckets by design), never a switch to dynamic shapes, and the
+    per-code-object limit leaves room for the buckets of both models (dynamo's default of 8 would otherwise make
+    later buckets fall back to eager)."""
+    import torch._dynamo.config as dynamo
+
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    return dynamo.patch({limit: max(getattr(dynamo, limit), _RECOMPILE_LIMIT), "automatic_dynamic_shapes": False})

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
+from .compat import static_compile_settings
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -421,4 +422,8 @@ def speculative_decode(
 
     Greedy (`settings.do_sample` False) output equals plain greedy decoding of each prompt alone; sampling
     keeps the target's distribution (speculative rejection sampling)."""
-    return _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows, on_tokens).run()
+    decoder = _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows, on_tokens)
+    if settings.compile_config is None:
+        return decoder.run()
+    with static_compile_settings():
+        return decoder.run()
