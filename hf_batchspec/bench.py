@@ -283,6 +283,8 @@ def run_bench(args) -> list[Result]:
     for name, b, fn, spec in plan:
         groups.setdefault(b, []).append((name, fn, spec))
     for b, methods in tqdm(groups.items(), desc="bench (batch sizes)", disable=args.quiet):
+        if args.compile:  # each batch size's warm-up compiles its own shapes, from nothing
+            torch._dynamo.reset()
         runnable, warmups = [], []
         for method in methods:  # a baseline that cannot run here is reported, not fatal
             # untimed first-call costs; a compiled method warms up on the timed shapes (its compile time)

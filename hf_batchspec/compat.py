@@ -58,11 +58,14 @@ _RECOMPILE_LIMIT = 64
 
 
 def static_compile_settings():
-    """dynamo settings for the static-shape decode loop, for the duration of a call: every size change is a new
-    static graph (the shapes come from a few buckets by design), never a switch to dynamic shapes, and the
+    """dynamo settings for the static-shape decode loop: for the duration of a call every size change is a new
+    static graph (the shapes come from a few buckets by design), never a switch to dynamic shapes; and the
     per-code-object limit leaves room for the buckets of both models (dynamo's default of 8 would otherwise make
     later buckets fall back to eager)."""
     import torch._dynamo.config as dynamo
 
+    # Raised for good, not for the call only: a frame that once hit the limit (e.g. in transformers' own compiled
+    # generate on the same model class) stays eager for the rest of the process.
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-    return dynamo.patch({limit: max(getattr(dynamo, limit), _RECOMPILE_LIMIT), "automatic_dynamic_shapes": False})
+    setattr(dynamo, limit, max(getattr(dynamo, limit), _RECOMPILE_LIMIT))
+    return dynamo.patch(automatic_dynamic_shapes=False)
