@@ -83,3 +83,33 @@ def test_bnb_4bit_on_gpu(tmp_path):
 def teardown_module(module):
     for key, matches in sorted(RESULTS.items()):
         print(f"gpu lane exact-match rate {key}: {sum(matches)}/{len(matches)} rows")
+
+
+def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
+    """On CUDA `cache_implementation="static"` compiles by itself (transformers' default CompileConfig:
+    mode="reduce-overhead", CUDA graphs); rows still equal plain greedy (divergence only at a near-tie) and a
+    second call in the same bucket compiles nothing new."""
+    target = hf_batchspec.enable(build("llama", seed=11).to("cuda"))
+    draft = perturbed(build("llama", seed=11), 0.05).to("cuda")
+    counters = torch._dynamo.utils.counters["stats"]
+
+    def run(prompts, max_new):
+        ids, mask = left_pad(prompts, 0)
+        out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, max_new_tokens=max_new,
+                              do_sample=False, pad_token_id=0, eos_token_id=None, num_assistant_tokens=3,
+                              max_batch_size=4, cache_implementation="static", return_dict_in_generate=True)
+        for row, prompt in enumerate(prompts):
+            ours, ref = out.sequences[row, ids.shape[1]:].tolist(), greedy_alone(target, prompt, max_new)
+            if ours != ref:
+                first = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+                assert near_tie(target, prompt + ref[:first], torch.float32), f"row {row} diverged at {first}"
+        return out.spec_stats
+
+    before = counters["unique_graphs"]
+    run([[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]], 24)
+    run([[5, 6], [7], [8, 9, 10], [11]], 2)
+    assert counters["unique_graphs"] > before, "nothing was compiled"
+    warmed = counters["unique_graphs"]
+    stats = run([[13, 14, 15, 16], [17], [18, 19], [20, 21, 22], [23] * 9, [24, 25]], 30)
+    assert counters["unique_graphs"] == warmed, "a call inside the warmed bucket recompiled"
+    assert stats.row_selections == 0
