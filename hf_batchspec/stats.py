@@ -15,8 +15,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 @dataclass
 class BatchSpecStats:
     """Per-call and per-row counts. For every row: `new_tokens == accepted_tokens + target_tokens`, and
-    `target_tokens <= rounds + 1` (the prefill gives one token; each verify round at most one more), with
-    equality unless the row stopped inside an accepted block of drafts."""
+    `target_tokens <= row_rounds + 1` (the prefill gives one token; each verify round the row takes part in at
+    most one more), with equality unless the row stopped inside an accepted block of drafts."""
 
     strategy: str
     num_assistant_tokens: int
