@@ -252,12 +252,15 @@ def run_bench(args) -> list[Result]:
     target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
-    cost = "auto"
+    cost = compiled_cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
         from .profiling import calibrate
 
         cost = calibrate(target, draft, rows=max(args.batch_sizes))
         print(f"calibrated: {cost}")
+        if args.compile:  # the compiled rows' auto decides with the compiled forwards' costs
+            compiled_cost = calibrate(target, draft, rows=max(args.batch_sizes), compile_config=bench.compile_config())
+            print(f"calibrated (compiled): {compiled_cost}")
     plan = [("hf-greedy-b1", 1, bench.hf_greedy(1), False)]
     if "assisted" in args.methods:
         plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
@@ -278,7 +281,7 @@ def run_bench(args) -> list[Result]:
         if args.compile:
             plan += [("exspec-compiled", b, bench.ours("exspec", b, compile_config=bench.compile_config()), True),
                      ("exspec-auto-compiled", b,
-                      bench.ours("exspec", b, cost, compile_config=bench.compile_config()), True)]
+                      bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config()), True)]
     results, groups = [], {}  # HF greedy at batch 1 comes first: its rows are the reference
     for name, b, fn, spec in plan:
         groups.setdefault(b, []).append((name, fn, spec))

@@ -68,24 +68,31 @@ class ForwardTimer:
 
 
 def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, context: int = 64,
-              repeats: int = 5) -> CostModel:
+              repeats: int = 5, compile_config=None) -> CostModel:
     """Measure a `CostModel` on this machine: time forwards of each model at a few token counts (rows x 1,
     2 and 4 positions, over `context` cached tokens) and fit `call + token x n` by least squares.
 
     Run it once per model pair and machine (it takes a few hundred forwards) and pass the result as
-    `speculation=`; generate itself never reads a clock.
+    `speculation=`; generate itself never reads a clock. With `compile_config` (transformers' CompileConfig)
+    it measures the compiled static-shape forwards that `generate(..., compile_config=...)` runs (all `rows`
+    rows, widths 1, 2 and 4, attention over the whole cache), compiling them first; pass the same
+    `compile_config` and `max_batch_size=rows` to generate.
     """
+    from .decoding import static_length
     from .runner import ModelRunner
 
     def measure(model) -> tuple[float, float]:
-        runner = ModelRunner(model, rows, context + 8)
+        static = compile_config is not None
+        slots = static_length(context + 8) if static else context + 8
+        runner = ModelRunner(model, rows, slots, compile_config, static)
         device = runner.device
         vocab = int(model.config.get_text_config().vocab_size)
-        limits = torch.full((rows,), context + 7, device=device)
+        limits = torch.full((rows,), slots - 1, device=device)
         prefix = torch.randint(0, vocab, (rows, context), device=device)
-        runner.forward(prefix, torch.arange(context, device=device).expand(rows, context), limits, context, keep=1)
+        runner.forward(prefix, torch.arange(context, device=device).expand(rows, context), limits, context, keep=1,
+                       prefill=True)
         sizes, seconds = [], []
-        for batch in (1, rows // 2 or 1, rows):
+        for batch in (rows,) if static else (1, rows // 2 or 1, rows):  # static shapes: every row, always
             for width in (1, 2, 4):
                 tokens = torch.randint(0, vocab, (batch, width), device=device)
                 positions = context + torch.arange(width, device=device).expand(batch, width)

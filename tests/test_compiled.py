@@ -202,3 +202,18 @@ def test_static_scores_and_streaming_equal_dynamic_shapes():
     for a, b in zip(dynamic.scores + dynamic.logits, static.scores + static.logits):
         torch.testing.assert_close(a, b)
     assert streamed[0] == streamed[1] and sorted(streamed[1]) == list(range(5))
+
+
+def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
+    """`calibrate(compile_config=...)` times the compiled static-shape forwards generate runs; auto decides
+    with it, and the rows stay exact."""
+    target, draft = compiled_pair
+    cost = hf_batchspec.calibrate(target, draft, rows=4, context=40, repeats=1, compile_config=CompileConfig())
+    assert cost.target_call + cost.target_token > 0 and cost.draft_call + cost.draft_token > 0
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12], [13, 14, 15]]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+                          pad_token_id=0, eos_token_id=None, speculation=cost, return_dict_in_generate=True,
+                          **COMPILED)
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None), f"row {row}"
