@@ -55,16 +55,22 @@ ARCHITECTURES = {
     "qwen3_moe": ("Qwen3MoeConfig", dict(**_DECODER, num_key_value_heads=2, head_dim=8, moe_intermediate_size=32,
                                          num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)),
 }
-# Models whose attention has no SDPA path (Gemma-2's softcapping): `build` defaults them to eager.
+# Models whose attention has no SDPA path (Gemma-2's softcapping): `build` defaults them to eager, as it does
+# any model class that has no SDPA path in the installed transformers (GPT-J before 5.2x).
 _EAGER_ONLY = {"gemma2"}
+
+
+def _default_attention(arch: str, config) -> str:
+    model_class = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    return "eager" if arch in _EAGER_ONLY or not getattr(model_class, "_supports_sdpa", True) else "sdpa"
 
 
 def build(arch: str, seed: int = 0, attn_implementation: str | None = None, **overrides) -> torch.nn.Module:
     """`overrides` replace config fields (e.g. wider layers where a library needs them)."""
     config_name, kwargs = ARCHITECTURES[arch]
-    if attn_implementation is None:
-        attn_implementation = "eager" if arch in _EAGER_ONLY else "sdpa"
     config = getattr(transformers, config_name)(**_COMMON, **{**kwargs, **overrides})
+    if attn_implementation is None:
+        attn_implementation = _default_attention(arch, config)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
