@@ -120,7 +120,7 @@ class Bench:
                 if self.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 # a compiled forward is timed from outside only: hooks on it would make torch.compile recompile
-                timed = () if getattr(fn, "full_warmup", False) else (self.target, self.draft) if spec else (
+                timed = () if getattr(fn, "compiled", False) else (self.target, self.draft) if spec else (
                     self.target,)
                 with ForwardTimer(*timed) as timer:
                     rows, stats = fn(self.prompts, warmup=False)
@@ -145,13 +145,15 @@ class Bench:
         return result
 
     # -- methods: each takes the prompts and returns (rows of new tokens trimmed at the first stop, stats) --
-    def hf_greedy(self, batch_size):
+    def hf_greedy(self, batch_size, **generate_kwargs):
         def run(prompts, warmup):
             rows = []
             for chunk in _chunks(prompts, batch_size):
                 ids, mask, width = _left_pad(chunk, self.pad, self.device)
-                rows += self._rows_from(self.target.generate(ids, attention_mask=mask, **self.common), width, len(chunk))
+                out = self.target.generate(ids, attention_mask=mask, **self.common, **generate_kwargs)
+                rows += self._rows_from(out, width, len(chunk))
             return rows, []
+        run.compiled = "compile_config" in generate_kwargs
         return run
 
     def hf_assisted(self, num_assistant_tokens, threshold):
@@ -214,18 +216,8 @@ class Bench:
         sizing = {}
         if hasattr(GenerationConfig(), "max_cache_len"):  # transformers >= 5.2x: one cache size for all chunks
             sizing["max_cache_len"] = max(len(p) for p in self.prompts) + self.max_new
-        config = self.compile_config()
-
-        def run(prompts, warmup):
-            rows = []
-            for chunk in _chunks(prompts, batch_size):
-                ids, mask, width = _left_pad(chunk, self.pad, self.device)
-                out = self.target.generate(ids, attention_mask=mask, cache_implementation="static",
-                                           compile_config=config, **sizing, **self.common)
-                rows += self._rows_from(out, width, len(chunk))
-            return rows, []
-        run.full_warmup = True  # compiled: warm up on the timed shapes
-        return run
+        return self.hf_greedy(batch_size, cache_implementation="static", compile_config=self.compile_config(),
+                              **sizing)
 
     def ours(self, strategy, batch_size, speculation="always", k=None, **generate_kwargs):
         def run(prompts, warmup):
@@ -241,7 +233,7 @@ class Bench:
                 rows += self._rows_from(out.sequences, width, len(chunk))
                 stats.append(out.spec_stats)
             return rows, stats
-        run.full_warmup = "compile_config" in generate_kwargs  # compiled: warm up on the timed shapes
+        run.compiled = "compile_config" in generate_kwargs
         return run
 
 
@@ -291,7 +283,7 @@ def run_bench(args) -> list[Result]:
         runnable, warmups = [], []
         for method in methods:  # a baseline that cannot run here is reported, not fatal
             # untimed first-call costs; a compiled method warms up on the timed shapes (its compile time)
-            prompts = bench.prompts if getattr(method[1], "full_warmup", False) else bench.prompts[:2]
+            prompts = bench.prompts if getattr(method[1], "compiled", False) else bench.prompts[:2]
             try:
                 with ForwardTimer() as clock:
                     method[1](prompts, warmup=True)

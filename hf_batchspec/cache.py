@@ -35,6 +35,10 @@ def write_slots(
     per-row scatter into a graph input is functionalised into a copy of the whole cache tensor on every call
     (measured: a compiled decode step 2-4x slower than eager); a custom op that declares its mutation is
     written in place, as transformers' static cache write (`index_copy_` at one shared position) is."""
+    _scatter_slots(cache, slots, new)
+
+
+def _scatter_slots(cache: torch.Tensor, slots: torch.Tensor, new: torch.Tensor) -> None:
     b, h, q, d = new.shape
     cache.scatter_(2, slots[:, None, :, None].expand(b, h, q, d), new)
 
@@ -100,14 +104,10 @@ class RaggedLayer(CacheLayerMixin):
         slots, rows = self._plan.on(key_states.device)
         kv_len = self._plan.kv_len
         if rows is None:
-            if torch.compiler.is_compiling():  # see write_slots: in place under torch.compile
-                write_slots(self.keys, slots, key_states)
-                write_slots(self.values, slots, value_states)
-            else:
-                b, h, q, _ = key_states.shape
-                self.keys.scatter_(2, slots[:, None, :, None].expand(b, h, q, key_states.shape[-1]), key_states)
-                self.values.scatter_(2, slots[:, None, :, None].expand(b, h, q, value_states.shape[-1]),
-                                     value_states)
+            # under torch.compile through the custom op (see write_slots); eagerly without its dispatch
+            write = write_slots if torch.compiler.is_compiling() else _scatter_slots
+            write(self.keys, slots, key_states)
+            write(self.values, slots, value_states)
             return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
         # A forward over some rows only (a refill's prefill): advanced indexing puts [b, q] first.
         self.keys[rows[:, None], :, slots] = key_states.transpose(1, 2)

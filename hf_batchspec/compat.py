@@ -35,11 +35,6 @@ def user_cache_kwargs(kwargs: dict) -> list[str]:
     return [name for name in ("cache", "past_key_values") if kwargs.get(name) is not None]
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's input embeddings live (its first device under accelerate dispatch)."""
-    return model.get_input_embeddings().weight.device
-
-
 def compile_obstacle(model: torch.nn.Module) -> str | None:
     """Why transformers would not compile this model's forward (it falls back to eager with a warning; we
     refuse instead), or None."""

@@ -191,18 +191,19 @@ class _Decoder:
         positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
         step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=self.tokens.shape[1] - 1)]
         kv_len = self._top_slot(rows.lengths_h - missing_h) + width
-        columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
         if self.static:  # every column: one shape, whichever columns the rows' pending tokens sit in
-            keep = 0
+            keep, pick = 0, missing_h - 1
         else:
-            keep = 1 if len(columns) == 1 and columns[0] == width - 1 else torch.as_tensor(columns, device=self.device)
-        pick = missing_h - 1 if self.static else np.searchsorted(columns, missing_h - 1)
+            columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
+            keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=self.device)
+            pick = np.searchsorted(columns, missing_h - 1)
+        per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
         pick = torch.as_tensor(pick, device=self.device)  # [B] the column of each row's pending token in `keep`
         drafts, probs = [], []
         threshold = self.settings.confidence_threshold
         for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.draft.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
-            if j == 0 and not (isinstance(keep, int) and keep == 1):
+            if j == 0 and per_row:
                 logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
             keep = 1
             last = logits[:, -1].to(self.device)  # [B, V]
@@ -372,7 +373,7 @@ class _Decoder:
 def static_rows(capacity: int, limit: int) -> int:
     """Rows of a static-shape forward: the next power of two of the prompts decoded at once, at most `limit`
     (the caller's max_batch_size), so that calls with nearby batch sizes share one compiled forward."""
-    return min(1 << (capacity - 1).bit_length(), max(capacity, limit))
+    return min(1 << (capacity - 1).bit_length(), limit)
 
 
 def static_length(slots: int) -> int:

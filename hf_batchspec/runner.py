@@ -69,7 +69,7 @@ class ModelRunner:
         # Padding queries past a row's end share the cache's last slot, which no real token is ever written
         # to or read from: the cache stays bounded by rows x (longest prompt + max_new_tokens).
         slots = slots.clamp(max=self.cache.num_slots - 1)
-        decode = rows is None and tokens.shape[1] <= self.cache.num_slots and not prefill
+        decode = rows is None and not prefill
         kv_len = self.cache.num_slots if self.static and decode else min(kv_len, self.cache.num_slots)
         self.cache.begin(slots, kv_len, rows)
         # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is

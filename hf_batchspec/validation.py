@@ -12,6 +12,7 @@ from . import compat
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
 from .processors import unsupported_processors
+from .runner import input_device
 from .speculation import CostModel
 
 STRATEGIES = ("eqspec", "exspec", "eqspec-realign")
@@ -157,7 +158,7 @@ def resolve_compile(kwargs: dict, generation_config, model_config, target, draft
         raise BatchSpecError(f"compile_config must be a transformers.CompileConfig; got "
                              f"{type(compile_config).__name__}.")
     static = implementation == "static" or compile_config is not None
-    if compile_config is None and implementation == "static" and compat.model_device(target).type == "cuda":
+    if compile_config is None and implementation == "static" and input_device(target).type == "cuda":
         compile_config = getattr(model_config, "compile_config", None) or CompileConfig()
     if setting("disable_compile", kwargs, generation_config, model_config):
         compile_config = None
