@@ -22,6 +22,8 @@ from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
 OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto")
+OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto")  # --ours names (with --compile, exspec's
+# compiled rows come with exspec and exspec-auto)
 BASELINES = ("assisted", "lookup", "cb")  # the HF baselines --methods can add besides greedy
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -237,7 +239,9 @@ class Bench:
         return run
 
 
-def run_bench(args) -> list[Result]:
+def run_bench(args, on_batch_size=None) -> list[Result]:
+    """Every planned method at every batch size; `on_batch_size(results so far)` after each batch size, so a run
+    cut short (a time limit) still leaves what it measured."""
     from tqdm.auto import tqdm
 
     dtype = DTYPES[args.dtype]
@@ -266,14 +270,13 @@ def run_bench(args) -> list[Result]:
             plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
         if args.compile:
             plan.append(("hf-compiled-greedy (static cache)", b, bench.hf_compiled_greedy(b), False))
-        plan += [("eqspec", b, bench.ours("eqspec", b), True),
-                 ("eqspec-realign (paper's layout)", b, bench.ours("eqspec-realign", b), True),
-                 ("exspec", b, bench.ours("exspec", b), True),
-                 ("exspec-auto", b, bench.ours("exspec", b, cost), True)]
+        ours = {"eqspec": bench.ours("eqspec", b), "eqspec-realign (paper's layout)": bench.ours("eqspec-realign", b),
+                "exspec": bench.ours("exspec", b), "exspec-auto": bench.ours("exspec", b, cost)}
         if args.compile:
-            plan += [("exspec-compiled", b, bench.ours("exspec", b, compile_config=bench.compile_config()), True),
-                     ("exspec-auto-compiled", b,
-                      bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config()), True)]
+            ours["exspec-compiled"] = bench.ours("exspec", b, compile_config=bench.compile_config())
+            ours["exspec-auto-compiled"] = bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config())
+        plan += [(name, b, fn, True) for name, fn in ours.items() if name.split(" ")[0].removesuffix("-compiled")
+                 in args.ours]
     results, groups = [], {}  # HF greedy at batch 1 comes first: its rows are the reference
     for name, b, fn, spec in plan:
         groups.setdefault(b, []).append((name, fn, spec))
@@ -295,6 +298,12 @@ def run_bench(args) -> list[Result]:
         for result, warmup in zip(measured, warmups):
             result.warmup_seconds = round(warmup, 2)
         results += measured
+        if on_batch_size is not None:
+            on_batch_size(results)
+    if args.compile and args.device.startswith("cuda"):
+        from torch._dynamo.utils import counters
+
+        print(f"inductor: {counters['inductor'].get('cudagraph_skips', 0)} compiled graph(s) ran without CUDA graphs")
     return results
 
 
@@ -398,14 +407,16 @@ def batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def baselines(text: str) -> list[str]:
-    """`--methods`: comma-separated names from BASELINES; an empty string for none."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BASELINES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown method {', '.join(map(repr, unknown))}: expected comma-separated "
-                                         f"names from {', '.join(BASELINES)}, or '' for none")
-    return names
+def name_list(choices: tuple[str, ...], option: str):
+    """The parser of an option taking comma-separated names from `choices` (an empty string for none)."""
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown method {', '.join(map(repr, unknown))} for {option}: expected "
+                                             f"comma-separated names from {', '.join(choices)}, or '' for none")
+        return names
+    return parse
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -436,7 +447,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help="JSONL in Spec-Bench format (turns[0]); default: bundled code prompts")
 
 
-def main(argv=None) -> None:
+def write_json(results: list[Result], path: str) -> None:
+    Path(path).write_text(json.dumps([{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in results],
+                                     indent=1))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hf-batchspec bench", description=__doc__.split("\n\n")[0],
                                      epilog=TABLE_LEGEND, formatter_class=HelpFormatter)
     add_source_arguments(parser)
@@ -447,10 +463,16 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
     parser.add_argument("--k", type=positive_int, default=3, metavar="K",
                         help="num_assistant_tokens (k) for ours and for HF assisted: " + K_HELP)
-    parser.add_argument("--methods", type=baselines, default=",".join(BASELINES), metavar="NAME,...",
+    parser.add_argument("--methods", type=name_list(BASELINES, "--methods"), default=",".join(BASELINES),
+                        metavar="NAME,...",
                         help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
                              "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
                              "decoding at batch 1), cb (continuous batching at each batch size)")
+    parser.add_argument("--ours", type=name_list(OUR_METHODS, "--ours"), default=",".join(OUR_METHODS),
+                        metavar="NAME,...",
+                        help="our methods to run, comma-separated: eqspec, eqspec-realign (the paper's layout), "
+                             "exspec, exspec-auto (speculation='auto'); with --compile, exspec and exspec-auto "
+                             "also run compiled")
     parser.add_argument("--compile", action="store_true",
                         help="also run transformers' static-cache compiled greedy and ours with compile_config "
                              "(torch.compile; on CPU forced with CompileConfig._compile_all_devices), each warmed "
@@ -466,7 +488,11 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.from_json:
         fields = Result.__dataclass_fields__
         results = [Result(**{k: v for k, v in row.items() if k in fields})
@@ -476,11 +502,10 @@ def main(argv=None) -> None:
     else:
         set_threads(args.threads)  # before the models load
         print(header(args.device, args.dtype), flush=True)
-        results = run_bench(args)
+        results = run_bench(args, on_batch_size=lambda so_far: write_json(so_far, args.json) if args.json else None)
     print(table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(r), "tokens_per_second": r.tokens_per_second}
-                                               for r in results], indent=1))
+        write_json(results, args.json)
     if args.plot:
         plot(results, args.plot)
 

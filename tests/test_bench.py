@@ -86,3 +86,18 @@ def test_demo_checks_rows_against_plain_greedy():
     assert "torch threads 1," in result.stdout.splitlines()[0], result.stdout
     assert "every row equals plain greedy decoding" in result.stdout
 
+
+
+def test_ours_selects_methods_and_each_batch_size_reports_as_it_ends(tmp_path):
+    from hf_batchspec.bench import parse_args, run_bench
+
+    target, _ = target_stopping_at(" the", tmp_path / "target")
+    args = parse_args(["--target", str(target), "--num-prompts", "3", "--batch-sizes", "2,3", "--max-new-tokens",
+                       "6", "--methods", "", "--ours", "exspec", "--repeats", "1", "--quiet"])
+    reported = []
+    results = run_bench(args, on_batch_size=lambda so_far: reported.append([r.method for r in so_far]))
+    assert [r.method for r in results] == ["hf-greedy-b1", "hf-greedy", "exspec", "hf-greedy", "exspec"]
+    # the results so far after each batch size: batch 1's reference, then batch 2, then batch 3
+    methods = [r.method for r in results]
+    assert reported == [methods[:1], methods[:3], methods]
+    assert all(r.exact_rows == r.rows == 3 for r in results)

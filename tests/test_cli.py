@@ -101,6 +101,7 @@ def test_demo_help_shows_defaults_and_threads(capsys, no_models):
     ("bench", "--batch-sizes", "0", "comma-separated positive integers"),
     ("bench", "--batch-sizes", "2,-4", "comma-separated positive integers"),
     ("bench", "--methods", "assisted,foo", "assisted, lookup, cb"),
+    ("bench", "--ours", "exspec,exspec-compiled", "eqspec, eqspec-realign, exspec, exspec-auto"),
     ("bench", "--threads", "0", "positive integer"),
     ("bench", "--threads", "two", "positive integer"),
     ("bench", "--k", "0", "positive integer"),

@@ -40,7 +40,7 @@ def near_tie(model, prefix: list[int], dtype: torch.dtype) -> bool:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "mistral"])
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(data=st.data())
 def test_low_precision_diverges_only_at_near_ties(arch, dtype, data):
     target = hf_batchspec.enable(build(arch).to("cuda", dtype))
@@ -65,6 +65,7 @@ def test_low_precision_diverges_only_at_near_ties(arch, dtype, data):
 
 
 def test_bnb_4bit_on_gpu(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="the quant extra is not installed")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     build("llama").save_pretrained(tmp_path)
@@ -92,6 +93,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
     target = hf_batchspec.enable(build("llama", seed=11).to("cuda"))
     draft = perturbed(build("llama", seed=11), 0.05).to("cuda")
     counters = torch._dynamo.utils.counters["stats"]
+    skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
 
     def run(prompts, max_new):
         ids, mask = left_pad(prompts, 0)
@@ -112,4 +114,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
     warmed = counters["unique_graphs"]
     stats = run([[13, 14, 15, 16], [17], [18, 19], [20, 21, 22], [23] * 9, [24, 25]], 30)
     assert counters["unique_graphs"] == warmed, "a call inside the warmed bucket recompiled"
+    # inductor counts every graph it compiled without CUDA graphs (a mutated input that is not a static address,
+    # a CPU tensor, ...): none may be skipped, or the launches per round stay
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips, "a graph ran without CUDA graphs"
     assert stats.row_selections == 0
