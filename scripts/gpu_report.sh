@@ -7,7 +7,8 @@
 #
 # Environment: DEVICE (cuda), SIZE (full | tiny), OUT (gpu_report), PYTHON (python), BATCH_SIZES (8,64),
 # BUDGET_S (520: the whole script's seconds; each stage gets a share and a stage cut short keeps what it wrote,
-# the bench's JSON after every batch size), PAIR_DIR (a scratch folder for the pair's weights).
+# the bench's JSON after every batch size), PAIR_DIR (a scratch folder for the pair's weights), STAGES (which of
+# lane,bench,exact,profile to run; all by default).
 # Every stage runs even if an earlier one failed; the exit status is the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ OUT=${OUT:-gpu_report}
 PYTHON=${PYTHON:-python}
 BUDGET_S=${BUDGET_S:-520}
 PAIR_DIR=${PAIR_DIR:-$(mktemp -d)/pair}
+STAGES=${STAGES:-lane,bench,exact,profile}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 START=$SECONDS
@@ -36,6 +38,7 @@ else
     BENCH=(--batch-sizes "${BATCH_SIZES:-8,64}" --num-prompts 64 --max-new-tokens 64 --repeats 1)
 fi
 : > "$OUT/report.txt"
+DTYPE=bfloat16; [ "$DEVICE" = cpu ] && DTYPE=float32
 
 stage "environment"
 "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>&1 | tee -a "$OUT/report.txt"; check
@@ -44,17 +47,39 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,cl
 stage "pair"
 "$PYTHON" scripts/build_layer_skip_pair.py --out "$PAIR_DIR" "${PAIR[@]}" 2>&1 | tee -a "$OUT/report.txt"; check
 
+wanted() { [[ ",$STAGES," == *",$1,"* ]]; }
+
+if wanted lane; then
 stage "gpu test lane (skipped without CUDA)"
 timeout $(( $(left) / 3 )) "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -s -W ignore 2>&1 | tail -20 | tee -a "$OUT/report.txt"; check
 
+fi
+
+if wanted profile; then  # per round: wall time, launches outside the CUDA graphs, host syncs, GPU busy time
+stage "per-round profile"
+for args in "--batch 8" "--batch 8 --compile" "--batch 64 --compile"; do
+    [ "$SIZE" = tiny ] && args="${args/64/4} --long 12 --short 4"
+    timeout $(( $(left) / 4 )) "$PYTHON" scripts/profile_round.py --device "$DEVICE" --dtype "$DTYPE" --target "$PAIR_DIR/target" \
+        --draft "$PAIR_DIR/draft" $args 2>&1 | grep -v -E "Loading weights|USDT|warn" | tee -a "$OUT/report.txt"; check
+done
+fi
+
+if wanted exact; then  # in bf16 every batched method (transformers' too) drifts from batch 1 at near-ties: fp32 shows
+stage "exactness in float32 (ours eager and compiled against batch-1 greedy)"
+timeout $(( $(left) / 2 )) "$PYTHON" -m hf_batchspec bench --device "$DEVICE" --dtype float32 --target "$PAIR_DIR/target" \
+    --draft "$PAIR_DIR/draft" --compile --methods "" --ours exspec --quiet --batch-sizes 8 --num-prompts 16 \
+    --max-new-tokens 64 --repeats 1 --json "$OUT/bench_fp32.json" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/report.txt"; check
+fi
+
+if wanted bench; then
 stage "bench"
-DTYPE=bfloat16; [ "$DEVICE" = cpu ] && DTYPE=float32
 timeout $(( $(left) - 20 )) "$PYTHON" -m hf_batchspec bench --device "$DEVICE" --dtype "$DTYPE" --target "$PAIR_DIR/target" \
     --draft "$PAIR_DIR/draft" --compile --methods "" --ours exspec,exspec-auto --quiet "${BENCH[@]}" \
     --json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/report.txt"; check
 if [ ! -f "$OUT/bench.png" ] && [ -f "$OUT/bench.json" ]; then  # cut short: the batch sizes it finished
     stage "bench, as far as it got"
     "$PYTHON" -m hf_batchspec bench --methods "" --from-json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | tee -a "$OUT/report.txt"
+fi
 fi
 echo "done in $((SECONDS - START)) s, status $STATUS; written: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/report.txt"
 exit $STATUS
