@@ -57,6 +57,13 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return (probs / noise.clamp_(min=torch.finfo(torch.float32).tiny)).argmax(-1)
 
 
+def one_hot(drafts: torch.Tensor, vocab: int, dtype: torch.dtype) -> torch.Tensor:  # [B, k] -> [B, k, V]
+    """q of a deterministic drafter (prompt lookup): all mass on the draft. Speculative sampling then accepts a
+    draft with probability p(d) and draws a rejection's replacement from p without d: still exact."""
+    q = torch.zeros((*drafts.shape, vocab), dtype=dtype, device=drafts.device)
+    return q.scatter_(-1, drafts.unsqueeze(-1), 1.0)
+
+
 def speculative_sample(
     draft_tokens: torch.Tensor,  # [B, k] sampled from draft_probs
     draft_probs: torch.Tensor,  # [B, k, V] q: the draft's distribution at each drafted position

@@ -16,6 +16,7 @@ from transformers import GenerationMixin
 
 from . import validation
 from .decoding import DecodeResult, DecodeSettings, speculative_decode
+from .drafters import DraftSource
 from .masks import right_pack
 from .peft_support import row_adapters
 from .processors import ScoreProcessing
@@ -54,9 +55,10 @@ class BatchSpeculativeGenerationMixin:
     ):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         batch_size = validation.batch_size_of(input_ids, kwargs.get("inputs_embeds"))
-        strategy = validation.choose_strategy(batch_spec, assistant_model, batch_size)
+        sources = validation.draft_sources(assistant_model, kwargs, generation_config, self.generation_config)
+        strategy = validation.choose_strategy(batch_spec, sources, batch_size)
         validation.check_routing(
-            strategy, assistant_model, batch_size,
+            strategy, sources, batch_size,
             dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
                  generator=generator),
             kwargs, generation_config, self.generation_config,
@@ -77,29 +79,36 @@ class BatchSpeculativeGenerationMixin:
         # Everything that can be refused is refused here, before transformers prepares anything.
         validation.check_call(kwargs, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, synced_gpus=synced_gpus,
                               generation_config=generation_config, model_config=self.generation_config)
-        validation.check_pair(self, assistant_model)
+        source, lookup_k = validation.resolve_draft_source(sources, self, assistant_model, kwargs, generation_config)
+        draft = source.model  # the model that drafts (None for prompt lookup)
         pad_token_id = kwargs.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
-                                validation.vocab_size(self, assistant_model), kwargs.get("inputs_embeds"))
+                                validation.vocab_size(self, *[m for m in (draft,) if m is not None]),
+                                kwargs.get("inputs_embeds"))
         # static shapes: rows are padded to a power of two, never past what the caller allowed at once
         static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
                                                                  batch_size)
-        num_assistant_tokens = validation.resolve_num_assistant_tokens(kwargs, generation_config, assistant_model)
-        schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, assistant_model)
+        # the draft's own settings live in its generation_config; an early-exit draft is the target itself
+        draft_settings = assistant_model if assistant_model is not None else self if draft is not None else None
+        num_assistant_tokens = lookup_k or validation.resolve_num_assistant_tokens(kwargs, generation_config,
+                                                                                     draft_settings)
+        schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, draft_settings)
         validation.check_generator(generator)
-        cost_model = validation.resolve_speculation(speculation, self, assistant_model)
+        cost_model = validation.resolve_speculation(speculation, self, draft)
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
-                                                            assistant_model, strategy)
+                                                            draft, strategy)
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
         # Served by our own caches and compiled calls: transformers must not build a static cache of its own.
         generation_config = validation.without_cache_settings(kwargs, generation_config)
+        generation_config = validation.without_draft_settings(kwargs, generation_config)
         decode = functools.partial(
             _batch_spec_decode,
             assistant_model=assistant_model,
+            source=source,
             strategy=strategy,
             num_assistant_tokens=num_assistant_tokens,
             schedule=schedule,
@@ -127,6 +136,7 @@ def _batch_spec_decode(
     generation_config=None,
     *,
     assistant_model,
+    source: DraftSource,
     strategy: str,
     num_assistant_tokens: int,
     schedule: str,
@@ -146,6 +156,9 @@ def _batch_spec_decode(
     validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
     attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
+    if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:
+        # num_return_sequences: transformers repeated each prompt n times (its rows together); the caller's mask too
+        attention_mask = attention_mask.repeat_interleave(input_ids.shape[0] // attention_mask.shape[0], 0)
     lengths = validation.prompt_lengths(attention_mask, input_ids)
     max_new = generation_config.max_length - input_ids.shape[1]
     if max_new < 1:
@@ -171,11 +184,12 @@ def _batch_spec_decode(
                                         "shapes yet: drop compile_config / cache_implementation='static'.")
     on_tokens = token_sink(streamer, input_ids)
     with adapters or contextlib.nullcontext():
-        result = speculative_decode(model, assistant_model, prompts, lengths.cpu().numpy(), settings, stats,
+        result = speculative_decode(model, source, prompts, lengths.cpu().numpy(), settings, stats,
                                     on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
     if streamer is not None:
         streamer.end()
-    if schedule == "heuristic" and result.draft_lengths is not None and len(result.draft_lengths):
+    if (schedule == "heuristic" and assistant_model is not None and result.draft_lengths is not None
+            and len(result.draft_lengths)):
         # as transformers does: the heuristic's state carries over to the next call through the draft's config
         assistant_model.generation_config.num_assistant_tokens = int(round(float(result.draft_lengths.mean())))
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)

@@ -184,6 +184,10 @@ class RaggedCache(Cache):
             raise ValueError(f"kv_len {kv_len} exceeds the cache's {self.num_slots} slots")
         self._plan.set(slots, kv_len, rows)
 
+    def top_slot(self, ends: np.ndarray) -> int:
+        """max over rows of the slot that position `ends[b]` takes (the position itself, unless left-aligned)."""
+        return int((ends if self.offsets is None else ends + self.offsets).max())
+
     def set_lengths(self, lengths: np.ndarray, rows: np.ndarray | None = None) -> None:
         if rows is None:
             self.lengths = np.asarray(lengths, dtype=np.int64).copy()

@@ -1,8 +1,8 @@
 """The batch speculative decoding loop on the ragged cache (EQSPEC and EXSPEC), greedy or sampling.
 
 Outline of one round, for the B active rows at once:
-  1. draft:   the draft model proposes up to k tokens per row (k forwards of 1 token; the first also re-feeds
-              the previous token, which the draft has not seen when the last round's drafts were all accepted)
+  1. draft:   the drafter proposes up to k tokens per row (a draft model: k forwards of 1 token; prompt
+              lookup: copies of the row's own earlier tokens; see drafters.py)
   2. verify:  the target runs [pending, d_1..d_k] in one forward and scores each position
   3. accept:  keep the accepted prefix of drafts (greedy: equal to the target's argmax; sampling: speculative
               rejection sampling) plus the target's next token; cut at a stop
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
+from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
+from .drafters import DraftOptions, DraftSource
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -75,8 +76,8 @@ class DecodeResult:
 class _Decoder:
     """State of one generate call: both models' runners, the token buffer, the slot pool and the queue."""
 
-    def __init__(self, target, draft, prompts, prompt_lengths, settings: DecodeSettings, stats: BatchSpecStats,
-                 on_rows=None, on_tokens=None):
+    def __init__(self, target, source: DraftSource, prompts, prompt_lengths, settings: DecodeSettings,
+                 stats: BatchSpecStats, on_rows=None, on_tokens=None):
         self.on_tokens = on_tokens  # streaming: called with (original rows, each row's newly kept tokens)
         n_rows, width = prompts.shape
         self.settings, self.stats, self.prompt_lengths = settings, stats, prompt_lengths
@@ -97,8 +98,12 @@ class _Decoder:
             slots, cache_len = static_rows(self.capacity, settings.static_shapes), static_length(cache_len)
             self.k_buckets = draft_buckets(k, all_lengths=settings.cost_model is not None)
         self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static)
-        self.draft = ModelRunner(draft, slots, cache_len, settings.compile_config, self.static)
-        self.target.on_rows = self.draft.on_rows = on_rows
+        self.processing = settings.processing or ScoreProcessing([])
+        options = DraftOptions(settings.do_sample, settings.generator, self.processing,
+                               settings.confidence_threshold, self.static)
+        self.drafter = source.build(slots, cache_len, options, settings.compile_config)
+        self.target.on_rows = on_rows
+        self.drafter.set_on_rows(on_rows)
         self.device = self.target.device
         self.stop_ids = None if settings.stop_ids is None else settings.stop_ids.to(self.device)
         # Token ids by original row and position; padding candidates may land up to k+1 past a row's end. Row
@@ -108,7 +113,6 @@ class _Decoder:
         self.rows = ActiveRows(slots, self.device, scratch_id=n_rows)
         self.row_prompt_lengths = np.append(prompt_lengths, 1)  # by token-buffer row, the scratch row's too
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
-        self.processing = settings.processing or ScoreProcessing([])
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
@@ -141,8 +145,8 @@ class _Decoder:
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = torch.as_tensor(budget_h, device=self.device)
-        drafts, draft_probs, budget = self._draft(int(budget_h.max()), budget)  # [B, k], [B, k, V] if sampling
-        k_round = drafts.shape[1]  # draft steps run
+        proposal = self.drafter.propose(rows, self.tokens, int(budget_h.max()), budget)
+        drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
         target_logits = self._verify(drafts)  # [B, k+1, V]
@@ -155,7 +159,7 @@ class _Decoder:
             self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
         stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], len(self.queue))
-        stats.draft_forward_calls += k_round
+        stats.draft_forward_calls += proposal.forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
             rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
@@ -163,88 +167,28 @@ class _Decoder:
         rows.advance(count_h, count)
         rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
         self.last_draft_lengths = rows.draft_len_h
-        # Rollback by length: the target keeps pending + accepted drafts; the draft keeps what it ran
-        # (pending + d_1..d_{k-1}) that was accepted. Rejected slots are simply beyond the new lengths.
+        # Rollback by length: the target keeps pending + accepted drafts; the drafter keeps what it ran that
+        # was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
-        if k_round:  # a round without drafts leaves the draft's cache as it was (it catches up when it drafts)
-            self.draft.cache.set_lengths(np.minimum(rows.lengths_h - 1, old_lengths + k_round - 1))
+        self.drafter.rollback(rows.lengths_h, old_lengths, proposal.forwards)
         return fin_h.astype(bool)
-
-    def _draft(self, k: int, budget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Up to k drafts per row `[B, k']`, their distributions `[B, k', V]` when sampling, and the budgets,
-        cut where a row's draft fell below the confidence threshold (k' < k when every row stopped early)."""
-        rows = self.rows
-        if k == 0:
-            return torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget
-        top = self._top_slot(rows.lengths_h)
-        # The first step feeds every committed token the draft has not run: after a fully accepted round the
-        # token before the pending one (the draft's own last draft, never run), after rounds without drafts
-        # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
-        # end, which write scratch slots nobody reads; each row's logits are taken at its pending token.
-        missing_h = rows.lengths_h - self.draft.cache.lengths  # [B] >= 1: the pending token at least
-        width = int(missing_h.max())
-        if self.static:  # a catch-up width from a few buckets, set by live rows only: 2 in steady state (1 or
-            # 2 tokens missing), so the first step has one shape whether or not the last round was fully accepted
-            width = max(2, 1 << (int(missing_h[rows.live_h].max(initial=1)) - 1).bit_length())
-            missing_h = np.minimum(missing_h, width)  # an idle row's queries are never read
-        missing = torch.as_tensor(missing_h, device=self.device)
-        positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
-        step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=self.tokens.shape[1] - 1)]
-        kv_len = self._top_slot(rows.lengths_h - missing_h) + width
-        if self.static:  # every column: one shape, whichever columns the rows' pending tokens sit in
-            keep, pick = 0, missing_h - 1
-        else:
-            columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
-            keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=self.device)
-            pick = np.searchsorted(columns, missing_h - 1)
-        per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
-        pick = torch.as_tensor(pick, device=self.device)  # [B] the column of each row's pending token in `keep`
-        drafts, probs = [], []
-        threshold = self.settings.confidence_threshold
-        for j in range(k):  # the draft is sequential: one forward per draft token
-            logits = self.draft.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
-            if j == 0 and per_row:
-                logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
-            keep = 1
-            last = logits[:, -1].to(self.device)  # [B, V]
-            step_probs = probabilities(self.processing.draft(last)) if self.settings.do_sample or threshold else None
-            if self.settings.do_sample:
-                probs.append(step_probs)
-                drafts.append(sample(step_probs, self.settings.generator))
-            else:
-                drafts.append(last.argmax(-1))
-            if threshold:
-                # transformers' ConfidenceCriteria, per row: the unsure draft is kept, the next ones are not
-                unsure = step_probs.gather(1, drafts[-1].unsqueeze(1)).squeeze(1) < threshold
-                budget = torch.where(unsure, torch.minimum(budget, torch.full_like(budget, j + 1)), budget)
-                if j + 1 < k and bool((budget <= j + 1).all()):  # a sync per draft step, only with a threshold
-                    break
-            step_input = drafts[-1].unsqueeze(1)
-            positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
-            kv_len = top + j + 1
-        return torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None, budget
 
     def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
         rows, k = self.rows, drafts.shape[1]
         positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
         pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
-        top = self._top_slot(rows.lengths_h)
+        top = self.target.cache.top_slot(rows.lengths_h)
         logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k,
                                      row_ids=rows.ids_h)
         return logits.to(self.device)
-
-    def _top_slot(self, ends: np.ndarray) -> int:
-        """max over rows of the slot that position `ends[b]` takes (the position itself, unless left-aligned)."""
-        offsets = self.target.cache.offsets
-        return int((ends if offsets is None else ends + offsets).max())
 
     def _left_align(self) -> None:
         """The paper's EQSPEC: every row's cached tokens end at the same slot, left padding before them. Rows
         gain different counts each round, so both caches move every row, every round."""
         lengths = self.rows.lengths_h
         offsets = lengths.max() - lengths
-        for run in (self.target, self.draft):
-            run.cache.left_align(offsets)
+        self.target.cache.left_align(offsets)
+        self.drafter.left_align(offsets)
         self.stats.realignments += 1
 
     def _accept(self, drafts, draft_probs, target_logits, budget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,8 +205,8 @@ class _Decoder:
             target_tokens = scores.argmax(-1)  # accepted drafts equal these, so they are the candidates
             return greedy_accept(drafts, target_tokens, budget), target_tokens
         target_probs = probabilities(scores)  # [B, k+1, V]
-        if draft_probs is None:  # no row had a draft budget: a plain sampling step
-            draft_probs = target_probs[:, :0]
+        if draft_probs is None:  # a deterministic drafter (prompt lookup), or no drafts: q is one-hot on the draft
+            draft_probs = one_hot(drafts, target_probs.shape[-1], target_probs.dtype)
         accepted, following = speculative_sample(drafts, draft_probs, target_probs, budget, self.settings.generator)
         candidates = torch.cat((drafts, following.unsqueeze(1)), 1)
         candidates.scatter_(1, accepted.unsqueeze(1), following.unsqueeze(1))
@@ -338,11 +282,9 @@ class _Decoder:
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
         if max_new > 1:
-            # The draft's logits over the prompt are never used: its first step runs the pending first token.
-            self.draft.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids, prefill=True)
-            self.draft.cache.set_lengths(lengths, rows=slots)
-            stats.draft_forward_calls += 1
-            stats.draft_prefill_calls += 1
+            forwards = self.drafter.admit(prompts, positions, limits, width, cache_rows, ids, slots, lengths)
+            stats.draft_forward_calls += forwards
+            stats.draft_prefill_calls += forwards
 
         first = first.to(self.device)
         self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
@@ -357,7 +299,7 @@ class _Decoder:
         return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
 
     def _leave(self, free: np.ndarray) -> None:
-        """Free slots with nothing left to admit leave the batch and both caches (one index_select per layer),
+        """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer),
         or, with static shapes, stay in it as idle rows (the caches never move)."""
         if self.static:
             self.rows.idle(np.flatnonzero(free))
@@ -365,8 +307,8 @@ class _Decoder:
         keep = np.flatnonzero(~free)
         index = self.rows.keep(keep)
         if len(keep):
-            for run in (self.target, self.draft):
-                run.cache.select_rows(index)
+            self.target.cache.select_rows(index)
+            self.drafter.select_rows(index)
             self.stats.row_selections += 1
 
 
@@ -411,7 +353,7 @@ def pad_drafts(
 
 def speculative_decode(
     target: torch.nn.Module,
-    draft: torch.nn.Module,
+    source: DraftSource,  # what drafts: a draft model, an early exit of the target, or prompt lookup
     prompts: torch.Tensor,  # [N, P] right-packed: row b's prompt in columns 0..len_b-1
     prompt_lengths: np.ndarray,  # [N]
     settings: DecodeSettings,
@@ -419,11 +361,11 @@ def speculative_decode(
     on_rows=None,  # called before each forward with its rows' original indices
     on_tokens=None,  # called after each round with (original rows, their newly kept tokens)
 ) -> DecodeResult:
-    """Decode every prompt to its stop or budget, drafting with `draft` and verifying with `target`.
+    """Decode every prompt to its stop or budget, drafting from `source` and verifying with `target`.
 
     Greedy (`settings.do_sample` False) output equals plain greedy decoding of each prompt alone; sampling
     keeps the target's distribution (speculative rejection sampling)."""
-    decoder = _Decoder(target, draft, prompts, prompt_lengths, settings, stats, on_rows, on_tokens)
+    decoder = _Decoder(target, source, prompts, prompt_lengths, settings, stats, on_rows, on_tokens)
     if settings.compile_config is None:
         return decoder.run()
     with static_compile_settings():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import CompileConfig, GenerationConfig
@@ -14,6 +16,9 @@ from .masks import attention_layout
 from .processors import unsupported_processors
 from .runner import input_device
 from .speculation import CostModel
+
+if TYPE_CHECKING:
+    from .drafters import DraftSource
 
 STRATEGIES = ("eqspec", "exspec", "eqspec-realign")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
@@ -68,14 +73,31 @@ def check_pair(target: torch.nn.Module, draft) -> None:
         )
 
 
-def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | None) -> str | None:
+# Where drafts come from, by the generate() argument that asks for it (transformers' names).
+DRAFT_SOURCES = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+_SOURCE_HINT = ("pass assistant_model=... (a small model with the target's tokenizer), prompt_lookup_num_tokens=... "
+                "(prompt lookup) or assistant_early_exit=... (the target's first layers draft)")
+
+
+def draft_sources(assistant_model, kwargs: dict, generation_config, model_config) -> list[str]:
+    """The draft sources the call asks for, as transformers resolves its settings (the kwarg, else the call's
+    config, else the model's)."""
+    given = ["assistant_model"] if assistant_model is not None else []
+    for name in DRAFT_SOURCES[1:]:
+        value = setting(name, kwargs, generation_config, model_config)
+        if value is not None and value is not False:
+            given.append(name)
+    return given
+
+
+def choose_strategy(batch_spec: str | None, sources: list[str], batch_size: int | None) -> str | None:
     """Which path serves this call: None for transformers' own generate, else "eqspec" or "exspec" (or
     "eqspec-realign": eqspec in the paper's left-padded layout, realigned every round, to measure that cost)."""
     if batch_spec is not None and batch_spec not in STRATEGIES:
         raise BatchSpecError(f"batch_spec={batch_spec!r} is not one of {STRATEGIES} (or None).")
-    if assistant_model is None:
+    if not sources:
         if batch_spec is not None:
-            raise BatchSpecError(f"batch_spec={batch_spec!r} needs a draft model: pass assistant_model=...")
+            raise BatchSpecError(f"batch_spec={batch_spec!r} needs a draft source: {_SOURCE_HINT}.")
         return None
     if batch_spec is None:
         return "exspec" if batch_size is not None and batch_size > 1 else None
@@ -84,11 +106,11 @@ def choose_strategy(batch_spec: str | None, assistant_model, batch_size: int | N
 
 # Options of ours that only batch speculative decoding reads.
 OWN_OPTIONS = ("max_batch_size", "sort_by_length", "speculation", "generator")
-# transformers' own draft sources besides a draft model; its assisted generation serves them at batch 1 only.
-HF_DRAFT_SOURCES = ("prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp")
+# transformers' draft sources that hf-batchspec does not batch; its assisted generation serves them at batch 1.
+HF_DRAFT_SOURCES = ("use_mtp",)
 
 
-def check_routing(strategy: str | None, assistant_model, batch_size: int | None, options: dict, kwargs: dict,
+def check_routing(strategy: str | None, sources: list[str], batch_size: int | None, options: dict, kwargs: dict,
                   generation_config, model_config) -> None:
     """Refuse options the chosen path would drop, naming the real cause.
 
@@ -99,10 +121,10 @@ def check_routing(strategy: str | None, assistant_model, batch_size: int | None,
     given = [name for name in OWN_OPTIONS if options.get(name) is not None]
     if strategy is None and given:
         name = given[0]
-        if assistant_model is None:
+        if not sources:
             raise BatchSpecError(
-                f"`{name}` applies to batch speculative decoding, which needs a draft model: pass "
-                f"assistant_model=... (a small model with the target's tokenizer), or drop `{name}`."
+                f"`{name}` applies to batch speculative decoding, which needs a draft source: {_SOURCE_HINT}; or "
+                f"drop `{name}`."
             )
         raise BatchSpecError(
             f"`{name}` applies to batch speculative decoding, but at batch 1 with batch_spec unset transformers' "
@@ -115,15 +137,18 @@ def check_routing(strategy: str | None, assistant_model, batch_size: int | None,
                     f"`{name}` applies to batch_spec='exspec' only (a pool of slots refilled from a queue); "
                     f"batch_spec={strategy!r} decodes every prompt at once: drop `{name}` or use batch_spec='exspec'."
                 )
-    if strategy is None and assistant_model is None and batch_size is not None and batch_size > 1:
+    if strategy is None and not sources and batch_size is not None and batch_size > 1:
         for name in HF_DRAFT_SOURCES:
             value = setting(name, kwargs, generation_config, model_config)
             if value is not None and value is not False:
                 raise BatchSpecError(
                     f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
                     f"not batch this draft source yet; this batch has {batch_size} prompts: call generate once per "
-                    f"prompt, or draft with a small model instead (assistant_model=..., any batch size)."
+                    f"prompt, or draft with a source that batches: {_SOURCE_HINT}."
                 )
+    if strategy is not None and len(sources) > 1:
+        raise BatchSpecError(f"{sources[0]} and {sources[1]} are two draft sources; a call drafts from one: drop one "
+                             "of them.")
 
 
 def caller_setting(name: str, kwargs: dict, generation_config, model_config):
@@ -167,7 +192,7 @@ def resolve_compile(kwargs: dict, generation_config, model_config, target, draft
                              "shapes exclude: use 'eqspec' or 'exspec' with compile_config / cache_implementation.")
     if compile_config is not None:
         for role, model in (("target model", target), ("assistant_model", draft)):
-            reason = compat.compile_obstacle(model)
+            reason = compat.compile_obstacle(model) if model is not None else None
             if reason:
                 raise BatchSpecError(f"compile_config: the {role} cannot be compiled ({reason}); drop "
                                      "compile_config / cache_implementation='static', or pass disable_compile=True.")
@@ -202,9 +227,6 @@ _NOT_SERVED = {
     "prefix_allowed_tokens_fn": "its constraint reads the padded batch layout",
     "negative_prompt_ids": "classifier-free guidance needs a second, unconditional batch",
     "assistant_tokenizer": "drafts with another tokenizer are not batched yet",
-    "prompt_lookup_num_tokens": "prompt lookup is not batched yet; it drafts instead of assistant_model",
-    "max_matching_ngram_size": "it configures prompt lookup, which is not batched yet",
-    "assistant_early_exit": "early-exit self-speculation is not batched yet; it drafts instead of assistant_model",
     "use_mtp": "multi-token-prediction drafting is not batched yet",
     "speculation_type": "transformers' other speculation types are not batched",
     "assistant_ensemble_weight": "ensemble verification changes the output distribution; batch_spec is lossless",
@@ -355,10 +377,6 @@ def vocab_size(*models) -> int:
 def check_generation_config(config: GenerationConfig, logits_processor, stopping_criteria, model_kwargs) -> None:
     if config.num_beams and config.num_beams > 1:
         raise BatchSpecError("Beam search (num_beams > 1) is not supported with batch_spec; use num_beams=1.")
-    if config.num_return_sequences and config.num_return_sequences > 1:
-        raise BatchSpecError(
-            "num_return_sequences > 1 is not supported with batch_spec; repeat the prompt in the batch instead."
-        )
     for name, feature in _NOT_YET.items():
         if getattr(config, name, False):
             raise BatchSpecError(
@@ -377,6 +395,58 @@ def check_generation_config(config: GenerationConfig, logits_processor, stopping
         raise BatchSpecError(f"Model kwargs {unknown} are not supported with batch_spec.")
     if model_kwargs.get("use_cache") is False:
         raise BatchSpecError("Speculative decoding needs the KV cache: drop use_cache=False.")
+
+
+DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2  # transformers' default for prompt lookup
+
+
+def resolve_draft_source(sources: list[str], target, assistant_model, kwargs: dict, generation_config,
+                         ) -> tuple[DraftSource, int | None]:
+    """The call's drafter, and its draft length when the source fixes it (prompt lookup's
+    prompt_lookup_num_tokens; None: num_assistant_tokens decides). Settings of another source are refused."""
+    from .drafters import DraftSource, early_exit_model
+
+    model_config = target.generation_config
+    source = sources[0] if sources else "assistant_model"
+    ngram = setting("max_matching_ngram_size", kwargs, generation_config, model_config)
+    if source != "prompt_lookup_num_tokens" and caller_setting("max_matching_ngram_size", kwargs, generation_config,
+                                                                 model_config) is not None:
+        raise BatchSpecError(f"max_matching_ngram_size configures prompt lookup, but this call drafts with {source}: "
+                             "drop it, or pass prompt_lookup_num_tokens=... instead of the other source.")
+    if source == "assistant_model":
+        check_pair(target, assistant_model)
+        return DraftSource(model=assistant_model), None
+    if source == "assistant_early_exit":
+        check_causal_lm(target, "target model")
+        layers = setting("assistant_early_exit", kwargs, generation_config, model_config)
+        try:
+            return DraftSource(model=early_exit_model(target, layers)), None
+        except UnsupportedModelError as error:
+            raise BatchSpecError(str(error)) from None
+    check_causal_lm(target, "target model")
+    k = setting("prompt_lookup_num_tokens", kwargs, generation_config, model_config)
+    ngram = DEFAULT_MAX_MATCHING_NGRAM_SIZE if ngram is None else ngram
+    for name, value in (("prompt_lookup_num_tokens", k), ("max_matching_ngram_size", ngram)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BatchSpecError(f"{name} must be a positive integer; got {value!r}.")
+    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
+        if kwargs.get(name) is not None:
+            raise BatchSpecError(f"`{name}` configures a draft model; prompt lookup drafts prompt_lookup_num_tokens "
+                                 f"copied tokens per round: drop `{name}`.")
+    return DraftSource(lookup_ngram=ngram), k
+
+
+def without_draft_settings(kwargs: dict, generation_config):
+    """Take the prompt lookup and early-exit settings out of the call (the drafter serves them), so that
+    transformers' preparation does not set up its own batch-1 candidate generator."""
+    names = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "assistant_early_exit")
+    for name in names:
+        kwargs.pop(name, None)
+    if generation_config is not None and any(getattr(generation_config, name, None) is not None for name in names):
+        generation_config = copy.deepcopy(generation_config)
+        for name in names:
+            setattr(generation_config, name, None)
+    return generation_config
 
 
 def resolve_num_assistant_tokens(kwargs: dict, generation_config: GenerationConfig | None, draft) -> int:
@@ -433,12 +503,15 @@ SPECULATION = ("always", "auto")
 
 def resolve_speculation(speculation, target, draft) -> CostModel | None:
     """None (draft every round, as transformers' assisted generation does), or the cost model that
-    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models."""
+    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models (`draft` None:
+    prompt lookup, whose drafts cost no forward)."""
     if speculation is None or speculation == "always":
         return None
     if isinstance(speculation, CostModel):
         return speculation
     if speculation == "auto":
+        if draft is None:
+            return dataclasses.replace(CostModel.estimate(target, target), draft_call=0.0, draft_token=0.0)
         return CostModel.estimate(target, draft)
     raise BatchSpecError(
         f"speculation={speculation!r} is not supported; use 'always' (draft num_assistant_tokens every round, "

@@ -41,7 +41,7 @@ class Custom(LogitsProcessor):
 
 CASES = {
     "beams": (dict(num_beams=2), "num_beams"),
-    "return_sequences": (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
+    "ngram_size_with_assistant": (dict(max_matching_ngram_size=3), "max_matching_ngram_size configures prompt lookup"),
     "bad_generator": (dict(generator=3), "generator"),
     "begin_suppress_tokens": (dict(begin_suppress_tokens=[3]), "SuppressTokensAtBeginLogitsProcessor"),
     "prefix_allowed_tokens_fn": (dict(prefix_allowed_tokens_fn=lambda b, ids: [3]), "prefix_allowed_tokens_fn"),
@@ -59,8 +59,9 @@ CASES = {
     "quantized_cache_in_generation_config": (
         dict(generation_config=transformers.GenerationConfig(cache_implementation="quantized", max_new_tokens=4)),
         "cache_implementation='quantized'"),
-    "prompt_lookup_with_assistant": (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
-    "early_exit_with_assistant": (dict(assistant_early_exit=1), "assistant_early_exit"),
+    "prompt_lookup_with_assistant": (dict(prompt_lookup_num_tokens=3), "assistant_model and prompt_lookup_num_tokens "
+                                                                       "are two draft sources"),
+    "early_exit_with_assistant": (dict(assistant_early_exit=1), "assistant_model and assistant_early_exit are two"),
     "max_cache_len": (dict(max_cache_len=64), "max_cache_len"),
     "contrastive_search": (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha"),
     "max_batch_size_with_eqspec": (dict(max_batch_size=2), "batch_spec='exspec'"),
@@ -238,12 +239,36 @@ def test_our_options_at_batch_one_name_batch_spec(pair, no_forward, option):
     assert "eqspec decodes" not in message
 
 
-@pytest.mark.parametrize("option", [dict(prompt_lookup_num_tokens=3), dict(assistant_early_exit=1)],
-                         ids=lambda o: next(iter(o)))
-def test_hf_draft_sources_at_batch_above_one_get_our_message(pair, batch, no_forward, option):
+def test_an_unbatched_hf_draft_source_at_batch_above_one_gets_our_message(pair, batch, no_forward):
     ids, mask = batch
-    message = refused(pair, no_forward, next(iter(option)), ids, attention_mask=mask, max_new_tokens=4, **option)
-    assert "batch 1 only" in message and "batch_size = 1" not in message
+    message = refused(pair, no_forward, "use_mtp", ids, attention_mask=mask, max_new_tokens=4, use_mtp=True)
+    assert "batch 1 only" in message and "prompt_lookup_num_tokens" in message and "batch_size = 1" not in message
+
+
+LOOKUP_CASES = {
+    "k": (dict(prompt_lookup_num_tokens=0), "prompt_lookup_num_tokens must be a positive integer"),
+    "ngram": (dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=0), "max_matching_ngram_size must be"),
+    "num_assistant_tokens": (dict(prompt_lookup_num_tokens=3, num_assistant_tokens=4), "`num_assistant_tokens` "
+                             "configures a draft model"),
+    "threshold": (dict(prompt_lookup_num_tokens=3, assistant_confidence_threshold=0.3), "configures a draft model"),
+    "early_exit_all_layers": (dict(assistant_early_exit=2), "between 1 and 1 of the target's 2 decoder layers"),
+    "early_exit_zero": (dict(assistant_early_exit=0), "between 1 and 1"),
+    "both": (dict(prompt_lookup_num_tokens=3, assistant_early_exit=1), "two draft sources"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOOKUP_CASES))
+def test_other_draft_sources_refuse_bad_settings_before_any_work(pair, batch, no_forward, case):
+    ids, mask = batch
+    option, message = LOOKUP_CASES[case]
+    refused(pair, no_forward, message, ids, attention_mask=mask, max_new_tokens=4, **option)
+
+
+def test_greedy_with_several_return_sequences_is_refused(pair, batch):
+    ids, mask = batch
+    with pytest.raises(ValueError, match="num_return_sequences"):  # transformers' own check, before any forward
+        pair[0].generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, max_new_tokens=4, do_sample=False,
+                         num_return_sequences=2, pad_token_id=0)
 
 
 def test_checkpoint_cache_default_is_not_the_callers_request(pair, batch):

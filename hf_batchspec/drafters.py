@@ -1,0 +1,232 @@
+"""Draft sources behind one interface: what the decode loop asks of whatever proposes tokens.
+
+A drafter proposes up to k tokens per row in one fixed-shape tensor (`[B, k]`, with per-row budgets saying how
+many are real) and, when it samples, the distributions it drew them from (`[B, k, V]`); a deterministic drafter
+returns none, and acceptance treats its q as one-hot on the draft. It then hears what the loop did: which
+prompts were admitted into which slots (refill), how long each row is after a verify (rollback) and which slots
+left (row selection). The loop speaks only to this interface; transformers' `CandidateGenerator` classes and
+vLLM's proposers have the same shape.
+
+- `ModelDrafter`: a draft model with its own ragged cache (`assistant_model=`), sequential 1-token steps.
+- `ModelDrafter` over `early_exit_model(target, n)`: the target's first n layers, its norm and head
+  (`assistant_early_exit=n`, LayerSkip-style self-speculation); its cache holds those n layers only.
+- `LookupDrafter`: prompt lookup (`prompt_lookup_num_tokens=k`): each row copies what followed the last earlier
+  occurrence of its newest n-gram; no model, no cache, no forward.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .acceptance import sample
+from .errors import UnsupportedModelError
+from .lookup import ngram_drafts
+from .processors import ScoreProcessing, probabilities
+from .runner import ModelRunner, decoder_layers
+from .scheduling import ActiveRows
+
+
+@dataclass(frozen=True)
+class DraftSource:
+    """What drafts for a call: a draft model (`assistant_model`, or `early_exit_model(target, n)`), or prompt
+    lookup with n-grams up to `lookup_ngram` (transformers' max_matching_ngram_size)."""
+
+    model: torch.nn.Module | None = None
+    lookup_ngram: int | None = None
+
+    def build(self, slots: int, cache_len: int, options: "DraftOptions", compile_config=None):
+        if self.model is not None:
+            return ModelDrafter(self.model, slots, cache_len, options, compile_config)
+        return LookupDrafter(self.lookup_ngram)
+
+
+@dataclass
+class Proposal:
+    drafts: torch.Tensor  # [B, k'] proposed tokens; column j of row b counts only when j < budget[b]
+    probs: torch.Tensor | None  # [B, k', V] the distributions they were sampled from (None: deterministic)
+    budget: torch.Tensor  # [B] drafts each row offers for verification (cut where the source had fewer)
+    forwards: int = 0  # draft-model forwards this took
+
+
+@dataclass(frozen=True)
+class DraftOptions:
+    """What a drafter needs to know about the call."""
+
+    do_sample: bool
+    generator: torch.Generator | None
+    processing: ScoreProcessing  # the call's processors: a sampling draft model draws from processed scores
+    confidence_threshold: float | None  # a model drafter stops a row after a draft less likely than this
+    static: bool  # every forward in a few fixed shapes (compiled)
+
+
+class ModelDrafter:
+    """A causal LM that drafts: k sequential 1-token forwards on its own ragged cache, rows in the target's
+    slots. The draft lags the target by what it has not run yet (the pending token, and after a fully
+    accepted round the draft's own last draft), so its first step re-feeds those."""
+
+    is_model = True
+
+    def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None):
+        self.model, self.options = model, options
+        self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static)
+
+    @property
+    def cache(self):
+        return self.runner.cache
+
+    def set_on_rows(self, on_rows) -> None:
+        self.runner.on_rows = on_rows
+
+    def admit(self, prompts, positions, limits, width: int, cache_rows, ids: np.ndarray, slots: np.ndarray,
+              lengths: np.ndarray) -> int:  # forwards run
+        """Prefill admitted prompts (`prompts` [n, P] right-packed) into cache rows `slots`. Its logits over the
+        prompt are never used: its first step runs the pending first token."""
+        self.runner.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids, prefill=True)
+        self.cache.set_lengths(lengths, rows=slots)
+        return 1
+
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+        """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k
+        columns when every row stopped early). `tokens` [N+1, T] is the loop's token buffer."""
+        device = tokens.device
+        if k == 0:
+            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=device), None, budget)
+        static, threshold = self.options.static, self.options.confidence_threshold
+        top = self.cache.top_slot(rows.lengths_h)
+        # The first step feeds every committed token the draft has not run: after a fully accepted round the
+        # token before the pending one (the draft's own last draft, never run), after rounds without drafts
+        # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
+        # end, which write scratch slots nobody reads; each row's logits are taken at its pending token.
+        missing_h = rows.lengths_h - self.cache.lengths  # [B] >= 1: the pending token at least
+        width = int(missing_h.max())
+        if static:  # a catch-up width from a few buckets, set by live rows only: 2 in steady state (1 or
+            # 2 tokens missing), so the first step has one shape whether or not the last round was fully accepted
+            width = max(2, 1 << (int(missing_h[rows.live_h].max(initial=1)) - 1).bit_length())
+            missing_h = np.minimum(missing_h, width)  # an idle row's queries are never read
+        missing = torch.as_tensor(missing_h, device=device)
+        positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=device)  # [B, w]
+        step_input = tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=tokens.shape[1] - 1)]
+        kv_len = self.cache.top_slot(rows.lengths_h - missing_h) + width
+        if static:  # every column: one shape, whichever columns the rows' pending tokens sit in
+            keep, pick = 0, missing_h - 1
+        else:
+            columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
+            keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=device)
+            pick = np.searchsorted(columns, missing_h - 1)
+        per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
+        pick = torch.as_tensor(pick, device=device)  # [B] the column of each row's pending token in `keep`
+        drafts, probs = [], []
+        for j in range(k):  # the draft is sequential: one forward per draft token
+            logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
+            if j == 0 and per_row:
+                logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
+            keep = 1
+            last = logits[:, -1].to(device)  # [B, V]
+            sampling = self.options.do_sample
+            step_probs = probabilities(self.options.processing.draft(last)) if sampling or threshold else None
+            if sampling:
+                probs.append(step_probs)
+                drafts.append(sample(step_probs, self.options.generator))
+            else:
+                drafts.append(last.argmax(-1))
+            if threshold:
+                # transformers' ConfidenceCriteria, per row: the unsure draft is kept, the next ones are not
+                unsure = step_probs.gather(1, drafts[-1].unsqueeze(1)).squeeze(1) < threshold
+                budget = torch.where(unsure, torch.minimum(budget, torch.full_like(budget, j + 1)), budget)
+                if j + 1 < k and bool((budget <= j + 1).all()):  # a sync per draft step, only with a threshold
+                    break
+            step_input = drafts[-1].unsqueeze(1)
+            positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
+            kv_len = top + j + 1
+        return Proposal(torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None, budget, len(drafts))
+
+    def rollback(self, lengths_h: np.ndarray, old_lengths: np.ndarray, steps: int) -> None:
+        """After a verify: the draft keeps what it ran (pending + d_1..d_{steps-1}) that was accepted. A round
+        without drafts leaves its cache as it was (it catches up when it next drafts)."""
+        if steps:
+            self.cache.set_lengths(np.minimum(lengths_h - 1, old_lengths + steps - 1))
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.cache.select_rows(index)
+
+    def left_align(self, offsets: np.ndarray) -> None:
+        self.cache.left_align(offsets)
+
+
+class LookupDrafter:
+    """Prompt lookup decoding, batched: drafts are copies of each row's own earlier tokens (`lookup.py`). No
+    forward and no cache: admission, rollback and row selection need nothing, and a row without a match offers
+    no drafts (its budget is cut to 0) and gets the target's own token that round."""
+
+    is_model = False
+    cache = None
+
+    def __init__(self, max_ngram: int):
+        self.max_ngram = max_ngram
+
+    def set_on_rows(self, on_rows) -> None:
+        pass
+
+    def admit(self, *args, **kwargs) -> int:
+        return 0
+
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+        drafts, counts = ngram_drafts(tokens, rows.ids, rows.lengths, k, self.max_ngram, budget)  # [B, k], [B]
+        return Proposal(drafts, None, torch.minimum(budget, counts))
+
+    def rollback(self, *args) -> None:
+        pass
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        pass
+
+    def left_align(self, offsets: np.ndarray) -> None:
+        pass
+
+
+def early_exit_model(target: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """The target's first `layers` decoder layers with its embeddings, final norm and LM head, as a model of its
+    own class sharing every weight (nothing is copied): a LayerSkip-style draft. Its config says `layers`
+    layers, so it gets a cache of that many layers. Refused where the decoder layers cannot be found."""
+    total = decoder_layers(target.config)
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 1 <= layers < total:
+        raise UnsupportedModelError(f"assistant_early_exit={layers!r}: the draft must keep between 1 and "
+                                    f"{total - 1} of the target's {total} decoder layers.")
+    stacks = [name for name, child in target.named_modules()
+              if isinstance(child, torch.nn.ModuleList) and len(child) == total]
+    if len(stacks) != 1 or target.config.get_text_config() is not target.config:
+        raise UnsupportedModelError(
+            f"assistant_early_exit: cannot find the decoder layers of {type(target).__name__} to cut (a text-only "
+            "causal LM with one list of decoder layers is needed): draft with assistant_model=... instead.")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = layers
+    for name in ("layer_types", "n_layer", "num_layers"):  # per-layer lists and other names of the layer count
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            setattr(config, name, value[:layers])
+        elif isinstance(value, int) and not isinstance(value, bool) and value == total:
+            setattr(config, name, layers)
+    *path, leaf = stacks[0].split(".")
+    view = _shallow(target, config)
+    parent = view
+    for name in path:  # copies along the path to the layer list; everything beside it is shared
+        child = _shallow(getattr(parent, name), config)
+        setattr(parent, name, child)
+        parent = child
+    setattr(parent, leaf, torch.nn.ModuleList(list(getattr(parent, leaf))[:layers]))
+    return view
+
+
+def _shallow(module: torch.nn.Module, config) -> torch.nn.Module:
+    """A copy of `module` that shares its parameters, buffers and children but not the table of children (so
+    replacing a child in the copy leaves the original whole), with `config` where the module holds one."""
+    twin = copy.copy(module)
+    twin._modules = dict(module._modules)
+    twin.__dict__.pop("_compiled_call", None)  # the original's compiled forward is not the copy's
+    if getattr(module, "config", None) is not None:
+        twin.config = config
+    return twin
