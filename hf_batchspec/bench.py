@@ -21,10 +21,10 @@ import torch
 from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
-OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto")
-OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto")  # --ours names (with --compile, exspec's
-# compiled rows come with exspec and exspec-auto)
-BASELINES = ("assisted", "lookup", "cb")  # the HF baselines --methods can add besides greedy
+OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit")
+OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit")  # --ours
+# names (with --compile, exspec's compiled rows come with exspec and exspec-auto)
+BASELINES = ("assisted", "lookup", "early-exit", "cb")  # the HF baselines --methods can add besides greedy
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,9 +93,11 @@ def _trim(tokens: list[int], stops: set[int]) -> list[int]:
 
 
 class Bench:
-    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1):
+    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1, lookup_tokens=10,
+                 early_exit=2):
         self.target, self.draft, self.prompts, self.device = target, draft, prompts, device
         self.max_new, self.k, self.repeats = max_new_tokens, k, repeats
+        self.lookup_tokens, self.early_exit = lookup_tokens, early_exit
         config = target.generation_config
         eos = config.eos_token_id
         self.stops = set([eos] if isinstance(eos, int) else eos or [])
@@ -177,12 +179,14 @@ class Bench:
                  config.num_assistant_tokens_schedule) = saved
         return run
 
-    def hf_prompt_lookup(self, tokens=10):
+    def hf_batch_one(self, **source):
+        """transformers' own assisted generation at batch 1 with a draft source of its own (prompt lookup, early
+        exit), one prompt at a time: the batch-1 baseline of our batched sources."""
         def run(prompts, warmup):
             rows = []
             for p in prompts:
                 ids, mask, width = _left_pad([p], self.pad, self.device)
-                out = self.target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=tokens, **self.common)
+                out = self.target.generate(ids, attention_mask=mask, **source, **self.common)
                 rows += self._rows_from(out, width, 1)
             return rows, []
         return run
@@ -221,10 +225,13 @@ class Bench:
         return self.hf_greedy(batch_size, cache_implementation="static", compile_config=self.compile_config(),
                               **sizing)
 
-    def ours(self, strategy, batch_size, speculation="always", k=None, **generate_kwargs):
+    def ours(self, strategy, batch_size, speculation="always", k=None, source=None, **generate_kwargs):
+        """Ours, drafting from `source` (generate kwargs; default: the draft model with k drafts per round)."""
+        source = source or dict(assistant_model=self.draft, num_assistant_tokens=k or self.k)
+
         def run(prompts, warmup):
-            kwargs = dict(assistant_model=self.draft, batch_spec=strategy, num_assistant_tokens=k or self.k,
-                          speculation=speculation, return_dict_in_generate=True, **self.common, **generate_kwargs)
+            kwargs = dict(batch_spec=strategy, speculation=speculation, return_dict_in_generate=True, **source,
+                          **self.common, **generate_kwargs)
             chunks = [prompts] if strategy == "exspec" else _chunks(prompts, batch_size)
             if strategy == "exspec":
                 kwargs["max_batch_size"] = batch_size
@@ -247,7 +254,8 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
     dtype = DTYPES[args.dtype]
     target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
-    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
+    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats,
+                  args.lookup_tokens, args.early_exit)
     cost = compiled_cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
         from .profiling import calibrate
@@ -261,8 +269,12 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
     if "assisted" in args.methods:
         plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
                  (f"hf-assisted-b1 (k={args.k}, threshold off)", 1, bench.hf_assisted(args.k, 0.0), True)]
+    lookup = dict(prompt_lookup_num_tokens=args.lookup_tokens)
+    early_exit = dict(assistant_early_exit=args.early_exit, num_assistant_tokens=args.k)
     if "lookup" in args.methods:
-        plan.append(("hf-prompt-lookup-b1", 1, bench.hf_prompt_lookup(), False))
+        plan.append(("hf-prompt-lookup-b1", 1, bench.hf_batch_one(**lookup), False))
+    if "early-exit" in args.methods:
+        plan.append(("hf-early-exit-b1", 1, bench.hf_batch_one(assistant_early_exit=args.early_exit), False))
     for b in args.batch_sizes:
         if b > 1:
             plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
@@ -271,7 +283,9 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
         if args.compile:
             plan.append(("hf-compiled-greedy (static cache)", b, bench.hf_compiled_greedy(b), False))
         ours = {"eqspec": bench.ours("eqspec", b), "eqspec-realign (paper's layout)": bench.ours("eqspec-realign", b),
-                "exspec": bench.ours("exspec", b), "exspec-auto": bench.ours("exspec", b, cost)}
+                "exspec": bench.ours("exspec", b), "exspec-auto": bench.ours("exspec", b, cost),
+                "exspec-lookup": bench.ours("exspec", b, source=lookup),
+                "exspec-early-exit": bench.ours("exspec", b, source=early_exit)}
         if args.compile:
             ours["exspec-compiled"] = bench.ours("exspec", b, compile_config=bench.compile_config())
             ours["exspec-auto-compiled"] = bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config())
@@ -467,12 +481,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar="NAME,...",
                         help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
                              "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
-                             "decoding at batch 1), cb (continuous batching at each batch size)")
+                             "decoding at batch 1), early-exit (early-exit self-speculation at batch 1), cb "
+                             "(continuous batching at each batch size)")
     parser.add_argument("--ours", type=name_list(OUR_METHODS, "--ours"), default=",".join(OUR_METHODS),
                         metavar="NAME,...",
                         help="our methods to run, comma-separated: eqspec, eqspec-realign (the paper's layout), "
-                             "exspec, exspec-auto (speculation='auto'); with --compile, exspec and exspec-auto "
-                             "also run compiled")
+                             "exspec, exspec-auto (speculation='auto'), exspec-lookup (prompt lookup, no draft "
+                             "model), exspec-early-exit (the target's first --early-exit layers draft); with "
+                             "--compile, exspec and exspec-auto also run compiled")
+    parser.add_argument("--lookup-tokens", type=positive_int, default=10, metavar="K",
+                        help="prompt_lookup_num_tokens for prompt lookup, HF's at batch 1 and ours (exspec-lookup)")
+    parser.add_argument("--early-exit", type=positive_int, default=2, metavar="N",
+                        help="assistant_early_exit: the target's first N layers draft (HF's at batch 1 and ours, "
+                             "exspec-early-exit, with k=--k)")
     parser.add_argument("--compile", action="store_true",
                         help="also run transformers' static-cache compiled greedy and ours with compile_config "
                              "(torch.compile; on CPU forced with CompileConfig._compile_all_devices), each warmed "

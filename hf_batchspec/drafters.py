@@ -41,7 +41,7 @@ class DraftSource:
     def build(self, slots: int, cache_len: int, options: "DraftOptions", compile_config=None):
         if self.model is not None:
             return ModelDrafter(self.model, slots, cache_len, options, compile_config)
-        return LookupDrafter(self.lookup_ngram)
+        return LookupDrafter(self.lookup_ngram, options.static)
 
 
 @dataclass
@@ -165,8 +165,8 @@ class LookupDrafter:
     is_model = False
     cache = None
 
-    def __init__(self, max_ngram: int):
-        self.max_ngram = max_ngram
+    def __init__(self, max_ngram: int, static: bool = False):
+        self.max_ngram, self.static = max_ngram, static
 
     def set_on_rows(self, on_rows) -> None:
         pass
@@ -176,7 +176,11 @@ class LookupDrafter:
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         drafts, counts = ngram_drafts(tokens, rows.ids, rows.lengths, k, self.max_ngram, budget)  # [B, k], [B]
-        return Proposal(drafts, None, torch.minimum(budget, counts))
+        if not self.static:
+            # The verify is only as wide as the longest match, not k: a second host sync in the round, which on
+            # a CPU (a verify's cost grows with its tokens) pays many times over. Static shapes keep k columns.
+            drafts = drafts[:, : int(counts.max())]
+        return Proposal(drafts, None, counts)
 
     def rollback(self, *args) -> None:
         pass

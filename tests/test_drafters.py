@@ -1,0 +1,141 @@
+"""Draft sources besides a draft model: prompt lookup and early exit are exact (greedy output equals plain greedy
+of each prompt alone), speculate for real, and keep working with static shapes; plus the drafter interface's
+own pieces (the early-exit view shares the target's weights and leaves it whole)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from hf_batchspec.drafters import early_exit_model
+from hf_batchspec.errors import UnsupportedModelError
+from tests.reference import left_pad, plain_greedy
+from tests.tiny_models import ARCHITECTURES, VOCAB, build
+
+CORE = ("llama", "qwen3_sliding", "mistral", "gpt2")
+SOURCES = {
+    "lookup": lambda k: dict(prompt_lookup_num_tokens=k),
+    "lookup_ngram3": lambda k: dict(prompt_lookup_num_tokens=k, max_matching_ngram_size=3),
+    "early_exit": lambda k: dict(assistant_early_exit=1, num_assistant_tokens=k),
+}
+
+
+@lru_cache(maxsize=None)
+def target_model(arch: str):
+    return hf_batchspec.enable(build(arch, seed=0))
+
+
+@st.composite
+def requests(draw, max_rows=10, max_prompt=40, max_new=32):
+    """Prompts that repeat a span (so lookup finds matches) or not, mixed in one batch."""
+    rows = draw(st.integers(1, max_rows))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    prompts = []
+    for _ in range(rows):
+        length = draw(st.integers(1, max_prompt))
+        if draw(st.booleans()):  # a span repeated, with a random head
+            span = torch.randint(3, VOCAB, (draw(st.integers(1, 6)),), generator=generator).tolist()
+            head = torch.randint(3, VOCAB, (draw(st.integers(0, 5)),), generator=generator).tolist()
+            prompts.append((head + span * length)[:length])
+        else:
+            prompts.append(torch.randint(3, VOCAB, (length,), generator=generator).tolist())
+    return dict(prompts=prompts, k=draw(st.integers(1, 6)), max_new=draw(st.integers(1, max_new)))
+
+
+def check(target, req, data, strategy, source, **kwargs):
+    prompts, max_new = req["prompts"], req["max_new"]
+    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
+    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))  # stops in accepted blocks
+    expected = [plain_greedy(target, p, max_new, eos or None) for p in prompts]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, batch_spec=strategy, max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=list(eos) or None, pad_token_id=0, return_dict_in_generate=True,
+                          **SOURCES[source](req["k"]), **kwargs)
+    for row, new in enumerate(expected):
+        got = out.sequences[row, ids.shape[1]:].tolist()
+        assert got[: len(new)] == new, f"row {row}: diverged from plain greedy"
+        assert all(t == 0 for t in got[len(new):]), f"row {row}: expected padding after the row's end"
+    stats = out.spec_stats
+    assert stats.new_tokens.tolist() == [len(e) for e in expected]
+    assert (stats.accepted_tokens <= stats.drafted_tokens).all()
+    assert (stats.drafted_tokens <= req["k"] * stats.row_rounds).all()
+    if source.startswith("lookup"):  # no model drafts: no draft forward at all
+        assert stats.draft_forward_calls == stats.draft_prefill_calls == 0
+    return stats
+
+
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+@pytest.mark.parametrize("source", sorted(SOURCES))
+@pytest.mark.parametrize("arch", CORE)
+@settings(max_examples=6)
+@given(req=requests(), data=st.data())
+def test_other_sources_equal_plain_greedy(arch, source, strategy, req, data):
+    kwargs = dict(max_batch_size=data.draw(st.integers(1, 4))) if strategy == "exspec" else {}
+    check(target_model(arch), req, data, strategy, source, **kwargs)
+
+
+@pytest.mark.parametrize("source", ["lookup", "early_exit"])
+@pytest.mark.parametrize("arch", sorted(set(ARCHITECTURES) - set(CORE)))
+@settings(max_examples=2)
+@given(req=requests(max_rows=5, max_prompt=24, max_new=12), data=st.data())
+def test_other_sources_equal_plain_greedy_every_architecture(arch, source, req, data):
+    check(target_model(arch), req, data, "exspec", source)
+
+
+@pytest.mark.parametrize("source", ["lookup", "early_exit"])
+@settings(max_examples=5)
+@given(req=requests(max_rows=6, max_prompt=24, max_new=20), data=st.data())
+def test_other_sources_with_static_shapes_and_auto(source, req, data):
+    speculation = data.draw(st.sampled_from(["always", "auto"]))
+    check(target_model("llama"), req, data, "exspec", source, cache_implementation="static", max_batch_size=4,
+          speculation=speculation)
+
+
+@pytest.mark.parametrize("source", ["lookup", "early_exit"])
+def test_speculation_really_happens(source):
+    """On prompts that repeat a span (and outputs of a tiny model, which loop) drafts are offered and accepted."""
+    target = target_model("llama")
+    prompts = [[5, 6, 7, 8] * 4, [9, 10, 11] * 5, [12, 13] * 6, [20, 21, 22, 23, 24] * 3]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
+                          pad_token_id=0, return_dict_in_generate=True, **SOURCES[source](3))
+    stats = out.spec_stats
+    assert stats.accepted_tokens.sum() > 0 and stats.rounds < 23, stats.summary()
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 24, None)
+
+
+def test_a_batch_one_call_with_batch_spec_is_ours_and_without_is_transformers():
+    target = target_model("llama")
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5]])
+    ours = target.generate(ids, prompt_lookup_num_tokens=3, batch_spec="exspec", max_new_tokens=8, do_sample=False,
+                           eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
+    theirs = target.generate(ids, prompt_lookup_num_tokens=3, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    assert hasattr(ours, "spec_stats") and torch.equal(ours.sequences, theirs)
+
+
+def test_early_exit_view_shares_weights_and_leaves_the_target_whole():
+    target = target_model("qwen3_sliding")  # 3 layers, sliding and full: the layer types are cut with the layers
+    view = early_exit_model(target, 2)
+    assert len(view.model.layers) == 2 and len(target.model.layers) == 3
+    assert view.config.num_hidden_layers == 2 and target.config.num_hidden_layers == 3
+    assert view.config.layer_types == target.config.layer_types[:2]
+    assert view.lm_head.weight is target.lm_head.weight and view.model.layers[1] is target.model.layers[1]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():  # the view is the target's first two layers, then its norm and head
+        hidden = target(ids, output_hidden_states=True).hidden_states[2]
+        expected = target.lm_head(target.model.norm(hidden))
+        assert torch.allclose(view(ids).logits, expected, atol=1e-5)
+
+
+def test_early_exit_refuses_a_model_without_one_layer_list():
+    model = build("llama")
+    model.model.extra = torch.nn.ModuleList(list(model.model.layers))  # two lists of the layers' length
+    with pytest.raises(UnsupportedModelError, match="cannot find the decoder layers"):
+        early_exit_model(model, 1)
