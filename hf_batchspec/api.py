@@ -89,8 +89,9 @@ class BatchSpeculativeGenerationMixin:
                                 kwargs.get("inputs_embeds"))
         # static shapes: rows are padded to a power of two, never past what the caller allowed at once
         static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
+        copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
-                                                                 batch_size)
+                                                                 batch_size * copies)  # rows after HF's expansion
         # the draft's own settings live in its generation_config; an early-exit draft is the target itself
         draft_settings = assistant_model if assistant_model is not None else self if draft is not None else None
         num_assistant_tokens = lookup_k or validation.resolve_num_assistant_tokens(kwargs, generation_config,
@@ -175,6 +176,7 @@ def _batch_spec_decode(
         processing=ScoreProcessing(logits_processor),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
+        copies=generation_config.num_return_sequences or 1,
     )
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)

@@ -184,6 +184,15 @@ class RaggedCache(Cache):
             raise ValueError(f"kv_len {kv_len} exceeds the cache's {self.num_slots} slots")
         self._plan.set(slots, kv_len, rows)
 
+    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+        """Row targets[i] takes row sources[i]'s keys, values and length (one gather per tensor, in place, so a
+        compiled forward's static addresses stay valid)."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys[targets.to(layer.keys.device)] = layer.keys[sources.to(layer.keys.device)]
+                layer.values[targets.to(layer.values.device)] = layer.values[sources.to(layer.values.device)]
+        self.lengths[targets.cpu().numpy()] = self.lengths[sources.cpu().numpy()]
+
     def top_slot(self, ends: np.ndarray) -> int:
         """max over rows of the slot that position `ends[b]` takes (the position itself, unless left-aligned)."""
         return int((ends if self.offsets is None else ends + self.offsets).max())

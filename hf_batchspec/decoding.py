@@ -60,6 +60,7 @@ class DecodeSettings:
     # forward may have (rows are padded to a power of two up to it).
     static_shapes: int = 0
     compile_config: object | None = None  # transformers' CompileConfig: compile the decode forwards (static shapes)
+    copies: int = 1  # num_return_sequences: consecutive rows that are copies of one prompt
 
 
 @dataclass
@@ -260,31 +261,23 @@ class _Decoder:
         """Prefill prompts `ids` into cache rows `slots` of both models and commit their first token."""
         max_new, stats = self.settings.max_new_tokens, self.stats
         lengths = self.prompt_lengths[ids]
-        width = int(lengths.max())
         ids_d = torch.as_tensor(ids, device=self.device)
-        prompts = self.tokens[ids_d, :width]  # [n, P] right-packed
-        full = len(slots) == len(self.rows)  # every slot at once (always so for EQSPEC): no gather needed
-        cache_rows = None if full else torch.as_tensor(slots, device=self.device)
-        positions = packed_positions(len(ids), width, self.device)
-        limits = torch.as_tensor(lengths + max_new - 1, device=self.device)
-
-        # Target: only the columns some row ends on need logits (up to n of them instead of P).
-        keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
-        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
-                                     prefill=True)
-        last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
-        last_logits = logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
+        # num_return_sequences: rows that are copies of one prompt are prefilled once (its first copy among them)
+        # and the others take its cache rows and logits; each still samples its own first token.
+        _, first, group = np.unique(ids // self.settings.copies, return_index=True, return_inverse=True)
+        prefilled = np.sort(first)  # the first copy of each prompt, in admission order
+        copy_of = np.searchsorted(prefilled, first[group])  # [n] each admitted row's prefilled row
+        last_logits = self._prefill(slots[prefilled], ids[prefilled])[torch.as_tensor(copy_of, device=self.device)]
+        if len(prefilled) < len(ids):
+            sources = torch.as_tensor(slots[prefilled][copy_of], device=self.device)
+            targets = torch.as_tensor(slots, device=self.device)
+            self.target.cache.copy_rows(sources, targets)
+            self.drafter.copy_rows(sources, targets)
+        self.target.cache.set_lengths(lengths, rows=slots)
         scores = self._scores(last_logits.unsqueeze(1), ids, lengths)  # [n, 1, V]
         first = self._choose(scores[:, 0])  # [n]
         if self.recorder.active:
             self.recorder.record(ids_d, torch.zeros_like(ids_d), last_logits.unsqueeze(1), scores)
-        self.target.cache.set_lengths(lengths, rows=slots)
-        stats.target_forward_calls += 1
-        stats.target_prefill_calls += 1
-        if max_new > 1:
-            forwards = self.drafter.admit(prompts, positions, limits, width, cache_rows, ids, slots, lengths)
-            stats.draft_forward_calls += forwards
-            stats.draft_prefill_calls += forwards
 
         first = first.to(self.device)
         self.tokens[ids_d, torch.as_tensor(lengths, device=self.device)] = first
@@ -297,6 +290,31 @@ class _Decoder:
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
         return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
+
+    def _prefill(self, slots: np.ndarray, ids: np.ndarray) -> torch.Tensor:  # [n, V] logits at each prompt's end
+        """Prompts `ids` through both models into cache rows `slots` (the drafter's prefill is skipped when no
+        round will follow)."""
+        max_new, stats = self.settings.max_new_tokens, self.stats
+        lengths = self.prompt_lengths[ids]
+        width = int(lengths.max())
+        prompts = self.tokens[torch.as_tensor(ids, device=self.device), :width]  # [n, P] right-packed
+        full = np.array_equal(slots, np.arange(len(self.rows)))  # every slot, in order: no gather needed
+        cache_rows = None if full else torch.as_tensor(slots, device=self.device)
+        positions = packed_positions(len(ids), width, self.device)
+        limits = torch.as_tensor(lengths + max_new - 1, device=self.device)
+
+        # Target: only the columns some row ends on need logits (up to n of them instead of P).
+        keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
+        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
+                                     prefill=True)
+        last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
+        stats.target_forward_calls += 1
+        stats.target_prefill_calls += 1
+        if max_new > 1:
+            forwards = self.drafter.admit(prompts, positions, limits, width, cache_rows, ids, slots, lengths)
+            stats.draft_forward_calls += forwards
+            stats.draft_prefill_calls += forwards
+        return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
 
     def _leave(self, free: np.ndarray) -> None:
         """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer),

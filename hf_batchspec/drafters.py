@@ -153,6 +153,9 @@ class ModelDrafter:
     def select_rows(self, index: torch.Tensor) -> None:
         self.cache.select_rows(index)
 
+    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+        self.cache.copy_rows(sources, targets)
+
     def left_align(self, offsets: np.ndarray) -> None:
         self.cache.left_align(offsets)
 
@@ -186,6 +189,9 @@ class LookupDrafter:
         pass
 
     def select_rows(self, index: torch.Tensor) -> None:
+        pass
+
+    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
         pass
 
     def left_align(self, offsets: np.ndarray) -> None:

@@ -139,3 +139,33 @@ def test_early_exit_refuses_a_model_without_one_layer_list():
     model.model.extra = torch.nn.ModuleList(list(model.model.layers))  # two lists of the layers' length
     with pytest.raises(UnsupportedModelError, match="cannot find the decoder layers"):
         early_exit_model(model, 1)
+
+
+@pytest.mark.parametrize("strategy, max_batch_size", [("eqspec", None), ("exspec", 4), ("exspec", 32)])
+@pytest.mark.parametrize("source", ["model", "lookup"])
+def test_return_sequences_prefill_each_prompt_once_and_copy_its_cache(strategy, max_batch_size, source):
+    """n samples per prompt: one prefill row per distinct prompt admitted, its cache copied into the other slots.
+    With top_k=1 every sample is the greedy continuation, so a wrongly copied cache row would show."""
+    target = target_model("llama")
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    ids, mask = left_pad(prompts, 0)
+    rows_per_forward = []
+    hook = target.register_forward_pre_hook(  # a prefill is the forward whose queries start at position 0
+        lambda m, a, kw: rows_per_forward.append((kw["input_ids"].shape[0], int(kw["position_ids"].min()))),
+        with_kwargs=True)
+    drafting = dict(assistant_model=build("llama", seed=0), num_assistant_tokens=3) if source == "model" else dict(
+        prompt_lookup_num_tokens=3)
+    pool = dict(max_batch_size=max_batch_size) if max_batch_size else {}
+    try:
+        out = target.generate(ids, attention_mask=mask, batch_spec=strategy, do_sample=True, top_k=1,
+                              num_return_sequences=4, max_new_tokens=10, eos_token_id=None, pad_token_id=0,
+                              return_dict_in_generate=True, **drafting, **pool)
+    finally:
+        hook.remove()
+    assert out.sequences.shape == (12, ids.shape[1] + 10)
+    for row in range(12):
+        prompt = prompts[row // 4]  # transformers' order: each prompt's samples together
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
+    prefills = [rows for rows, first_position in rows_per_forward if first_position == 0]
+    # a slot pool of 4 admits one prompt's 4 copies at a time; else all 12 rows at once: one row per prompt
+    assert prefills == ([1, 1, 1] if max_batch_size == 4 else [3])
