@@ -27,7 +27,7 @@ from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
 from .runner import ModelRunner
-from .scheduling import ActiveRows, PromptQueue
+from .scheduling import ActiveRows, PromptQueue, to_device
 from .speculation import CostModel, SpeculationControl
 from .stats import BatchSpecStats
 
@@ -145,7 +145,7 @@ class _Decoder:
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
-        budget = torch.as_tensor(budget_h, device=self.device)
+        budget = to_device(budget_h, self.device)
         proposal = self.drafter.propose(rows, self.tokens, int(budget_h.max()), budget)
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding

@@ -27,7 +27,7 @@ from .errors import UnsupportedModelError
 from .lookup import ngram_drafts
 from .processors import ScoreProcessing, probabilities
 from .runner import ModelRunner, decoder_layers
-from .scheduling import ActiveRows
+from .scheduling import ActiveRows, to_device
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class ModelDrafter:
             # 2 tokens missing), so the first step has one shape whether or not the last round was fully accepted
             width = max(2, 1 << (int(missing_h[rows.live_h].max(initial=1)) - 1).bit_length())
             missing_h = np.minimum(missing_h, width)  # an idle row's queries are never read
-        missing = torch.as_tensor(missing_h, device=device)
+        missing = to_device(missing_h, device)
         positions = (rows.lengths - missing).unsqueeze(1) + torch.arange(width, device=device)  # [B, w]
         step_input = tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=tokens.shape[1] - 1)]
         kv_len = self.cache.top_slot(rows.lengths_h - missing_h) + width
@@ -115,10 +115,10 @@ class ModelDrafter:
             keep, pick = 0, missing_h - 1
         else:
             columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
-            keep = 1 if len(columns) == 1 else torch.as_tensor(columns, device=device)
+            keep = 1 if len(columns) == 1 else to_device(columns, device)
             pick = np.searchsorted(columns, missing_h - 1)
         per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
-        pick = torch.as_tensor(pick, device=device)  # [B] the column of each row's pending token in `keep`
+        pick = to_device(pick, device)  # [B] the column of each row's pending token in `keep`
         drafts, probs = [], []
         for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)

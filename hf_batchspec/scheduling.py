@@ -23,6 +23,18 @@ _FIELDS = ("ids", "lengths", "generated", "limits")
 _HOST_ONLY = ("draft_len", "hits", "trials")  # decisions only: each row's k and its acceptance counts
 
 
+def to_device(values, device) -> torch.Tensor:
+    """Host values (a numpy array) on the device without waiting for it. A copy from ordinary (pageable) host
+    memory to a GPU makes the host wait until the GPU has finished all queued work: a host sync. Through pinned
+    memory and non_blocking the copy is queued behind that work instead (the caching host allocator keeps the
+    pinned block until the copy has run), so the round's one sync stays the only one."""
+    tensor = torch.from_numpy(np.ascontiguousarray(values))
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class PromptQueue:
     """Prompts waiting for a slot, by original index: FIFO, or shortest first with `sort_by_length`."""
 
@@ -80,10 +92,10 @@ class ActiveRows:
                               generated=np.zeros(len(slots), dtype=np.int64), limits=lengths), live=False)
 
     def _set(self, slots: np.ndarray, values: dict, live: bool) -> None:
-        index = torch.as_tensor(slots, device=self.device)
+        index = to_device(slots, self.device)
         for name in _FIELDS:
             getattr(self, name + "_h")[slots] = values[name]
-            getattr(self, name)[index] = torch.as_tensor(values[name], dtype=torch.long, device=self.device)
+            getattr(self, name)[index] = to_device(np.asarray(values[name], dtype=np.int64), self.device)
         self.live_h[slots] = live
         self.live[index] = live
 

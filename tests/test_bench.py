@@ -61,8 +61,8 @@ def test_bench_reports_every_method_exact(tmp_path):
     out = tmp_path / "bench.json"
     target, stops = target_stopping_at(" the", tmp_path / "target")
     result = run("bench", "--target", str(target), "--num-prompts", "4", "--batch-sizes", "1,2", "--max-new-tokens",
-                 "12", "--methods", "assisted,lookup,early-exit", "--threads", "1", "--repeats", "1", "--json", str(out),
-                 "--quiet")
+                 "12", "--methods", "assisted,lookup,early-exit", "--threads", "1", "--repeats", "1", "--json",
+                 str(out), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     header = result.stdout.splitlines()[0]
     assert "torch threads 1," in header and "device cpu" in header and "transformers " in header, header

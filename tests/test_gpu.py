@@ -118,3 +118,32 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
     # a CPU tensor, ...): none may be skipped, or the launches per round stay
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips, "a graph ran without CUDA graphs"
     assert stats.row_selections == 0
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "static_compiled"])
+def test_one_host_sync_per_round(compiled):
+    """The design's rule on a GPU: a round waits for the device once (bringing the per-row counts to the host).
+    Counted with the torch profiler as transformers' host syncs are (cudaStreamSynchronize and friends), per
+    round, by difference of a long and a short call (prefills and departures cancel). A per-round value copied
+    from pageable host memory would add a sync each (seen on an H200: 4 per round before `to_device`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    target = hf_batchspec.enable(build("llama", seed=5).to("cuda"))
+    draft = perturbed(build("llama", seed=5), 0.05).to("cuda")
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8]]
+    ids, mask = left_pad(prompts, 0)
+    static = dict(cache_implementation="static", max_batch_size=4) if compiled else {}
+
+    def syncs_and_rounds(max_new):
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, num_assistant_tokens=3,
+                                  max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=None,
+                                  return_dict_in_generate=True, **static)
+        names = [event.name for event in prof.events()]
+        return sum(names.count(n) for n in ("cudaStreamSynchronize", "cudaDeviceSynchronize")), out.spec_stats.rounds
+
+    syncs_and_rounds(40), syncs_and_rounds(8)  # warm-up: compile every shape
+    (long_syncs, long_rounds), (short_syncs, short_rounds) = syncs_and_rounds(40), syncs_and_rounds(8)
+    per_round = (long_syncs - short_syncs) / (long_rounds - short_rounds)
+    print(f"host syncs per round ({'compiled' if compiled else 'eager'}): {per_round:.2f}")
+    assert per_round <= 1.05, per_round
