@@ -217,3 +217,29 @@ def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
                           **COMPILED)
     for row, prompt in enumerate(prompts):
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None), f"row {row}"
+
+
+@pytest.mark.parametrize("source", [dict(prompt_lookup_num_tokens=3), dict(assistant_early_exit=1,
+                                                                            num_assistant_tokens=3)],
+                         ids=["lookup", "early_exit"])
+def test_other_draft_sources_compile_and_stay_exact(compiled_pair, source):
+    """Prompt lookup (only the target compiles) and early exit (the target's first layer, its own compiled
+    forward) on the compiled path: every row equals plain greedy, and a second call in the bucket compiles
+    nothing new."""
+    target, _ = compiled_pair
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9] * 6, [3, 4, 3, 4], [8]]
+    ids, mask = left_pad(prompts, 0)
+
+    def run(max_new):
+        out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, max_batch_size=4, compile_config=CompileConfig(),
+                              return_dict_in_generate=True, **source)
+        for row, prompt in enumerate(prompts):
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, max_new, None)
+        return out.spec_stats
+
+    run(20)
+    before = unique_graphs()
+    stats = run(16)
+    assert unique_graphs() == before, "a second call in the bucket recompiled"
+    assert stats.accepted_tokens.sum() > 0
