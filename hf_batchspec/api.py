@@ -85,7 +85,8 @@ class BatchSpeculativeGenerationMixin:
         if pad_token_id is None:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
         validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
-                                validation.vocab_size(self, *[m for m in (draft,) if m is not None]),
+                                validation.vocab_size(self, *[m for m in (draft,) if m is not None and
+                                                              source.tokenizers is None]),
                                 kwargs.get("inputs_embeds"))
         # static shapes: rows are padded to a power of two, never past what the caller allowed at once
         static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
@@ -155,6 +156,7 @@ def _batch_spec_decode(
 ):
     """Called by transformers' generate() once it has prepared the call (see the module docstring)."""
     validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
+    validation.check_other_tokenizer(source, bool(generation_config.do_sample), bool(static_shapes), strategy)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
     attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
     if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:

@@ -102,7 +102,8 @@ class _Decoder:
         self.processing = settings.processing or ScoreProcessing([])
         options = DraftOptions(settings.do_sample, settings.generator, self.processing,
                                settings.confidence_threshold, self.static)
-        self.drafter = source.build(slots, cache_len, options, settings.compile_config)
+        self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
+                                    prompt_lengths=prompt_lengths, max_new=max_new, k=k)
         self.target.on_rows = on_rows
         self.drafter.set_on_rows(on_rows)
         self.device = self.target.device

@@ -17,6 +17,7 @@ vLLM's proposers have the same shape.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,9 @@ import torch
 
 from .acceptance import sample
 from .errors import UnsupportedModelError
+from . import retokenize
 from .lookup import ngram_drafts
+from .masks import packed_positions
 from .processors import ScoreProcessing, probabilities
 from .runner import ModelRunner, decoder_layers
 from .scheduling import ActiveRows, to_device
@@ -32,13 +35,21 @@ from .scheduling import ActiveRows, to_device
 
 @dataclass(frozen=True)
 class DraftSource:
-    """What drafts for a call: a draft model (`assistant_model`, or `early_exit_model(target, n)`), or prompt
-    lookup with n-grams up to `lookup_ngram` (transformers' max_matching_ngram_size)."""
+    """What drafts for a call: a draft model (`assistant_model`, or `early_exit_model(target, n)`), with
+    `tokenizers` (target's, draft's) when it has a tokenizer of its own; or prompt lookup with n-grams up to
+    `lookup_ngram` (transformers' max_matching_ngram_size)."""
 
     model: torch.nn.Module | None = None
     lookup_ngram: int | None = None
+    tokenizers: tuple | None = None
 
-    def build(self, slots: int, cache_len: int, options: "DraftOptions", compile_config=None):
+    def build(self, slots: int, cache_len: int, options: "DraftOptions", compile_config=None, *, prompts=None,
+              prompt_lengths=None, max_new: int = 0, k: int = 0):
+        """`prompts` [N, P] right-packed target ids with `prompt_lengths` [N]: a drafter with another tokenizer
+        sizes its own cache from their text."""
+        if self.tokenizers is not None:
+            return OtherTokenizerDrafter(self.model, *self.tokenizers, slots, options, prompts, prompt_lengths,
+                                         max_new, k)
         if self.model is not None:
             return ModelDrafter(self.model, slots, cache_len, options, compile_config)
         return LookupDrafter(self.lookup_ngram, options.static)
@@ -196,6 +207,106 @@ class LookupDrafter:
 
     def left_align(self, offsets: np.ndarray) -> None:
         pass
+
+
+@dataclass
+class DraftRows:
+    """The batch's rows as a draft with its own tokens sees them: `ActiveRows`' fields, in draft positions."""
+
+    ids: torch.Tensor  # [B] token-buffer row of each slot (original prompt index)
+    ids_h: np.ndarray  # [B]
+    lengths: torch.Tensor  # [B] committed draft tokens of each row's text
+    lengths_h: np.ndarray  # [B]
+    live_h: np.ndarray  # [B]
+    limits: torch.Tensor  # [B] highest position id the draft may see
+
+    def __len__(self) -> int:
+        return len(self.ids_h)
+
+
+class OtherTokenizerDrafter:
+    """A draft model with a tokenizer of its own (transformers' universal assisted decoding, batched; greedy).
+
+    Each round the rows' committed text is re-encoded in the draft's tokens (one batched tokenizer call);
+    the draft's cache keeps the longest prefix of what it already ran that still matches (by length, O(1)),
+    catches up on the rest and drafts k tokens, whose text is re-encoded as target tokens (`retokenize.py`).
+    Its cache rows are the target's slots, in the draft's own positions, sized from the prompts' text."""
+
+    is_model = True
+    GROWTH = 8  # draft positions reserved per target position (a target token's text in draft tokens, at most)
+
+    def __init__(self, model, target_tokenizer, draft_tokenizer, slots: int, options: DraftOptions,
+                 prompts: torch.Tensor, prompt_lengths: np.ndarray, max_new: int, k: int):
+        self.target_tokenizer, self.draft_tokenizer = target_tokenizer, draft_tokenizer
+        prompt_ids = retokenize.draft_view(target_tokenizer, draft_tokenizer, prompts.cpu().numpy(), prompt_lengths)
+        self.capacity = max(len(ids) for ids in prompt_ids) + self.GROWTH * (max_new + k + 1) + 2
+        options = dataclasses.replace(options, processing=ScoreProcessing([]))  # target-vocabulary processors
+        self.inner = ModelDrafter(model, slots, self.capacity, options)
+        self.device = self.inner.runner.device
+        limit = min(self.capacity, getattr(model.config.get_text_config(), "max_position_embeddings", None)
+                    or self.capacity) - 1
+        self.limits = torch.full((slots,), limit, dtype=torch.long, device=self.device)
+        self.tokens = torch.zeros((len(prompt_lengths) + 1, self.capacity), dtype=torch.long, device=self.device)
+        self.ran = np.zeros((slots, self.capacity), dtype=np.int64)  # draft ids in its cache, per slot
+
+    @property
+    def cache(self):
+        return self.inner.cache
+
+    def set_on_rows(self, on_rows) -> None:
+        self.inner.set_on_rows(on_rows)
+
+    def admit(self, prompts, positions, limits, width: int, cache_rows, ids: np.ndarray, slots: np.ndarray,
+              lengths: np.ndarray) -> int:
+        padded, draft_lengths = retokenize.pad(retokenize.draft_view(
+            self.target_tokenizer, self.draft_tokenizer, prompts.cpu().numpy(), lengths))
+        prompts_d = to_device(padded, self.device)  # [n, P_d]
+        self.tokens[to_device(ids, self.device), : padded.shape[1]] = prompts_d
+        self.ran[slots, : padded.shape[1]] = padded
+        return self.inner.admit(prompts_d, packed_positions(len(ids), padded.shape[1], self.device),
+                                self.limits[: len(ids)], padded.shape[1], cache_rows, ids, slots, draft_lengths)
+
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+        if k == 0:
+            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=tokens.device), None, budget)
+        committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
+        padded, new_len = retokenize.pad(retokenize.draft_view(self.target_tokenizer, self.draft_tokenizer,
+                                                               committed, rows.lengths_h))
+        room = new_len <= self.capacity - k - 1  # a row whose text outgrew the draft's cache drafts nothing
+        new_len = np.minimum(new_len, self.capacity - k - 1)
+        padded = padded[:, : self.capacity]
+        kept = retokenize.common_prefix(self.ran, self.cache.lengths, padded, new_len)
+        self.cache.set_lengths(np.minimum(kept, new_len - 1))  # the last token runs again: its logits draft
+        self.ran[:, : padded.shape[1]] = padded
+        self.tokens[rows.ids, : padded.shape[1]] = to_device(padded, self.device)
+        view = DraftRows(rows.ids, rows.ids_h, to_device(new_len, self.device), new_len, rows.live_h, self.limits)
+        proposal = self.inner.propose(view, self.tokens, k, budget)
+        drafts = proposal.drafts.cpu().numpy()  # [B, k'] draft ids: a third host sync
+        steps = drafts.shape[1]
+        ran_cols = new_len[:, None] + np.arange(steps - 1)  # [B, k'-1] what the draft ran after the text
+        self.ran[np.arange(len(rows))[:, None], ran_cols] = drafts[:, : steps - 1]
+        self.cache.set_lengths(new_len + steps - 1)
+        target_ids, counts = retokenize.target_proposal(self.target_tokenizer, self.draft_tokenizer, committed,
+                                                        rows.lengths_h, padded, new_len, drafts, k)
+        counts = np.where(room & rows.live_h, counts, 0)
+        width = int(counts.max(initial=0))  # known on the host: the verify is only as wide as the longest proposal
+        return Proposal(to_device(target_ids[:, :width], self.device), None,
+                        torch.minimum(proposal.budget, to_device(counts, self.device)), proposal.forwards)
+
+    def rollback(self, *args) -> None:
+        pass  # the next round keeps the prefix of what the draft ran that the committed text still starts with
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.inner.select_rows(index)
+        self.ran = self.ran[index.cpu().numpy()]
+        self.limits = self.limits[: len(index)]
+
+    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+        self.inner.copy_rows(sources, targets)
+        self.ran[targets.cpu().numpy()] = self.ran[sources.cpu().numpy()]
+
+    def left_align(self, offsets: np.ndarray) -> None:
+        raise NotImplementedError("a draft with another tokenizer has positions of its own: no shared layout")
 
 
 def early_exit_model(target: torch.nn.Module, layers: int) -> torch.nn.Module:

@@ -68,8 +68,9 @@ def check_pair(target: torch.nn.Module, draft) -> None:
     vocab_d = draft.config.get_text_config().vocab_size
     if vocab_t != vocab_d:
         raise BatchSpecError(
-            f"The target's vocabulary ({vocab_t} tokens) and the assistant's ({vocab_d}) differ; hf-batchspec needs "
-            "a draft that shares the target's tokenizer (drafts with another tokenizer are not supported)."
+            f"The target's vocabulary ({vocab_t} tokens) and the assistant's ({vocab_d}) differ: a draft with "
+            "another tokenizer needs both tokenizers, as in transformers: pass tokenizer=<the target's> and "
+            "assistant_tokenizer=<the draft's>."
         )
 
 
@@ -226,7 +227,6 @@ def setting(name: str, kwargs: dict, generation_config, model_config):
 _NOT_SERVED = {
     "prefix_allowed_tokens_fn": "its constraint reads the padded batch layout",
     "negative_prompt_ids": "classifier-free guidance needs a second, unconditional batch",
-    "assistant_tokenizer": "drafts with another tokenizer are not batched yet",
     "use_mtp": "multi-token-prediction drafting is not batched yet",
     "speculation_type": "transformers' other speculation types are not batched",
     "assistant_ensemble_weight": "ensemble verification changes the output distribution; batch_spec is lossless",
@@ -414,6 +414,8 @@ def resolve_draft_source(sources: list[str], target, assistant_model, kwargs: di
         raise BatchSpecError(f"max_matching_ngram_size configures prompt lookup, but this call drafts with {source}: "
                              "drop it, or pass prompt_lookup_num_tokens=... instead of the other source.")
     if source == "assistant_model":
+        if kwargs.get("assistant_tokenizer") is not None:
+            return _other_tokenizer_source(target, assistant_model, kwargs), None
         check_pair(target, assistant_model)
         return DraftSource(model=assistant_model), None
     if source == "assistant_early_exit":
@@ -436,11 +438,45 @@ def resolve_draft_source(sources: list[str], target, assistant_model, kwargs: di
     return DraftSource(lookup_ngram=ngram), k
 
 
+def _other_tokenizer_source(target, draft, kwargs: dict) -> DraftSource:
+    """universal assisted decoding: a draft with a tokenizer of its own, and the target's tokenizer to convert."""
+    from .drafters import DraftSource
+
+    tokenizer, assistant_tokenizer = kwargs.get("tokenizer"), kwargs["assistant_tokenizer"]
+    if tokenizer is None:
+        raise BatchSpecError("assistant_tokenizer needs the target's tokenizer too, as in transformers: pass "
+                             "tokenizer=<the target's tokenizer>.")
+    for name, value in (("tokenizer", tokenizer), ("assistant_tokenizer", assistant_tokenizer)):
+        if not (callable(value) and hasattr(value, "batch_decode")):
+            raise BatchSpecError(f"{name} must be a transformers tokenizer; got {type(value).__name__}.")
+    check_causal_lm(target, "target model")
+    check_causal_lm(draft, "assistant_model")
+    return DraftSource(model=draft, tokenizers=(tokenizer, assistant_tokenizer))
+
+
+def check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+    """What a draft with another tokenizer does not do (yet): refused before any forward."""
+    if source.tokenizers is None:
+        return
+    if do_sample:
+        raise BatchSpecError(
+            "Sampling with a draft of another tokenizer is not supported: the draft's distribution lives on another "
+            "vocabulary, and mapping it exactly (transformers' universal speculative decoding) is not implemented; "
+            "approximating it would change the output distribution. Use do_sample=False, or a draft with the "
+            "target's tokenizer (or prompt_lookup_num_tokens=...) for sampling.")
+    if static:
+        raise BatchSpecError("compile_config / cache_implementation='static' are not supported with a draft of "
+                             "another tokenizer (its text round trip runs on the host every round): drop them.")
+    if strategy == "eqspec-realign":
+        raise BatchSpecError("batch_spec='eqspec-realign' cannot realign a draft with positions of its own: use "
+                             "'eqspec' or 'exspec'.")
+
+
 def without_draft_settings(kwargs: dict, generation_config):
     """Take the prompt lookup and early-exit settings out of the call (the drafter serves them), so that
     transformers' preparation does not set up its own batch-1 candidate generator."""
     names = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "assistant_early_exit")
-    for name in names:
+    for name in names + ("assistant_tokenizer",):
         kwargs.pop(name, None)
     if generation_config is not None and any(getattr(generation_config, name, None) is not None for name in names):
         generation_config = copy.deepcopy(generation_config)

@@ -1,0 +1,74 @@
+"""Text between two tokenizers, for a whole batch: the host side of drafting with another tokenizer.
+
+A draft with its own tokenizer reads each row's committed text in its own tokens and proposes tokens of its
+own; the target verifies target tokens. Three conversions, each one batched call of a (fast) tokenizer over
+the rows (never a Python tokenizer call per row):
+
+- `draft_view`: the rows' committed target ids -> their text -> the draft's ids of that text;
+- `common_prefix`: how much of what the draft already ran still matches (its cache keeps that, O(1));
+- `target_proposal`: the draft's new tokens -> their text -> target ids after the committed ones.
+
+Exactness never depends on these being clever: the target verifies whatever is proposed. They decide only how
+often a proposal is accepted. Word boundaries are handled by re-encoding a short window of committed target
+tokens together with the proposal's text: a proposal counts only if the window re-encodes to itself (else a
+split across the boundary would change committed tokens, and that row proposes nothing this round).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Committed target tokens re-encoded with a proposal's text: enough to span any word that the boundary splits.
+WINDOW = 8
+
+
+def pad(lists: list[list[int]], fill: int = 0) -> tuple[np.ndarray, np.ndarray]:  # [B, L], [B]
+    """Ragged lists as one padded array and their lengths."""
+    lengths = np.array([len(ids) for ids in lists], dtype=np.int64)
+    out = np.full((len(lists), max(1, int(lengths.max(initial=0)))), fill, dtype=np.int64)
+    for row, ids in enumerate(lists):  # numpy has no ragged constructor; a copy per row, no tokenizer work
+        out[row, : len(ids)] = ids
+    return out, lengths
+
+
+def draft_view(target_tokenizer, draft_tokenizer, committed: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    """The draft's ids of each row's committed text (`committed` [B, T] target ids, row b valid up to
+    `lengths[b]`). Special tokens of the target are dropped from the text; the draft's own (a BOS) are added
+    as its tokenizer adds them to any text."""
+    texts = target_tokenizer.batch_decode([row[:n] for row, n in zip(committed, lengths)], skip_special_tokens=True)
+    return draft_tokenizer(texts, add_special_tokens=True)["input_ids"]
+
+
+def common_prefix(a: np.ndarray, a_len: np.ndarray, b: np.ndarray, b_len: np.ndarray) -> np.ndarray:  # [B]
+    """Per row, the length of the longest common prefix of a[b, :a_len[b]] and b[b, :b_len[b]]."""
+    width = min(a.shape[1], b.shape[1])
+    same = a[:, :width] == b[:, :width]  # [B, W]
+    cols = np.arange(width)
+    same &= (cols < a_len[:, None]) & (cols < b_len[:, None])
+    return np.where(same.all(1), np.minimum(np.minimum(a_len, b_len), width), np.argmin(same, 1))
+
+
+def target_proposal(target_tokenizer, draft_tokenizer, committed: np.ndarray, lengths: np.ndarray,
+                    draft_context: np.ndarray, context_lengths: np.ndarray, drafts: np.ndarray,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:  # [B, k] target ids, [B] how many are real
+    """The draft's proposal `drafts` [B, k'] (draft ids that follow `draft_context` [B, C]) as up to k target ids
+    that follow each row's committed target ids. A row whose proposal's text does not extend its committed text
+    cleanly (a changed word boundary, text that decodes differently in context) proposes nothing."""
+    rows = range(len(drafts))
+    tail_d = [ctx[max(0, n - WINDOW):n].tolist() for ctx, n in zip(draft_context, context_lengths)]
+    heads = draft_tokenizer.batch_decode(tail_d, skip_special_tokens=True)
+    fulls = draft_tokenizer.batch_decode([tail_d[b] + drafts[b].tolist() for b in rows], skip_special_tokens=True)
+    texts = [full[len(head):] if full.startswith(head) else "" for head, full in zip(heads, fulls)]
+    tail_t = [row[max(0, n - WINDOW):n].tolist() for row, n in zip(committed, lengths)]
+    tails = target_tokenizer.batch_decode(tail_t)
+    encoded = target_tokenizer([tail + text for tail, text in zip(tails, texts)], add_special_tokens=False)
+    proposals = []
+    for b in rows:  # list slicing of the tokenizer's output; the tokenizer calls above are batched
+        ids = encoded["input_ids"][b]
+        clean = texts[b] and ids[: len(tail_t[b])] == tail_t[b]
+        proposals.append(ids[len(tail_t[b]):][:k] if clean else [])
+    out, counts = pad(proposals)
+    last = committed[np.arange(len(lengths)), lengths - 1]  # [B] filler: a real id, never offered
+    filled = np.where(np.arange(k)[None, :] < counts[:, None], np.pad(out, ((0, 0), (0, max(0, k - out.shape[1]))))[
+        :, :k], last[:, None])
+    return filled, counts

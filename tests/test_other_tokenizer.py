@@ -1,0 +1,187 @@
+"""Drafts with another tokenizer (transformers' universal assisted decoding, batched): greedy output equals plain
+greedy of each prompt alone whatever the two tokenizers make of the text, and a draft that reads the same text
+(another vocabulary, the same segmentation) is accepted. Tokenizers are built here in seconds with `tokenizers`."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import hf_batchspec
+from hf_batchspec.errors import BatchSpecError
+from tests.reference import left_pad, plain_greedy
+
+CORPUS = ["def f(x):\n    return x + 1\n", "the quick brown fox jumps over the lazy dog 12345 67890",
+          "héllo wörld — ünïcode  spaces   tabs\t\tnew\nlines", "for i in range(10):\n    print(i * 2)\n"] * 10
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 \n\t():+=.,é")
+# whitespace runs, unicode (also outside the character draft's alphabet), digits
+TEXT = st.lists(st.sampled_from(CHARS + ["  ", "   ", "ü", "—", "12", "\n    "]), min_size=1, max_size=20).map("".join)
+
+
+def fast(tokenizer: Tokenizer, specials: list[str]) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=specials[0], eos_token=specials[1],
+                                   pad_token=specials[2])
+
+
+def byte_bpe(vocab: int, specials: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's kind) trained on the corpus: words merge, any text encodes."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return fast(tokenizer, specials)
+
+
+def characters(order: list[str], specials: list[str]) -> PreTrainedTokenizerFast:
+    """One token per character, ids in `order` after the special tokens."""
+    vocab = {token: i for i, token in enumerate(specials + order)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens(specials)
+    return fast(tokenizer, specials)
+
+
+def llama(vocab: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@lru_cache(maxsize=None)
+def setup(kind: str):
+    """(target, target tokenizer, draft, draft tokenizer). "bpe": a byte-level BPE target and a draft with another
+    BPE (other vocabulary size and special ids); "chars": character targets, the draft's ids permuted and its
+    weights the target's rows permuted alike, so it reads the same text as the target and agrees with it."""
+    if kind == "bpe":
+        target_tok = byte_bpe(420, ["<s>", "</s>", "<pad>"])
+        draft_tok = byte_bpe(300, ["<pad>", "<bos>", "<eos>", "<unused>"])
+        target, draft = hf_batchspec.enable(llama(len(target_tok), 0)), llama(len(draft_tok), 1)
+        return target, target_tok, draft, draft_tok
+    target_tok = characters(CHARS, ["<s>", "</s>", "<pad>"])
+    order = [CHARS[i] for i in torch.randperm(len(CHARS), generator=torch.Generator().manual_seed(3)).tolist()]
+    draft_tok = characters(order, ["<pad>", "<bos>", "<eos>", "<unused>"])
+    target = hf_batchspec.enable(llama(len(target_tok), 0))
+    draft = copy.deepcopy(target)
+    draft.resize_token_embeddings(len(draft_tok))
+    with torch.no_grad():
+        for char in CHARS:
+            new, old = draft_tok.convert_tokens_to_ids(char), target_tok.convert_tokens_to_ids(char)
+            draft.model.embed_tokens.weight[new] = target.model.embed_tokens.weight[old]
+            draft.lm_head.weight[new] = target.lm_head.weight[old]
+    return target, target_tok, draft, draft_tok
+
+
+def run(kind, texts, max_new, strategy="exspec", eos=None, **kwargs):
+    target, target_tok, draft, draft_tok = setup(kind)
+    prompts = [ids or [target_tok.bos_token_id] for ids in target_tok(texts, add_special_tokens=False)["input_ids"]]
+    pad = target_tok.pad_token_id
+    ids, mask = left_pad(prompts, pad)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, tokenizer=target_tok,
+                          assistant_tokenizer=draft_tok, batch_spec=strategy, max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True, **kwargs)
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, tuple(eos) if eos else None)
+        got = out.sequences[row, ids.shape[1]:].tolist()
+        assert got[: len(expected)] == expected, f"row {row} ({texts[row]!r}): diverged from plain greedy"
+        assert all(t == pad for t in got[len(expected):])
+    return out.spec_stats
+
+
+@pytest.mark.parametrize("kind", ["bpe", "chars"])
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+@settings(max_examples=8)
+@given(texts=st.lists(TEXT, min_size=1, max_size=6), max_new=st.integers(1, 24), k=st.integers(1, 6),
+       pool=st.integers(1, 4))
+def test_other_tokenizer_equals_plain_greedy(kind, strategy, texts, max_new, k, pool):
+    kwargs = dict(max_batch_size=pool) if strategy == "exspec" else {}
+    stats = run(kind, texts, max_new, strategy, num_assistant_tokens=k, **kwargs)
+    assert (stats.accepted_tokens <= stats.drafted_tokens).all()
+
+
+def test_a_draft_reading_the_same_text_is_accepted():
+    """Other ids, the same segmentation and the same weights: the draft proposes what the target will choose,
+    except where the target picks a special token (absent from the text the draft reads)."""
+    stats = run("chars", ["def f(x):\n    return", "hello   world 123", "the quick brown"], 24,
+                num_assistant_tokens=4)
+    assert stats.acceptance_rate > 0.5 and stats.tokens_per_round > 2.5, stats.summary()
+
+
+def test_stops_and_auto_work_with_another_tokenizer():
+    target, target_tok, _, _ = setup("chars")
+    free = plain_greedy(target, target_tok("hello world", add_special_tokens=False)["input_ids"], 16, None)
+    run("chars", ["hello world", "the quick"], 16, eos=[free[5]], speculation="auto")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(do_sample=True), "Sampling with a draft of another tokenizer"),
+    (dict(cache_implementation="static"), "not supported with a draft of another tokenizer"),
+    (dict(batch_spec="eqspec-realign"), "cannot realign"),
+    (dict(tokenizer=None), "pass tokenizer="),
+    (dict(assistant_tokenizer="gpt2"), "assistant_tokenizer must be a transformers tokenizer"),
+], ids=["sampling", "static", "realign", "no_target_tokenizer", "not_a_tokenizer"])
+def test_refused_with_another_tokenizer(kwargs, message):
+    target, target_tok, draft, draft_tok = setup("bpe")
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], target_tok.pad_token_id)
+    call = dict(attention_mask=mask, assistant_model=draft, tokenizer=target_tok, assistant_tokenizer=draft_tok,
+                max_new_tokens=4, do_sample=False, pad_token_id=target_tok.pad_token_id)
+    with pytest.raises(BatchSpecError, match=message):
+        target.generate(ids, **{**call, **kwargs})
+
+
+def test_another_vocabulary_without_tokenizers_names_them():
+    target, target_tok, draft, _ = setup("bpe")
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], target_tok.pad_token_id)
+    with pytest.raises(BatchSpecError, match="assistant_tokenizer=<the draft's>"):
+        target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=4, do_sample=False,
+                        pad_token_id=target_tok.pad_token_id)
+
+
+@settings(max_examples=100)
+@given(data=st.data())
+def test_common_prefix_matches_a_direct_count(data):
+    import numpy as np
+
+    from hf_batchspec.retokenize import common_prefix
+
+    rows, width = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 8))
+    arrays = [np.array(data.draw(st.lists(st.lists(st.integers(0, 2), min_size=width, max_size=width),
+                                          min_size=rows, max_size=rows))) for _ in range(2)]
+    lengths = [np.array(data.draw(st.lists(st.integers(0, width), min_size=rows, max_size=rows))) for _ in range(2)]
+    expected = []
+    for b in range(rows):
+        n = 0
+        while n < min(lengths[0][b], lengths[1][b]) and arrays[0][b, n] == arrays[1][b, n]:
+            n += 1
+        expected.append(n)
+    assert common_prefix(arrays[0], lengths[0], arrays[1], lengths[1]).tolist() == expected
+
+
+def test_target_proposal_converts_text_and_drops_a_changed_boundary():
+    """A proposal becomes the target's ids of its text after the committed ones; one whose text would merge with
+    the committed tail into another token (the committed tokens would change) proposes nothing."""
+    import numpy as np
+
+    from hf_batchspec.retokenize import pad, target_proposal
+
+    _, chars, _, chars_draft = setup("chars")
+    bpe = setup("bpe")[1]
+    assert len(bpe("the", add_special_tokens=False)["input_ids"]) == 1  # a merged word in the target's BPE
+    committed, lengths = pad([bpe("x th", add_special_tokens=False)["input_ids"],
+                              bpe("x =", add_special_tokens=False)["input_ids"]])
+    context, context_lengths = pad([chars_draft("x th")["input_ids"], chars_draft("x =")["input_ids"]])
+    drafts = np.array([chars_draft("e ", add_special_tokens=False)["input_ids"],
+                       chars_draft(" 1", add_special_tokens=False)["input_ids"]])
+    ids, counts = target_proposal(bpe, chars_draft, committed, lengths, context, context_lengths, drafts, 3)
+    assert counts.tolist()[0] == 0  # "th" + "e" re-encodes as "the": not a continuation of the committed ids
+    assert counts[1] > 0 and bpe.decode(ids[1, : counts[1]].tolist()) == " 1"
+    assert ids.shape == (2, 3) and (ids[0] == committed[0, lengths[0] - 1]).all()  # filler: a real id
