@@ -21,10 +21,13 @@ import torch
 from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
-OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit")
-OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit")  # --ours
-# names (with --compile, exspec's compiled rows come with exspec and exspec-auto)
-BASELINES = ("assisted", "lookup", "early-exit", "cb")  # the HF baselines --methods can add besides greedy
+OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit",
+        "exspec-other-tokenizer")
+OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit",
+               "exspec-other-tokenizer")  # --ours names (with --compile, exspec's compiled rows come with exspec
+# and exspec-auto)
+BASELINES = ("assisted", "lookup", "early-exit", "uad", "cb")  # the HF baselines --methods can add besides greedy
+BUNDLED_OTHER_DRAFT = BUNDLED_PAIR / "draft_other_tokenizer"  # a draft with a tokenizer of its own
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -59,6 +62,17 @@ def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device:
     tokenizer = AutoTokenizer.from_pretrained(target)
     load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # noqa: E731
     return hf_batchspec.enable(load(target)), load(draft), tokenizer
+
+
+def load_other_draft(path: str | None, dtype: torch.dtype, device: str):
+    """A draft with a tokenizer of its own and that tokenizer (None when there is none to load)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = path or (str(BUNDLED_OTHER_DRAFT) if BUNDLED_OTHER_DRAFT.is_dir() else None)
+    if path is None:
+        return None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def load_prompts(path: str | None, tokenizer, count: int) -> list[list[int]]:
@@ -181,7 +195,7 @@ class Bench:
 
     def hf_batch_one(self, **source):
         """transformers' own assisted generation at batch 1 with a draft source of its own (prompt lookup, early
-        exit), one prompt at a time: the batch-1 baseline of our batched sources."""
+        exit, a draft with another tokenizer), one prompt at a time: the batch-1 baseline of our batched sources."""
         def run(prompts, warmup):
             rows = []
             for p in prompts:
@@ -269,6 +283,16 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
     if "assisted" in args.methods:
         plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
                  (f"hf-assisted-b1 (k={args.k}, threshold off)", 1, bench.hf_assisted(args.k, 0.0), True)]
+    other = None
+    if "uad" in args.methods or "exspec-other-tokenizer" in args.ours:
+        loaded = load_other_draft(args.other_draft, DTYPES[args.dtype], args.device)
+        if loaded is None:
+            print("no draft with another tokenizer (--other-draft; the bundled one is made by "
+                  "scripts/train_demo_pair.py): its rows are skipped")
+        else:
+            other = dict(assistant_model=loaded[0], tokenizer=tokenizer, assistant_tokenizer=loaded[1])
+    if other is not None and "uad" in args.methods:
+        plan.append(("hf-universal-assisted-b1 (HF defaults)", 1, bench.hf_batch_one(**other), False))
     lookup = dict(prompt_lookup_num_tokens=args.lookup_tokens)
     early_exit = dict(assistant_early_exit=args.early_exit, num_assistant_tokens=args.k)
     if "lookup" in args.methods:
@@ -286,6 +310,8 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
                 "exspec": bench.ours("exspec", b), "exspec-auto": bench.ours("exspec", b, cost),
                 "exspec-lookup": bench.ours("exspec", b, source=lookup),
                 "exspec-early-exit": bench.ours("exspec", b, source=early_exit)}
+        if other is not None:
+            ours["exspec-other-tokenizer"] = bench.ours("exspec", b, source=dict(**other, num_assistant_tokens=args.k))
         if args.compile:
             ours["exspec-compiled"] = bench.ours("exspec", b, compile_config=bench.compile_config())
             ours["exspec-auto-compiled"] = bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config())
@@ -481,14 +507,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar="NAME,...",
                         help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
                              "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
-                             "decoding at batch 1), early-exit (early-exit self-speculation at batch 1), cb "
+                             "decoding at batch 1), early-exit (early-exit self-speculation at batch 1), uad "
+                             "(universal assisted decoding: a draft with another tokenizer, at batch 1), cb "
                              "(continuous batching at each batch size)")
     parser.add_argument("--ours", type=name_list(OUR_METHODS, "--ours"), default=",".join(OUR_METHODS),
                         metavar="NAME,...",
                         help="our methods to run, comma-separated: eqspec, eqspec-realign (the paper's layout), "
                              "exspec, exspec-auto (speculation='auto'), exspec-lookup (prompt lookup, no draft "
-                             "model), exspec-early-exit (the target's first --early-exit layers draft); with "
-                             "--compile, exspec and exspec-auto also run compiled")
+                             "model), exspec-early-exit (the target's first --early-exit layers draft), "
+                             "exspec-other-tokenizer (--other-draft); with --compile, exspec and exspec-auto also "
+                             "run compiled")
+    parser.add_argument("--other-draft", metavar="PATH",
+                        help="a draft with a tokenizer of its own (model and tokenizer in one directory) for uad and "
+                             "exspec-other-tokenizer (default: the bundled one)")
     parser.add_argument("--lookup-tokens", type=positive_int, default=10, metavar="K",
                         help="prompt_lookup_num_tokens for prompt lookup, HF's at batch 1 and ours (exspec-lookup)")
     parser.add_argument("--early-exit", type=positive_int, default=2, metavar="N",

@@ -100,7 +100,7 @@ def test_demo_help_shows_defaults_and_threads(capsys, no_models):
     ("bench", "--batch-sizes", "1,,x", "comma-separated positive integers"),
     ("bench", "--batch-sizes", "0", "comma-separated positive integers"),
     ("bench", "--batch-sizes", "2,-4", "comma-separated positive integers"),
-    ("bench", "--methods", "assisted,foo", "assisted, lookup, early-exit, cb"),
+    ("bench", "--methods", "assisted,foo", "assisted, lookup, early-exit, uad, cb"),
     ("bench", "--ours", "exspec,exspec-compiled", "eqspec, eqspec-realign, exspec, exspec-auto"),
     ("bench", "--threads", "0", "positive integer"),
     ("bench", "--threads", "two", "positive integer"),
