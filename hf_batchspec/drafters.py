@@ -12,6 +12,8 @@ vLLM's proposers have the same shape.
   (`assistant_early_exit=n`, LayerSkip-style self-speculation); its cache holds those n layers only.
 - `LookupDrafter`: prompt lookup (`prompt_lookup_num_tokens=k`): each row copies what followed the last earlier
   occurrence of its newest n-gram; no model, no cache, no forward.
+- `OtherTokenizerDrafter`: a draft model with a tokenizer of its own (`assistant_tokenizer=`): a `ModelDrafter`
+  in the draft's token space, the text converted on the host each round (`retokenize.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import retokenize
 from .acceptance import sample
 from .errors import UnsupportedModelError
-from . import retokenize
 from .lookup import ngram_drafts
 from .masks import packed_positions
 from .processors import ScoreProcessing, probabilities
