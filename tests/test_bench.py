@@ -61,7 +61,7 @@ def test_bench_reports_every_method_exact(tmp_path):
     out = tmp_path / "bench.json"
     target, stops = target_stopping_at(" the", tmp_path / "target")
     result = run("bench", "--target", str(target), "--num-prompts", "4", "--batch-sizes", "1,2", "--max-new-tokens",
-                 "12", "--methods", "assisted,lookup,early-exit", "--threads", "1", "--repeats", "1", "--json",
+                 "12", "--methods", "assisted,lookup,early-exit,uad", "--threads", "1", "--repeats", "1", "--json",
                  str(out), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     header = result.stdout.splitlines()[0]
@@ -72,12 +72,13 @@ def test_bench_reports_every_method_exact(tmp_path):
     methods = {(r["method"], r["batch_size"]) for r in rows}
     assert {("hf-greedy-b1", 1), ("hf-greedy", 2), ("eqspec", 2), ("exspec", 2), ("exspec-auto", 2),
             ("eqspec-realign (paper's layout)", 2), ("hf-prompt-lookup-b1", 1), ("hf-early-exit-b1", 1),
-            ("exspec-lookup", 2), ("exspec-early-exit", 2)} <= methods
+            ("hf-universal-assisted-b1 (HF defaults)", 1),
+            ("exspec-lookup", 2), ("exspec-early-exit", 2), ("exspec-other-tokenizer", 2)} <= methods
     for r in rows:
         assert r["exact_rows"] == r["rows"] == 4, r["method"]
         assert r["tokens"] == expected, r["method"]  # each row's new tokens through its first stop
         assert r["threads"] == 1, r["method"]
-    ours = [r for r in rows if r["method"] in ("eqspec", "exspec", "exspec-early-exit")]
+    ours = [r for r in rows if r["method"] in ("eqspec", "exspec", "exspec-early-exit", "exspec-other-tokenizer")]
     assert all(r["target_calls"] > 0 and r["draft_calls"] > 0 and r["tokens_per_round"] >= 1 for r in ours)
     lookup = next(r for r in rows if r["method"] == "exspec-lookup")
     assert lookup["draft_calls"] == 0 and lookup["tokens_per_round"] >= 1  # no draft model ran
