@@ -3,7 +3,8 @@
 Loads the bundled target/draft pair (trained by scripts/train_demo_pair.py on the Python standard library,
 shipped with the package; `--target`/`--draft` take any HF model id or local path instead), generates for a
 batch of prompts, checks every row against plain greedy decoding of its prompt alone (token ids, through the
-first EOS) and prints tokens/s, tokens per round and the speedup over transformers' greedy at the same batch.
+first EOS) and prints tokens/s, tokens per round and the speedup over transformers' greedy at the same batch;
+exspec also drafts by prompt lookup (no draft model) and with the bundled draft of another tokenizer.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 
 import torch
 
-from .bench import (K_HELP, Bench, HelpFormatter, add_source_arguments, add_threads_argument, header, load_pair,
-                    load_prompts, positive_int, set_threads)
+from .bench import (K_HELP, Bench, HelpFormatter, add_source_arguments, add_threads_argument, header,
+                    load_other_draft, load_pair, load_prompts, positive_int, set_threads)
 
 
 def main(argv=None) -> None:
@@ -23,6 +24,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num-prompts", type=int, default=16, help="how many prompts to take, from the first")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
     parser.add_argument("--k", type=positive_int, default=3, metavar="K", help="num_assistant_tokens (k): " + K_HELP)
+    parser.add_argument("--other-draft", metavar="PATH",
+                        help="a draft with a tokenizer of its own (model and tokenizer in one directory; default: the "
+                             "bundled one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -35,18 +39,26 @@ def main(argv=None) -> None:
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
     b = args.batch_size
     results = [bench._timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1))]
-    results += bench.compare([(f"HF greedy, batch {b}", bench.hf_greedy(b), False),
-                              (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b), True),
-                              (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b), True)], b)
+    methods = [(f"HF greedy, batch {b}", bench.hf_greedy(b), False),
+               (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b), True),
+               (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b), True),
+               ("  the same, prompt lookup (no draft)", bench.ours("exspec", b, source=dict(
+                   prompt_lookup_num_tokens=args.k)), True)]
+    other = load_other_draft(args.other_draft, torch.float32, args.device)  # the text round trip: any target
+    if other is not None:
+        methods.append(("  the same, a draft with its own tokenizer", bench.ours("exspec", b, source=dict(
+            assistant_model=other[0], tokenizer=tokenizer, assistant_tokenizer=other[1], num_assistant_tokens=args.k)),
+            True))
+    results += bench.compare(methods, b)
     reference, greedy = results[0], results[1]
 
     print(f"{len(prompts)} prompts, up to {args.max_new_tokens} new tokens, k={args.k}, {reference.tokens} tokens "
           f"through the first EOS. First prompt and its continuation:")
     print("  " + tokenizer.decode(prompts[0] + bench.reference[0]).replace("\n", "\n  "))
-    print(f"\n{'method':<42}{'tokens/s':>9}{'vs HF greedy batch':>20}{'tokens/round':>14}{'exact rows':>12}")
+    print(f"\n{'method':<44}{'tokens/s':>9}{'vs HF greedy batch':>20}{'tokens/round':>14}{'exact rows':>12}")
     for r in results:
         per_round = f"{r.tokens_per_round:.2f}" if r.tokens_per_round else "-"
-        print(f"{r.method:<42}{r.tokens_per_second:>9.0f}{r.tokens_per_second / greedy.tokens_per_second:>19.2f}x"
+        print(f"{r.method:<44}{r.tokens_per_second:>9.0f}{r.tokens_per_second / greedy.tokens_per_second:>19.2f}x"
               f"{per_round:>14}{r.exact_rows:>8}/{r.rows}")
     if any(r.exact_rows != r.rows for r in results):
         raise SystemExit("a row differs from plain greedy decoding")

@@ -89,7 +89,7 @@ def test_demo_checks_rows_against_plain_greedy():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch threads 1," in result.stdout.splitlines()[0], result.stdout
     assert "every row equals plain greedy decoding" in result.stdout
-
+    assert "prompt lookup" in result.stdout and "its own tokenizer" in result.stdout  # both rows ran (and were exact)
 
 
 def test_ours_selects_methods_and_each_batch_size_reports_as_it_ends(tmp_path):
