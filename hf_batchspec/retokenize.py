@@ -16,6 +16,8 @@ split across the boundary would change committed tokens, and that row proposes n
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 # Committed target tokens re-encoded with a proposal's text: enough to span any word that the boundary splits.
@@ -23,11 +25,13 @@ WINDOW = 8
 
 
 def pad(lists: list[list[int]], fill: int = 0) -> tuple[np.ndarray, np.ndarray]:  # [B, L], [B]
-    """Ragged lists as one padded array and their lengths."""
-    lengths = np.array([len(ids) for ids in lists], dtype=np.int64)
+    """Ragged lists (a tokenizer's batch output) as one padded array and their lengths, in one scatter."""
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     out = np.full((len(lists), max(1, int(lengths.max(initial=0)))), fill, dtype=np.int64)
-    for row, ids in enumerate(lists):  # numpy has no ragged constructor; a copy per row, no tokenizer work
-        out[row, : len(ids)] = ids
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(len(lists)), lengths)  # [sum L] the row of each id
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # [sum L] its column
+    out[rows, cols] = flat
     return out, lengths
 
 
@@ -61,14 +65,16 @@ def target_proposal(target_tokenizer, draft_tokenizer, committed: np.ndarray, le
     texts = [full[len(head):] if full.startswith(head) else "" for head, full in zip(heads, fulls)]
     tail_t = [row[max(0, n - WINDOW):n].tolist() for row, n in zip(committed, lengths)]
     tails = target_tokenizer.batch_decode(tail_t)
-    encoded = target_tokenizer([tail + text for tail, text in zip(tails, texts)], add_special_tokens=False)
-    proposals = []
-    for b in rows:  # list slicing of the tokenizer's output; the tokenizer calls above are batched
-        ids = encoded["input_ids"][b]
-        clean = texts[b] and ids[: len(tail_t[b])] == tail_t[b]
-        proposals.append(ids[len(tail_t[b]):][:k] if clean else [])
-    out, counts = pad(proposals)
+    encoded, encoded_len = pad(target_tokenizer([tail + text for tail, text in zip(tails, texts)],
+                                                add_special_tokens=False)["input_ids"])  # [B, E]
+    tail, tail_len = pad(tail_t)  # [B, W]
+    # clean: the window re-encodes to itself (its tokens lead the encoding) and some text was proposed
+    width = min(tail.shape[1], encoded.shape[1])
+    inside = np.arange(tail.shape[1])[None, :] < tail_len[:, None]  # [B, W]
+    agree = (tail[:, :width] == encoded[:, :width]) | ~inside[:, :width]
+    clean = agree.all(1) & ~inside[:, width:].any(1) & (encoded_len >= tail_len) & (np.char.str_len(texts) > 0)
+    counts = np.where(clean, np.clip(encoded_len - tail_len, 0, k), 0)  # [B]
+    cols = tail_len[:, None] + np.arange(k)  # [B, k] the proposal's columns in the encoding
+    proposed = np.take_along_axis(encoded, np.minimum(cols, encoded.shape[1] - 1), 1)
     last = committed[np.arange(len(lengths)), lengths - 1]  # [B] filler: a real id, never offered
-    filled = np.where(np.arange(k)[None, :] < counts[:, None], np.pad(out, ((0, 0), (0, max(0, k - out.shape[1]))))[
-        :, :k], last[:, None])
-    return filled, counts
+    return np.where(np.arange(k)[None, :] < counts[:, None], proposed, last[:, None]), counts
