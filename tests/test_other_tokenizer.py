@@ -185,3 +185,23 @@ def test_target_proposal_converts_text_and_drops_a_changed_boundary():
     assert counts.tolist()[0] == 0  # "th" + "e" re-encodes as "the": not a continuation of the committed ids
     assert counts[1] > 0 and bpe.decode(ids[1, : counts[1]].tolist()) == " 1"
     assert ids.shape == (2, 3) and (ids[0] == committed[0, lengths[0] - 1]).all()  # filler: a real id
+
+
+def test_stop_strings_with_another_tokenizer_equal_transformers():
+    """Stop strings (checked on the target's text) end rows where transformers' greedy of each prompt alone does."""
+    target, target_tok, draft, draft_tok = setup("chars")
+    texts, stops = ["hello world", "the quick", "x = 1"], ["e", "1"]
+    prompts = target_tok(texts, add_special_tokens=False)["input_ids"]
+    ids, mask = left_pad(prompts, target_tok.pad_token_id)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, tokenizer=target_tok,
+                          assistant_tokenizer=draft_tok, stop_strings=stops, max_new_tokens=20, do_sample=False,
+                          eos_token_id=None, pad_token_id=target_tok.pad_token_id)
+    stopped = 0
+    for row, prompt in enumerate(prompts):
+        alone = target.generate(torch.tensor([prompt]), tokenizer=target_tok, stop_strings=stops, max_new_tokens=20,
+                                do_sample=False, eos_token_id=None, pad_token_id=target_tok.pad_token_id)
+        expected = alone[0, len(prompt):].tolist()  # batch 1: no padding after a stop
+        got = out[row, ids.shape[1]:].tolist()
+        assert got[: len(expected)] == expected and all(t == target_tok.pad_token_id for t in got[len(expected):])
+        stopped += len(expected) < 20
+    assert stopped, "no row met a stop string: the test would not see a stop"
