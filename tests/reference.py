@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
-_CACHE: dict = {}
+# By model object, weakly: a key of id(model) outlived its model, and a later model at the same address read the
+# dead one's results (seen once: a merged LoRA model compared against another model's greedy rows).
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def plain_greedy(model, prompt: list[int], max_new_tokens: int, eos: tuple[int, ...] | None) -> list[int]:
     """New tokens of HF greedy `generate` on this prompt alone, through the first EOS (as HF stops there)."""
-    key = (id(model), tuple(prompt), max_new_tokens, eos)
-    if key not in _CACHE:
+    cache = _CACHE.setdefault(model, {})
+    key = (tuple(prompt), max_new_tokens, eos)
+    if key not in cache:
         ids = torch.tensor([prompt])
         out = model.generate(
             ids,
@@ -24,8 +29,8 @@ def plain_greedy(model, prompt: list[int], max_new_tokens: int, eos: tuple[int, 
         if eos:  # HF pads finished rows only in batches; alone it just stops, but be explicit
             first = next((i for i, t in enumerate(new) if t in eos), None)
             new = new if first is None else new[: first + 1]
-        _CACHE[key] = new
-    return _CACHE[key]
+        cache[key] = new
+    return cache[key]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
