@@ -99,6 +99,22 @@ def test_dispatched_target_with_disk_offload(saved_llama, tmp_path):
     check_rows(target.eval(), perturbed(build("llama"), 0.05))
 
 
+def test_early_exit_of_a_dispatched_target(saved_llama, tmp_path):
+    """accelerate wraps the dispatched model's forward in an instance-level hook bound to it; the early-exit view
+    must run its own, shorter stack (the shared layers keep their offload hooks)."""
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    target = AutoModelForCausalLM.from_pretrained(saved_llama, device_map=device_map, offload_folder=str(tmp_path))
+    assert "forward" in target.__dict__  # the hook this is about is really there
+    target = hf_batchspec.enable(target.eval())
+    ids, mask = left_pad(PROMPTS, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_early_exit=1, num_assistant_tokens=3, max_new_tokens=NEW,
+                          do_sample=False, pad_token_id=0, eos_token_id=None, return_dict_in_generate=True)
+    for row, prompt in enumerate(PROMPTS):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, NEW, None), f"row {row}"
+    assert out.spec_stats.draft_forward_calls > 0
+
+
 def test_accelerate_launch_two_processes_equals_one(tmp_path):
     script = ROOT / "examples" / "multiprocess.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
