@@ -6,6 +6,7 @@ Speed is not asserted here (tests do not time things); exactness and the report'
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -105,3 +106,12 @@ def test_ours_selects_methods_and_each_batch_size_reports_as_it_ends(tmp_path):
     methods = [r.method for r in results]
     assert reported == [methods[:1], methods[:3], methods]
     assert all(r.exact_rows == r.rows == 3 for r in results)
+
+
+def test_draft_sources_example_runs_and_every_row_is_exact():
+    script = ROOT / "examples" / "draft_sources.py"
+    result = subprocess.run([sys.executable, str(script), "--batch-size", "3", "--max-new-tokens", "8"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("exact rows 3/3") == 4, result.stdout  # the four greedy sources
+    assert "(12, " in result.stdout  # 3 prompts x 4 samples
