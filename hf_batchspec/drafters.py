@@ -81,10 +81,8 @@ class ModelDrafter:
     slots. The draft lags the target by what it has not run yet (the pending token, and after a fully
     accepted round the draft's own last draft), so its first step re-feeds those."""
 
-    is_model = True
-
     def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None):
-        self.model, self.options = model, options
+        self.options = options
         self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static)
 
     @property
@@ -178,9 +176,6 @@ class LookupDrafter:
     forward and no cache: admission, rollback and row selection need nothing, and a row without a match offers
     no drafts (its budget is cut to 0) and gets the target's own token that round."""
 
-    is_model = False
-    cache = None
-
     def __init__(self, max_ngram: int, static: bool = False):
         self.max_ngram, self.static = max_ngram, static
 
@@ -234,14 +229,15 @@ class OtherTokenizerDrafter:
     catches up on the rest and drafts k tokens, whose text is re-encoded as target tokens (`retokenize.py`).
     Its cache rows are the target's slots, in the draft's own positions, sized from the prompts' text."""
 
-    is_model = True
     GROWTH = 8  # draft positions reserved per target position (a target token's text in draft tokens, at most)
 
     def __init__(self, model, target_tokenizer, draft_tokenizer, slots: int, options: DraftOptions,
                  prompts: torch.Tensor, prompt_lengths: np.ndarray, max_new: int, k: int):
         self.target_tokenizer, self.draft_tokenizer = target_tokenizer, draft_tokenizer
-        prompt_ids = retokenize.draft_view(target_tokenizer, draft_tokenizer, prompts.cpu().numpy(), prompt_lengths)
-        self.capacity = max(len(ids) for ids in prompt_ids) + self.GROWTH * (max_new + k + 1) + 2
+        # every prompt's draft ids, once: they size the cache here and are what admission prefills
+        self.prompt_ids, self.prompt_lengths = retokenize.pad(retokenize.draft_view(
+            target_tokenizer, draft_tokenizer, prompts.cpu().numpy(), prompt_lengths))  # [N, P_d], [N]
+        self.capacity = self.prompt_ids.shape[1] + self.GROWTH * (max_new + k + 1) + 2
         options = dataclasses.replace(options, processing=ScoreProcessing([]))  # target-vocabulary processors
         self.inner = ModelDrafter(model, slots, self.capacity, options)
         self.device = self.inner.runner.device
@@ -260,8 +256,9 @@ class OtherTokenizerDrafter:
 
     def admit(self, prompts, positions, limits, width: int, cache_rows, ids: np.ndarray, slots: np.ndarray,
               lengths: np.ndarray) -> int:
-        padded, draft_lengths = retokenize.pad(retokenize.draft_view(
-            self.target_tokenizer, self.draft_tokenizer, prompts.cpu().numpy(), lengths))
+        """Prefill the admitted prompts' draft ids (the target-space arguments are not its own)."""
+        draft_lengths = self.prompt_lengths[ids]
+        padded = self.prompt_ids[ids, : int(draft_lengths.max())]
         prompts_d = to_device(padded, self.device)  # [n, P_d]
         self.tokens[to_device(ids, self.device), : padded.shape[1]] = prompts_d
         self.ran[slots, : padded.shape[1]] = padded
