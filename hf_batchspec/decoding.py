@@ -100,8 +100,14 @@ class _Decoder:
             self.k_buckets = draft_buckets(k, all_lengths=settings.cost_model is not None)
         self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static)
         self.processing = settings.processing or ScoreProcessing([])
+        # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
+        # stopping criteria beyond stop ids, recorded scores or per-row adapters): the draft's k steps and
+        # the verify with its acceptance each compile into one program (`greedy_steps`, `verify_greedy`).
+        fused = (settings.compile_config is not None and not settings.do_sample and not self.processing.steps
+                 and not settings.criteria and not settings.output_scores and not settings.output_logits
+                 and on_rows is None)
         options = DraftOptions(settings.do_sample, settings.generator, self.processing,
-                               settings.confidence_threshold, self.static)
+                               settings.confidence_threshold, self.static, fused)
         self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
                                     prompt_lengths=prompt_lengths, max_new=max_new, k=k)
         self.target.on_rows = on_rows
@@ -119,6 +125,9 @@ class _Decoder:
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
+        self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict()) if fused else None
+        self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
+        self._max_new = torch.tensor(max_new, device=self.device)  # a tensor: an int would be a constant of the graph
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -147,13 +156,24 @@ class _Decoder:
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
-        proposal = self.drafter.propose(rows, self.tokens, int(budget_h.max()), budget)
+        k_round = int(budget_h.max())
+        if self._verify_greedy is not None and k_round:  # the verify's width: one compiled program per bucket
+            k_round = int(self.k_buckets[np.searchsorted(self.k_buckets, k_round)])
+        proposal = self.drafter.propose(rows, self.tokens, k_round, budget)
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
-        target_logits = self._verify(drafts)  # [B, k+1, V]
-        accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k+1]
-        count, finished = self._commit(candidates, accepted + 1)
+        if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
+            pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1] (the buffer's shape varies)
+            accepted, candidates, count, finished = self._verify_greedy(
+                self.target, pending, rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget,
+                self._fused_stop_ids, self._max_new)
+            self._write(candidates)
+            stats.fused_rounds += 1
+        else:
+            target_logits = self._verify(drafts)  # [B, k+1, V]
+            accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k+1]
+            count, finished = self._commit(candidates, accepted + 1)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
         live = rows.live_h
@@ -235,12 +255,16 @@ class _Decoder:
         overwritten by later rounds and never read (the output takes `new_tokens` per row).
         """
         rows = self.rows
-        cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=self.device)  # [B, T]
-        self.tokens[rows.ids.unsqueeze(1), cols] = candidates
+        self._write(candidates)
         criteria = self._criteria(rows.ids_h, rows.lengths_h, candidates.shape[1])
         count, stopped = truncate_at_stop(candidates, count, self.stop_ids, criteria)
         count = torch.where(rows.live, count, 0)  # idle rows commit nothing
         return count, rows.live & (stopped | (rows.generated + count >= self.settings.max_new_tokens))
+
+    def _write(self, candidates: torch.Tensor) -> None:  # [B, T] after each row's committed tokens
+        rows = self.rows
+        cols = rows.lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=self.device)  # [B, T]
+        self.tokens[rows.ids.unsqueeze(1), cols] = candidates
 
     def _criteria(self, ids: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor | None:
         """[B, width] candidates that end their row by a stopping criterion (None when the call has none)."""
@@ -329,6 +353,40 @@ class _Decoder:
             self.target.cache.select_rows(index)
             self.drafter.select_rows(index)
             self.stats.row_selections += 1
+
+
+def verify_greedy(
+    target: ModelRunner,  # static shapes: the forward covers all rows and the whole cache
+    pending: torch.Tensor,  # [B, 1] each row's newest committed token, which the target has not run
+    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
+    limits: torch.Tensor,  # [B] highest position id of each row
+    generated: torch.Tensor,  # [B] tokens generated per row
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    drafts: torch.Tensor,  # [B, k]
+    budget: torch.Tensor,  # [B] drafts each row offers
+    stop_ids: torch.Tensor,  # [E] padded with -1 (`static_stop_ids`)
+    max_new_tokens: torch.Tensor,  # []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # [B], [B, k+1], [B], [B]
+    """Steps 2-3 of a greedy round as one function of device tensors, for torch.compile: the target runs the
+    pending token and the drafts, the accepted prefix and the target's next token are kept, cut at a stop id.
+    Returns (accepted drafts, candidates, kept count, finished): what `_verify`, `_accept` and `_commit`
+    compute when processors or criteria need the host."""
+    k = drafts.shape[1]
+    positions = lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=lengths.device)  # [B, k+1]
+    logits = target.forward(torch.cat((pending, drafts), 1), positions, limits, 0)  # [B, k+1, V]
+    candidates = logits.argmax(-1).to(pending.device)  # accepted drafts equal the target's tokens
+    accepted = greedy_accept(drafts, candidates, budget)
+    count, stopped = truncate_at_stop(candidates, accepted + 1, stop_ids, None)
+    count = torch.where(live, count, 0)  # idle rows commit nothing
+    return accepted, candidates, count, live & (stopped | (generated + count >= max_new_tokens))
+
+
+def static_stop_ids(stop_ids: torch.Tensor | None, device) -> torch.Tensor:  # [E'] a power of two >= 4
+    """Stop ids in a fixed shape for a compiled program: padded with -1 (no token's id) to 4 or the next power
+    of two, so that calls without EOS or with up to 4 stop ids (most models have 1 to 3) share a graph."""
+    ids = torch.empty(0, dtype=torch.long, device=device) if stop_ids is None else stop_ids.to(device).long()
+    size = max(4, 1 << max(0, len(ids) - 1).bit_length())
+    return torch.cat((ids, torch.full((size - len(ids),), -1, dtype=torch.long, device=device)))
 
 
 def static_rows(capacity: int, limit: int) -> int:

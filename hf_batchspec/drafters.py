@@ -74,6 +74,7 @@ class DraftOptions:
     processing: ScoreProcessing  # the call's processors: a sampling draft model draws from processed scores
     confidence_threshold: float | None  # a model drafter stops a row after a draft less likely than this
     static: bool  # every forward in a few fixed shapes (compiled)
+    fused: bool = False  # with a compile config: a greedy draft's k steps compile into one program
 
 
 class ModelDrafter:
@@ -84,6 +85,12 @@ class ModelDrafter:
     def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None):
         self.options = options
         self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static)
+        # A greedy draft without a confidence threshold decides nothing on the host between its steps, so its
+        # k steps compile into one program: one call (one CUDA graph) per round instead of k, and the steps'
+        # masks, gathers and argmaxes inside it (see `greedy_steps`).
+        self._steps = None
+        if compile_config is not None and options.fused and not options.do_sample and not options.confidence_threshold:
+            self._steps = torch.compile(greedy_steps, **compile_config.to_dict())
 
     @property
     def cache(self):
@@ -130,6 +137,9 @@ class ModelDrafter:
             pick = np.searchsorted(columns, missing_h - 1)
         per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
         pick = to_device(pick, device)  # [B] the column of each row's pending token in `keep`
+        if self._steps is not None and self.runner.on_rows is None:
+            drafts = self._steps(self.runner, step_input, positions, rows.lengths, rows.limits, pick, k)
+            return Proposal(drafts, None, budget, k)
         drafts, probs = [], []
         for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
@@ -169,6 +179,26 @@ class ModelDrafter:
 
     def left_align(self, offsets: np.ndarray) -> None:
         self.cache.left_align(offsets)
+
+
+def greedy_steps(
+    runner: ModelRunner,  # static shapes: every forward over all rows and the whole cache
+    first_input: torch.Tensor,  # [B, w] the tokens the draft has not run, ending at each row's pending token
+    positions: torch.Tensor,  # [B, w] their positions
+    lengths: torch.Tensor,  # [B] committed tokens per row
+    limits: torch.Tensor,  # [B] highest position id of each row
+    pick: torch.Tensor,  # [B] the column of each row's pending token in `first_input`
+    k: int,
+) -> torch.Tensor:  # [B, k] drafts
+    """A greedy draft's k sequential steps as one function of device tensors, for torch.compile: the same
+    forwards `ModelDrafter.propose` runs one by one."""
+    rows = torch.arange(first_input.shape[0], device=first_input.device)
+    logits = runner.forward(first_input, positions, limits, 0)  # [B, w, V] (static: kv_len is the whole cache)
+    drafts = [logits[rows, pick.to(logits.device)].argmax(-1).to(first_input.device)]
+    for j in range(1, k):
+        logits = runner.forward(drafts[-1].unsqueeze(1), (lengths + j - 1).unsqueeze(1), limits, 0, keep=1)
+        drafts.append(logits[:, -1].argmax(-1).to(first_input.device))
+    return torch.stack(drafts, 1)
 
 
 class LookupDrafter:

@@ -28,6 +28,9 @@ class BatchSpecStats:
     draft_prefill_calls: int = 0
     row_selections: int = 0  # times finished rows were dropped from the caches (one index_select per layer)
     realignments: int = 0  # times both caches moved every row (only batch_spec="eqspec-realign")
+    # verify rounds run as compiled programs of a whole step each (compiled greedy without processors or
+    # criteria that need the host: the draft's k steps, then verify + acceptance; see decoding.verify_greedy)
+    fused_rounds: int = 0
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
     active_rows: list = field(default_factory=list)  # rows in the batch at each verify round

@@ -2,7 +2,7 @@
 own static-cache step (eager and compiled), and ours compiled without its cache write.
 
 Why: on CPU our compiled decode forward is slower than eager while transformers' compiled step is faster; this
-isolates the cause. Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1]`.
+isolates the cause. Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1] [--model target|draft]`.
 """
 
 from __future__ import annotations
@@ -60,12 +60,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--width", type=int, default=1, help="query tokens per row (1: a step; k+1: a verify)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", choices=("target", "draft"), default="target", help="which bundled model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    target, _, _ = load_pair(None, None, torch.float32, "cpu")
+    target, draft, _ = load_pair(None, None, torch.float32, "cpu")
+    target = target if args.model == "target" else draft
     config = CompileConfig(mode="default")
     with torch.no_grad():
-        print(f"bundled target, {args.rows} rows x {args.width} tokens, {SLOTS} cache slots, "
+        print(f"bundled {args.model}, {args.rows} rows x {args.width} tokens, {SLOTS} cache slots, "
               f"{args.threads} thread(s): ms per forward")
         print(f"  ours, eager (static shapes)       {ours(target, args.rows, args.width, None):7.2f}")
         print(f"  ours, compiled                    {ours(target, args.rows, args.width, config):7.2f}")

@@ -145,9 +145,25 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
     width, out = generate_compiled(target, draft, prompts, max_new, list(eos) if eos else None)
     assert unique_graphs() == before, "a call inside the warmed bucket recompiled"
     assert out.spec_stats.row_selections == 0
+    assert out.spec_stats.fused_rounds == out.spec_stats.rounds, "greedy without processors: whole-step programs"
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, max_new, eos)
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
+
+
+@pytest.mark.parametrize("extra", [dict(repetition_penalty=1.3), dict(output_scores=True)],
+                         ids=["processor", "scores"])
+def test_compiled_with_host_work_runs_forward_by_forward(compiled_pair, extra):
+    """What needs the host inside a round (a logits processor, recorded scores) keeps the compiled forwards one
+    by one instead of the whole-step programs, with the same tokens as the eager loop."""
+    target, draft = compiled_pair
+    ids, mask = left_pad([[5, 6, 7], [9] * 6, [3, 4], [8]], 0)
+    call = dict(attention_mask=mask, assistant_model=draft, max_new_tokens=12, do_sample=False, pad_token_id=0,
+                eos_token_id=None, return_dict_in_generate=True, num_assistant_tokens=3, max_batch_size=4, **extra)
+    eager = target.generate(ids, **call)
+    compiled = target.generate(ids, compile_config=CompileConfig(), **call)
+    assert compiled.spec_stats.fused_rounds == 0 < compiled.spec_stats.rounds
+    assert torch.equal(compiled.sequences, eager.sequences)
 
 
 def test_compile_settings_are_checked(compiled_pair):
