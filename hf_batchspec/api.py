@@ -99,9 +99,9 @@ class BatchSpeculativeGenerationMixin:
                                                                                      draft_settings)
         schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, draft_settings)
         validation.check_generator(generator)
-        cost_model = validation.resolve_speculation(speculation, self, draft)
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
                                                             draft, strategy)
+        cost_model = validation.resolve_speculation(speculation, self, draft, compiled=compile_config is not None)
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
         # Served by our own caches and compiled calls: transformers must not build a static cache of its own.

@@ -153,7 +153,8 @@ class _Decoder:
         budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
         planned = rows.draft_len_h
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
-            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h)
+            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
+                                                  self.k_buckets if self.static else None)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
         k_round = int(budget_h.max())

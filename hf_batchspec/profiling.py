@@ -111,5 +111,5 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, c
 
     with torch.no_grad():
         (t_call, t_token), (d_call, d_token) = measure(target), measure(draft)
-    prior = CostModel.estimate(target, draft)
+    prior = CostModel.estimate(target, draft, compiled=compile_config is not None)
     return CostModel(t_call, t_token, d_call, d_token, prior.round_overhead)

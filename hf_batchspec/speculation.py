@@ -34,6 +34,15 @@ _GPU_LAYER_CALL = 1.5e-4
 _GPU_BYTES_PER_S = 2.0e12
 _GPU_FLOPS = 2.0e14
 _GPU_ROUND = 1.0e-3
+# Compiled (`compile_config`): static shapes and fused kernels. CPU: `calibrate(compile_config=...)` on the bundled
+# pair, one thread, 8 rows: 0.8 ms per layer and call, 1.6e-11 s per parameter and token (a wider verify costs
+# relatively less than eager), and the loop's own work per round is a few dozen ops (the whole-step programs).
+# CUDA: a forward is one CUDA graph replay, so the per-layer cost is the kernels' device time, not their launches.
+_CPU_COMPILED_LAYER_CALL = 0.8e-3
+_CPU_COMPILED_PARAM_TOKEN = 1.6e-11
+_CPU_COMPILED_ROUND = 0.5e-3
+_GPU_GRAPH_LAYER_CALL = 3e-5
+_GPU_COMPILED_ROUND = 0.5e-3
 
 
 @dataclass(frozen=True)
@@ -62,26 +71,32 @@ class CostModel:
         return self.round_overhead + verify + drafting
 
     @classmethod
-    def estimate(cls, target: torch.nn.Module, draft: torch.nn.Module) -> "CostModel":
-        """A prior from the models' layer counts and sizes and the target's device type (see module header).
+    def estimate(cls, target: torch.nn.Module, draft: torch.nn.Module, compiled: bool = False) -> "CostModel":
+        """A prior from the models' layer counts and sizes, the target's device type and whether the forwards
+        are compiled (see module header).
 
         Rough by nature (a CPU can be 2x faster or slower than the one the constants come from); what it
-        gets right is the shape: on CPU cost grows with tokens almost at once, on a GPU much later.
+        gets right is the shape: on CPU cost grows with tokens almost at once, on a GPU much later, and
+        compiling cuts the fixed cost of a call (on a GPU, to the kernels' own time).
         """
         from .runner import decoder_layers, input_device
 
         on_gpu = input_device(target).type == "cuda"
+        layer_call = ((_GPU_GRAPH_LAYER_CALL if compiled else _GPU_LAYER_CALL) if on_gpu
+                      else _CPU_COMPILED_LAYER_CALL if compiled else _CPU_LAYER_CALL)
 
         def forward_cost(model):
             layers = decoder_layers(model.config)
             params = sum(p.numel() for p in model.parameters())
             if not on_gpu:
-                return _CPU_LAYER_CALL * layers, _CPU_PARAM_TOKEN * params
+                return layer_call * layers, (_CPU_COMPILED_PARAM_TOKEN if compiled else _CPU_PARAM_TOKEN) * params
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            return _GPU_LAYER_CALL * layers + weights / _GPU_BYTES_PER_S, 2 * params / _GPU_FLOPS
+            return layer_call * layers + weights / _GPU_BYTES_PER_S, 2 * params / _GPU_FLOPS
 
         (t_call, t_token), (d_call, d_token) = forward_cost(target), forward_cost(draft)
-        return cls(t_call, t_token, d_call, d_token, _GPU_ROUND if on_gpu else _CPU_ROUND)
+        overhead = ((_GPU_COMPILED_ROUND if compiled else _GPU_ROUND) if on_gpu
+                    else _CPU_COMPILED_ROUND if compiled else _CPU_ROUND)
+        return cls(t_call, t_token, d_call, d_token, overhead)
 
 
 def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
@@ -91,13 +106,19 @@ def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
     return (1.0 - alpha ** (drafts + 1)) / (1.0 - alpha)
 
 
-def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel) -> int:
-    """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost."""
+def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel,
+                      widths: np.ndarray | None = None) -> int:
+    """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost; with
+    `widths` (static shapes: the verify is padded to the next of these widths, so a K between two of them costs
+    as much as the wider one) K is 0 or one of them."""
     top = int(budgets.max()) if len(budgets) else 0
     ks = np.arange(top + 1)  # [K]
+    if widths is not None and top > 0:  # widths ascend and end at the largest k, so one covers `top`
+        widths = np.asarray(widths)
+        ks = np.concatenate(([0], widths[widths < top], [widths[np.searchsorted(widths, top)]]))
     drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
     tokens = expected_tokens(alpha[None, :], drafts).sum(1)  # [K]
-    return int(np.argmax(tokens / cost.round_cost(len(budgets), ks)))
+    return int(ks[np.argmax(tokens / cost.round_cost(len(budgets), ks))])
 
 
 class Acceptance:
@@ -144,11 +165,12 @@ class SpeculationControl:
         self.acceptance = Acceptance()
         self.rounds_off = 0
 
-    def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray) -> np.ndarray:
-        """Each row's budget for this round, capped at the batch-wide K."""
+    def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
+                      widths: np.ndarray | None = None) -> np.ndarray:
+        """Each row's budget for this round, capped at the batch-wide K (one of `widths`, when given)."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
-        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost)
+        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths)
         if k == 0:
             self.rounds_off += 1
             if self.rounds_off < self.probe_every:

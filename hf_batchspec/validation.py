@@ -537,18 +537,19 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
 SPECULATION = ("always", "auto")
 
 
-def resolve_speculation(speculation, target, draft) -> CostModel | None:
+def resolve_speculation(speculation, target, draft, compiled: bool = False) -> CostModel | None:
     """None (draft every round, as transformers' assisted generation does), or the cost model that
-    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models (`draft` None:
-    prompt lookup, whose drafts cost no forward)."""
+    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models and whether their
+    forwards are compiled (`draft` None: prompt lookup, whose drafts cost no forward)."""
     if speculation is None or speculation == "always":
         return None
     if isinstance(speculation, CostModel):
         return speculation
     if speculation == "auto":
         if draft is None:
-            return dataclasses.replace(CostModel.estimate(target, target), draft_call=0.0, draft_token=0.0)
-        return CostModel.estimate(target, draft)
+            return dataclasses.replace(CostModel.estimate(target, target, compiled), draft_call=0.0,
+                                       draft_token=0.0)
+        return CostModel.estimate(target, draft, compiled)
     raise BatchSpecError(
         f"speculation={speculation!r} is not supported; use 'always' (draft num_assistant_tokens every round, "
         f"the default), 'auto' (draft only as much as pays, from a cost model estimated from the models), or "

@@ -39,6 +39,27 @@ def test_draft_length_follows_cost_and_acceptance():
     assert best_draft_length(np.full(4, 0.99), np.array([0, 1, 2, 1]), FREE_DRAFTS) == 2
 
 
+@settings(max_examples=60, deadline=None)
+@given(alpha=st.floats(0.0, 1.0), budget=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+       costs=st.tuples(*[st.floats(0.0, 2.0)] * 4))
+def test_static_draft_length_is_a_verify_width(alpha, budget, costs):
+    """With static shapes a verify is padded to the next width (here 1, 2, 4, 5), so a K in between costs as much
+    as that width: K is 0 or a width, never more than one width past the largest budget, and it is the best of
+    those under the model."""
+    widths, budgets = np.array([1, 2, 4, 5]), np.array(budget)
+    cost = CostModel(costs[0] + 0.1, *costs[1:])
+    k = best_draft_length(np.full(len(budgets), alpha), budgets, cost, widths)
+    top = budgets.max()
+    allowed = [0] + [w for w in widths if w < top] + ([widths[np.searchsorted(widths, top)]] if top else [])
+    assert k in allowed
+
+    def value(kk):
+        return expected_tokens(np.full(len(budgets), alpha), np.minimum(budgets, kk)).sum() / cost.round_cost(
+            len(budgets), np.array([kk]))[0]
+    assert value(k) >= max(value(kk) for kk in allowed) - 1e-12
+    assert best_draft_length(np.full(3, 0.9), np.array([3, 3, 1]), FREE_DRAFTS, widths) == 4  # pads to 4: free
+
+
 def test_acceptance_estimates_move_with_what_rows_see():
     acc = Acceptance(decay=0.5, prior_rate=0.6, prior_weight=2.0)
     hits, trials = np.zeros(3), np.zeros(3)
