@@ -403,9 +403,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-K_HELP = ("drafts per row and round. 3 is the best constant draft length measured for the bundled pair "
-          "(examples/schedules.py, docs/results.md); the library's own default, 5, follows the paper: pass --k 5 "
-          "to run with it")
+K_HELP = ("drafts per row and round. 3 is a middle choice for the bundled pair: the best constant draft length "
+          "measured is 4-5 at batch 1 to 8 and 2-3 at batch 32 (docs/results.md); the library's own default, 5, "
+          "follows the paper: pass --k 5 to run with it")
 
 TABLE_LEGEND = """\
 columns of the table:
