@@ -151,6 +151,24 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
 
 
+@pytest.mark.parametrize("arch", ["qwen3_sliding", "gpt2"])
+def test_whole_step_programs_on_other_architectures(arch):
+    """The two compiled programs on a model with sliding-window layers (a mask per layer type inside the
+    program) and on one with absolute positions (position ids clamped inside it): every round runs as the
+    programs and every row equals plain greedy, with and without an EOS that stops rows inside accepted blocks."""
+    target, draft = target_model(arch), draft_model(arch, "perturbed")
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12, 13, 14], [15]]
+    ids, mask = left_pad(prompts, 0)
+    free = sorted({t for p in prompts for t in plain_greedy(target, p, 16, None)})
+    for eos in (None, free[:2]):
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=16, do_sample=False,
+                              eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+        assert out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
+        for row, prompt in enumerate(prompts):
+            expected = plain_greedy(target, prompt, 16, tuple(eos) if eos else None)
+            assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
+
+
 @pytest.mark.parametrize("extra", [dict(repetition_penalty=1.3), dict(output_scores=True)],
                          ids=["processor", "scores"])
 def test_compiled_with_host_work_runs_forward_by_forward(compiled_pair, extra):
