@@ -62,9 +62,9 @@ class _ForwardPlan:
         self.kv_len = 0
         self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def set(self, slots: torch.Tensor, kv_len: int, rows: torch.Tensor | None) -> None:
+    def set(self, slots: torch.Tensor | None, kv_len: int, rows: torch.Tensor | None) -> None:
         self.slots, self.rows, self.kv_len = slots, rows, kv_len
-        self._per_device = {slots.device: (slots, rows)}
+        self._per_device = {} if slots is None else {slots.device: (slots, rows)}
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if device not in self._per_device:
@@ -184,6 +184,11 @@ class RaggedCache(Cache):
         if kv_len > self.num_slots:
             raise ValueError(f"kv_len {kv_len} exceeds the cache's {self.num_slots} slots")
         self._plan.set(slots, kv_len, rows)
+
+    def end(self) -> None:
+        """Forget the last forward's plan. After a compiled program, its slot index is one of the program's output
+        buffers, which the program's next CUDA graph replay overwrites: nothing should keep it alive."""
+        self._plan.set(None, 0, None)
 
     def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
         """Row targets[i] takes row sources[i]'s keys, values and length (one gather per tensor, in place, so a

@@ -169,6 +169,7 @@ class _Decoder:
             accepted, candidates, count, finished = self._verify_greedy(
                 self.target, pending, rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget,
                 self._fused_stop_ids, self._max_new)
+            self.target.cache.end()
             self._write(candidates)
             stats.fused_rounds += 1
         else:

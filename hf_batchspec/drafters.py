@@ -139,6 +139,7 @@ class ModelDrafter:
         pick = to_device(pick, device)  # [B] the column of each row's pending token in `keep`
         if self._steps is not None and self.runner.on_rows is None:
             drafts = self._steps(self.runner, step_input, positions, rows.lengths, rows.limits, pick, k)
+            self.cache.end()
             return Proposal(drafts, None, budget, k)
         drafts, probs = [], []
         for j in range(k):  # the draft is sequential: one forward per draft token
