@@ -118,6 +118,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
     # a CPU tensor, ...): none may be skipped, or the launches per round stay
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips, "a graph ran without CUDA graphs"
     assert stats.row_selections == 0
+    assert stats.fused_rounds == stats.rounds > 0, "greedy rounds run as the two whole-step programs"
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "static_compiled"])
