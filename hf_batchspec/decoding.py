@@ -164,6 +164,10 @@ class _Decoder:
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
+        if self._verify_greedy is not None and drafts.shape[1] == 0 and self.control is None:
+            # A constant k has one verify width: a round where no row drafts (each at its last token) pads to it
+            # too, rather than compile a second target program for those few rounds.
+            drafts = drafts.new_zeros((len(rows), int(self.k_buckets[-1])))
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
             pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1] (the buffer's shape varies)
             accepted, candidates, count, finished = self._verify_greedy(
