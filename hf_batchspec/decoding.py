@@ -97,7 +97,11 @@ class _Decoder:
         slots = self.capacity
         if self.static:  # a few sizes shared by many calls, so a compiled forward is reused across them
             slots, cache_len = static_rows(self.capacity, settings.static_shapes), static_length(cache_len)
-            self.k_buckets = draft_buckets(k, all_lengths=settings.cost_model is not None)
+            # the draft length varies by design (auto, transformers' heuristic schedule, a confidence threshold):
+            # a few widths below k too, so that short rounds do not pay for k
+            varies = (settings.cost_model is not None or settings.schedule != "constant"
+                      or bool(settings.confidence_threshold))
+            self.k_buckets = draft_buckets(k, all_lengths=varies)
         self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static)
         self.processing = settings.processing or ScoreProcessing([])
         # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
@@ -164,7 +168,7 @@ class _Decoder:
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
-        if self._verify_greedy is not None and drafts.shape[1] == 0 and self.control is None:
+        if self._verify_greedy is not None and drafts.shape[1] == 0 and len(self.k_buckets) == 1:
             # A constant k has one verify width: a round where no row drafts (each at its last token) pads to it
             # too, rather than compile a second target program for those few rounds.
             drafts = drafts.new_zeros((len(rows), int(self.k_buckets[-1])))
@@ -409,8 +413,8 @@ def static_length(slots: int) -> int:
 
 def draft_buckets(k: int, all_lengths: bool) -> np.ndarray:  # [n] verify draft widths, ascending, ending at k
     """The draft widths a static-shape verify pads to. A constant k verifies k drafts (fewer only pad); when
-    the length varies by design (`speculation="auto"`) powers of two below k keep the wide verify for wide
-    rounds only."""
+    the length varies by design (`speculation="auto"`, the heuristic schedule, a confidence threshold) powers of
+    two below k keep the wide verify for wide rounds only."""
     widths = [1 << i for i in range(k.bit_length()) if 1 << i < k] if all_lengths else []
     return np.array(widths + [k])
 

@@ -169,6 +169,26 @@ def test_whole_step_programs_on_other_architectures(arch):
             assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
 
+def test_compiled_adaptive_draft_lengths_stay_exact():
+    """transformers' heuristic schedule (k grows to 20) and a confidence threshold on the compiled path: the verify
+    takes a few widths below the cap (not 20 every round), the threshold keeps the draft's steps on the host, and
+    every row equals plain greedy."""
+    target = target_model("llama")
+    draft = perturbed(target, 0.05)  # its own config: the heuristic writes its k back to it
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]]
+    ids, mask = left_pad(prompts, 0)
+    for threshold in (None, 0.3):
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+                              num_assistant_tokens_schedule="heuristic", assistant_confidence_threshold=threshold,
+                              **COMPILED)
+        assert out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
+        # widths below the cap of 20: padding to 20 every round would make 20 drafts per round and row
+        assert out.spec_stats.draft_forward_calls < 20 * out.spec_stats.rounds
+        for row, prompt in enumerate(prompts):
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None), f"row {row}"
+
+
 @pytest.mark.parametrize("extra", [dict(repetition_penalty=1.3), dict(output_scores=True)],
                          ids=["processor", "scores"])
 def test_compiled_with_host_work_runs_forward_by_forward(compiled_pair, extra):
