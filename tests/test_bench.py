@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,14 @@ def test_draft_sources_example_runs_and_every_row_is_exact():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("exact rows 3/3") == 4, result.stdout  # the four greedy sources
     assert "(12, " in result.stdout  # 3 prompts x 4 samples
+
+
+def test_compiled_example_runs_and_every_row_is_exact():
+    script = ROOT / "examples" / "compiled.py"
+    result = subprocess.run([sys.executable, str(script), "--batch-size", "2", "--num-prompts", "4",
+                             "--max-new-tokens", "12", "--k", "3", "--threads", "1"],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plain greedy decoding of their prompt alone: 4/4" in result.stdout, result.stdout
+    rounds = re.search(r"(\d+) of (\d+) rounds as the two compiled programs", result.stdout)
+    assert rounds and rounds.group(1) == rounds.group(2) != "0", result.stdout
