@@ -1,8 +1,9 @@
 """Time one decode forward of the bundled target: ours (eager and compiled, static shapes) beside transformers'
 own static-cache step (eager and compiled), and ours compiled without its cache write.
 
-Why: on CPU our compiled decode forward is slower than eager while transformers' compiled step is faster; this
-isolates the cause. Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1] [--model target|draft]`.
+Why: a compiled round is as fast as its forwards; this times one forward alone, beside transformers' own
+compiled step, and shows what the cache write costs under compile (it once made our compiled step slower than
+eager, when inductor functionalised it into a copy of the cache). Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1] [--model target|draft]`.
 """
 
 from __future__ import annotations
