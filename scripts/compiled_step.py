@@ -3,7 +3,8 @@ own static-cache step (eager and compiled), and ours compiled without its cache 
 
 Why: a compiled round is as fast as its forwards; this times one forward alone, beside transformers' own
 compiled step, and shows what the cache write costs under compile (it once made our compiled step slower than
-eager, when inductor functionalised it into a copy of the cache). Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1] [--model target|draft]`.
+eager, when inductor functionalised it into a copy of the cache).
+Usage: `python scripts/compiled_step.py [--rows 8] [--width 1] [--threads 1] [--model target|draft]`.
 """
 
 from __future__ import annotations
