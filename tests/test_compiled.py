@@ -155,14 +155,16 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
 def test_whole_step_programs_on_other_architectures(arch):
     """The two compiled programs on a model with sliding-window layers (a mask per layer type inside the
     program) and on one with absolute positions (position ids clamped inside it): every round runs as the
-    programs and every row equals plain greedy, with and without an EOS that stops rows inside accepted blocks."""
+    programs, each one graph (`fullgraph=True` fails on a graph break), and every row equals plain greedy, with and
+    without an EOS that stops rows inside accepted blocks."""
     target, draft = target_model(arch), draft_model(arch, "perturbed")
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12, 13, 14], [15]]
     ids, mask = left_pad(prompts, 0)
     free = sorted({t for p in prompts for t in plain_greedy(target, p, 16, None)})
     for eos in (None, free[:2]):
         out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=16, do_sample=False,
-                              eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+                              eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True,
+                              **{**COMPILED, "compile_config": CompileConfig(fullgraph=True)})
         assert out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
         for row, prompt in enumerate(prompts):
             expected = plain_greedy(target, prompt, 16, tuple(eos) if eos else None)
