@@ -129,9 +129,11 @@ class _Decoder:
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
-        self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict()) if fused else None
-        self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
-        self._max_new = torch.tensor(max_new, device=self.device)  # a tensor: an int would be a constant of the graph
+        self._verify_greedy = None
+        if fused:
+            self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
+            self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
+            self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -173,9 +175,8 @@ class _Decoder:
             # too, rather than compile a second target program for those few rounds.
             drafts = drafts.new_zeros((len(rows), int(self.k_buckets[-1])))
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
-            pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1] (the buffer's shape varies)
-            accepted, candidates, count, finished = self._verify_greedy(
-                self.target, pending, rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget,
+            accepted, candidates, count, finished = self._verify_greedy(  # read outside: the buffer's shape varies
+                self.target, self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget,
                 self._fused_stop_ids, self._max_new)
             self.target.cache.end()
             self._write(candidates)
@@ -206,13 +207,14 @@ class _Decoder:
         return fin_h.astype(bool)
 
     def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
-        rows, k = self.rows, drafts.shape[1]
-        positions = rows.lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=self.device)  # [B, k+1]
-        pending = self.tokens[rows.ids, rows.lengths - 1].unsqueeze(1)  # [B, 1]
+        rows = self.rows
+        tokens, positions = verify_input(self._pending(), drafts, rows.lengths)
         top = self.target.cache.top_slot(rows.lengths_h)
-        logits = self.target.forward(torch.cat((pending, drafts), 1), positions, rows.limits, top + k,
-                                     row_ids=rows.ids_h)
+        logits = self.target.forward(tokens, positions, rows.limits, top + drafts.shape[1], row_ids=rows.ids_h)
         return logits.to(self.device)
+
+    def _pending(self) -> torch.Tensor:  # [B, 1] each row's newest committed token, which the target has not run
+        return self.tokens[self.rows.ids, self.rows.lengths - 1].unsqueeze(1)
 
     def _left_align(self) -> None:
         """The paper's EQSPEC: every row's cached tokens end at the same slot, left padding before them. Rows
@@ -228,8 +230,7 @@ class _Decoder:
         of each row are kept (the accepted drafts, then the target's correction or bonus token)."""
         rows = self.rows
         if self.processing.reads_prefix:  # position i is scored after the drafts before it: put them in place
-            cols = rows.lengths.unsqueeze(1) + torch.arange(drafts.shape[1], device=self.device)
-            self.tokens[rows.ids.unsqueeze(1), cols] = drafts
+            self._write(drafts)
         scores = self._scores(target_logits, rows.ids_h, rows.lengths_h)  # [B, k+1, V]
         if self.recorder.active:
             self.recorder.record(rows.ids, rows.generated, target_logits, scores)
@@ -267,9 +268,8 @@ class _Decoder:
         rows = self.rows
         self._write(candidates)
         criteria = self._criteria(rows.ids_h, rows.lengths_h, candidates.shape[1])
-        count, stopped = truncate_at_stop(candidates, count, self.stop_ids, criteria)
-        count = torch.where(rows.live, count, 0)  # idle rows commit nothing
-        return count, rows.live & (stopped | (rows.generated + count >= self.settings.max_new_tokens))
+        return kept_and_finished(candidates, count, self.stop_ids, criteria, rows.live, rows.generated,
+                                 self.settings.max_new_tokens)
 
     def _write(self, candidates: torch.Tensor) -> None:  # [B, T] after each row's committed tokens
         rows = self.rows
@@ -381,14 +381,37 @@ def verify_greedy(
     pending token and the drafts, the accepted prefix and the target's next token are kept, cut at a stop id.
     Returns (accepted drafts, candidates, kept count, finished): what `_verify`, `_accept` and `_commit`
     compute when processors or criteria need the host."""
-    k = drafts.shape[1]
-    positions = lengths.unsqueeze(1) - 1 + torch.arange(k + 1, device=lengths.device)  # [B, k+1]
-    logits = target.forward(torch.cat((pending, drafts), 1), positions, limits, 0)  # [B, k+1, V]
+    logits = target.forward(*verify_input(pending, drafts, lengths), limits, 0)  # [B, k+1, V]
     candidates = logits.argmax(-1).to(pending.device)  # accepted drafts equal the target's tokens
     accepted = greedy_accept(drafts, candidates, budget)
-    count, stopped = truncate_at_stop(candidates, accepted + 1, stop_ids, None)
-    count = torch.where(live, count, 0)  # idle rows commit nothing
-    return accepted, candidates, count, live & (stopped | (generated + count >= max_new_tokens))
+    return (accepted, candidates,
+            *kept_and_finished(candidates, accepted + 1, stop_ids, None, live, generated, max_new_tokens))
+
+
+def verify_input(
+    pending: torch.Tensor,  # [B, 1]
+    drafts: torch.Tensor,  # [B, k]
+    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, k+1] tokens, [B, k+1] their positions
+    """The verify's query: the pending token and the drafts, at positions length-1 .. length+k-1."""
+    positions = lengths.unsqueeze(1) - 1 + torch.arange(drafts.shape[1] + 1, device=lengths.device)
+    return torch.cat((pending, drafts), 1), positions
+
+
+def kept_and_finished(
+    candidates: torch.Tensor,  # [B, T] the round's candidate tokens
+    count: torch.Tensor,  # [B] candidates each row keeps before stops
+    stop_ids: torch.Tensor | None,  # [E]
+    stops: torch.Tensor | None,  # [B, T] candidates that end their row by a stopping criterion
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    generated: torch.Tensor,  # [B] tokens generated per row before this round
+    max_new_tokens,  # int, or a 0-d tensor inside a compiled program
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B] kept, [B] finished
+    """Each row keeps its candidates through its first stop (idle rows keep none); it is finished at a stop or
+    when it has generated max_new_tokens."""
+    count, stopped = truncate_at_stop(candidates, count, stop_ids, stops)
+    count = torch.where(live, count, 0)
+    return count, live & (stopped | (generated + count >= max_new_tokens))
 
 
 def static_stop_ids(stop_ids: torch.Tensor | None, device) -> torch.Tensor:  # [E'] a power of two >= 4

@@ -84,11 +84,13 @@ def draft_sources(assistant_model, kwargs: dict, generation_config, model_config
     """The draft sources the call asks for, as transformers resolves its settings (the kwarg, else the call's
     config, else the model's)."""
     given = ["assistant_model"] if assistant_model is not None else []
-    for name in DRAFT_SOURCES[1:]:
-        value = setting(name, kwargs, generation_config, model_config)
-        if value is not None and value is not False:
-            given.append(name)
-    return given
+    return given + [name for name in DRAFT_SOURCES[1:] if asks_for(name, kwargs, generation_config, model_config)]
+
+
+def asks_for(name: str, kwargs: dict, generation_config, model_config) -> bool:
+    """Whether the call turns on the draft source `name` (set, and not False)."""
+    value = setting(name, kwargs, generation_config, model_config)
+    return value is not None and value is not False
 
 
 def choose_strategy(batch_spec: str | None, sources: list[str], batch_size: int | None) -> str | None:
@@ -140,8 +142,7 @@ def check_routing(strategy: str | None, sources: list[str], batch_size: int | No
                 )
     if strategy is None and not sources and batch_size is not None and batch_size > 1:
         for name in HF_DRAFT_SOURCES:
-            value = setting(name, kwargs, generation_config, model_config)
-            if value is not None and value is not False:
+            if asks_for(name, kwargs, generation_config, model_config):
                 raise BatchSpecError(
                     f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
                     f"not batch this draft source yet; this batch has {batch_size} prompts: call generate once per "
