@@ -55,6 +55,7 @@ import random
 import shutil
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -515,30 +516,48 @@ def pack_continuations(pairs: list[tuple[list[int], list[int]]], pad_id: int,
     return ids, lengths, torch.tensor([len(p) for p, _ in pairs], dtype=torch.long)
 
 
-def train_same_tokenizer_draft(out: Path, train_texts: list[str], held_texts: list[str], *, seed: int,
-                               steps: int, batch: int, teacher_rows: int) -> tuple[LlamaForCausalLM, dict]:
+@dataclass
+class Teacher:
+    """What both drafts learn from: the target as saved in ``<out>/target`` (float16 weights read back in
+    float32, so a full run and a ``--*-draft-only`` run train from the same teacher), its tokenizer, and its
+    greedy continuations of training and held-out prompts (made once, shared by both drafts in a full run)."""
+
+    model: LlamaForCausalLM
+    tokenizer: PreTrainedTokenizerFast
+    pairs: list[tuple[list[int], list[int]]]  # (prompt ids, continuation ids) in target tokens
+    held_pairs: list[tuple[list[int], list[int]]]
+    seconds: float  # generating them
+
+
+def load_teacher(out: Path, train_texts: list[str], held_texts: list[str], *, seed: int, rows: int) -> Teacher:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "target")
+    target = LlamaForCausalLM.from_pretrained(out / "target", dtype=torch.float32).eval()
+    print(f"target continuations: {rows} for training, {HELDOUT_TEACHER_ROWS} held out ...", flush=True)
+    t0 = time.perf_counter()
+    pairs = teacher_continuations(target, tokenizer, encode_corpus(tokenizer, train_texts), rows=rows,
+                                  new_tokens=TEACHER_NEW_TOKENS, seed=seed + 30)
+    held_pairs = teacher_continuations(target, tokenizer, encode_corpus(tokenizer, held_texts),
+                                       rows=HELDOUT_TEACHER_ROWS, new_tokens=HELDOUT_NEW_TOKENS, seed=seed + 31)
+    seconds = time.perf_counter() - t0
+    print(f"  {sum(len(c) for _, c in pairs)} target tokens generated in {seconds:.1f}s", flush=True)
+    return Teacher(target, tokenizer, pairs, held_pairs, seconds)
+
+
+def train_same_tokenizer_draft(out: Path, teacher: Teacher, train_texts: list[str], held_texts: list[str], *,
+                               seed: int, steps: int, batch: int) -> dict:
     """Train and save ``<out>/draft`` (the target's tokenizer) from the target saved in ``<out>/target``, by
     the sequence-level distillation the other-tokenizer draft uses (see the section above): next-token
     cross-entropy on the target's greedy continuations (``TEACHER_SHARE`` of each batch) and on corpus windows.
     Greedy speculative decoding accepts a draft when it is the target's greedy token, which is what these
     continuations are made of; logit distillation on corpus windows alone (this draft's first recipe) reached
-    0.67 top-1 on them against 0.85 for the other-tokenizer draft trained this way.  Returns the draft and its
-    report entry."""
-    from transformers import AutoTokenizer
-
+    0.67 top-1 on them against 0.85 for the other-tokenizer draft trained this way.  Returns its report entry."""
     t_start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(out / "target")
-    target = LlamaForCausalLM.from_pretrained(out / "target", dtype=torch.float32).eval()
+    target, tokenizer = teacher.model, teacher.tokenizer
     train_stream = encode_corpus(tokenizer, train_texts)
-    print(f"target continuations: {teacher_rows} for training, {HELDOUT_TEACHER_ROWS} held out ...", flush=True)
-    t0 = time.perf_counter()
-    pairs = teacher_continuations(target, tokenizer, train_stream, rows=teacher_rows,
-                                  new_tokens=TEACHER_NEW_TOKENS, seed=seed + 30)
-    held_pairs = teacher_continuations(target, tokenizer, encode_corpus(tokenizer, held_texts),
-                                       rows=HELDOUT_TEACHER_ROWS, new_tokens=HELDOUT_NEW_TOKENS, seed=seed + 31)
-    gen_secs = time.perf_counter() - t0
-    t_ids, t_len, _ = pack_continuations(pairs, tokenizer.pad_token_id, SEQ_LEN + 1)
-    h_ids, h_len, h_start = pack_continuations(held_pairs, tokenizer.pad_token_id, 4 * SEQ_LEN)
+    t_ids, t_len, _ = pack_continuations(teacher.pairs, tokenizer.pad_token_id, SEQ_LEN + 1)
+    h_ids, h_len, h_start = pack_continuations(teacher.held_pairs, tokenizer.pad_token_id, 4 * SEQ_LEN)
 
     config = make_config(tokenizer, layers=1, hidden=128, intermediate=256, heads=2, kv_heads=1)
     torch.manual_seed(seed + 1)
@@ -559,9 +578,9 @@ def train_same_tokenizer_draft(out: Path, train_texts: list[str], held_texts: li
         "params": n_params,
         "training": "sequence-level distillation: next-token CE on the target's greedy continuations of "
                     f"line-start corpus prompts ({TEACHER_SHARE:.0%} of each batch) and on corpus windows",
-        "teacher_rows": teacher_rows,
+        "teacher_rows": len(teacher.pairs),
         "teacher_new_tokens": TEACHER_NEW_TOKENS,
-        "generation_seconds": round(gen_secs, 1),
+        "generation_seconds": round(teacher.seconds, 1),
         "steps": steps,
         "seconds": round(train_secs, 1),
         "final_train_ce_continuations": round(loss_t, 4),
@@ -569,19 +588,15 @@ def train_same_tokenizer_draft(out: Path, train_texts: list[str], held_texts: li
         "heldout_top1_on_target_greedy": round(top1, 4),
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    return draft, entry | {"heldout": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}}
+    return entry | {"heldout": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}}
 
 
-def train_other_tokenizer_draft(out: Path, train_texts: list[str], held_texts: list[str], *, seed: int,
-                                steps: int, batch: int, teacher_rows: int) -> dict:
-    """Train and save ``<out>/draft_other_tokenizer`` from the target saved in ``<out>/target``; return its
-    entry for training_report.json.  The target is always read back from disk (float16 weights in float32),
-    so a full run and ``--other-tokenizer-draft-only`` train it from the same teacher."""
-    from transformers import AutoTokenizer
-
+def train_other_tokenizer_draft(out: Path, teacher: Teacher, train_texts: list[str], held_texts: list[str], *,
+                                seed: int, steps: int, batch: int) -> dict:
+    """Train and save ``<out>/draft_other_tokenizer`` from `teacher`; return its entry for
+    training_report.json."""
     t_start = time.perf_counter()
-    target_tok = AutoTokenizer.from_pretrained(out / "target")
-    target = LlamaForCausalLM.from_pretrained(out / "target", dtype=torch.float32).eval()
+    target_tok, pairs, held_pairs = teacher.tokenizer, teacher.pairs, teacher.held_pairs
     print("training the other tokenizer ...", flush=True)
     tokenizer = train_tokenizer(train_texts, OTHER_VOCAB_SIZE, OTHER_SPECIAL_TOKENS)
     train_stream = encode_corpus(tokenizer, train_texts)
@@ -592,15 +607,7 @@ def train_other_tokenizer_draft(out: Path, train_texts: list[str], held_texts: l
           f"{corpus_bytes / (train_stream.numel() + held_stream.numel()):.2f} bytes/token "
           f"(target's: {corpus_bytes / target_tokens:.2f})", flush=True)
 
-    print(f"target continuations: {teacher_rows} for training, {HELDOUT_TEACHER_ROWS} held out ...", flush=True)
-    t0 = time.perf_counter()
-    pairs = teacher_continuations(target, target_tok, encode_corpus(target_tok, train_texts), rows=teacher_rows,
-                                  new_tokens=TEACHER_NEW_TOKENS, seed=seed + 30)
-    held_pairs = teacher_continuations(target, target_tok, encode_corpus(target_tok, held_texts),
-                                       rows=HELDOUT_TEACHER_ROWS, new_tokens=HELDOUT_NEW_TOKENS, seed=seed + 31)
-    gen_secs = time.perf_counter() - t0
     teacher_tokens = sum(len(c) for _, c in pairs)
-    print(f"  {teacher_tokens} target tokens generated in {gen_secs:.1f}s", flush=True)
     t_ids, t_len, _ = to_draft_tokens(pairs, target_tok, tokenizer, SEQ_LEN + 1)
     h_ids, h_len, h_start = to_draft_tokens(held_pairs, target_tok, tokenizer, 4 * SEQ_LEN)
 
@@ -628,11 +635,7 @@ def train_other_tokenizer_draft(out: Path, train_texts: list[str], held_texts: l
     reference = None
     if (out / "draft").is_dir():
         same = LlamaForCausalLM.from_pretrained(out / "draft", dtype=torch.float32).eval()
-        r_ids = torch.full((len(held_pairs), 4 * SEQ_LEN), target_tok.pad_token_id, dtype=torch.long)
-        for row, (p, c) in enumerate(held_pairs):
-            r_ids[row, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        reference = continuation_top1(same, r_ids, torch.tensor([len(p) + len(c) for p, c in held_pairs]),
-                                      torch.tensor([len(p) for p, _ in held_pairs]))
+        reference = continuation_top1(same, *pack_continuations(held_pairs, target_tok.pad_token_id, 4 * SEQ_LEN))
     print(f"held-out: top-1 on the target's greedy continuations {top1:.3f} (same-tokenizer draft: "
           f"{reference if reference is None else round(reference, 3)}), corpus CE {ce / total:.3f}", flush=True)
 
@@ -648,10 +651,10 @@ def train_other_tokenizer_draft(out: Path, train_texts: list[str], held_texts: l
         "training": "sequence-level distillation: next-token CE on the target's greedy continuations of "
                     f"line-start corpus prompts, re-tokenized ({TEACHER_SHARE:.0%} of each batch), "
                     "and on corpus windows (the rest)",
-        "teacher_rows": teacher_rows,
+        "teacher_rows": len(pairs),
         "teacher_new_tokens": TEACHER_NEW_TOKENS,
         "teacher_tokens": teacher_tokens,
-        "generation_seconds": round(gen_secs, 1),
+        "generation_seconds": round(teacher.seconds, 1),
         "steps": steps,
         "batch": batch,
         "seconds": round(train_secs, 1),
@@ -741,7 +744,8 @@ def main() -> None:
         # split follows the seed of the run that trained it.
         report_path = out / "training_report.json"
         if not (out / "target").is_dir() or not report_path.is_file():
-            raise SystemExit(f"--draft-only and --other-tokenizer-draft-only need {out}/target and {report_path} from a full run")
+            raise SystemExit(f"--draft-only and --other-tokenizer-draft-only need {out}/target and {report_path} "
+                             "from a full run")
         existing = json.loads(report_path.read_text())
         split_seed = existing["seed"]
 
@@ -760,9 +764,11 @@ def main() -> None:
     train_texts = [t for i, t in enumerate(texts) if i not in held_idx]
     held_texts = [t for i, t in enumerate(texts) if i in held_idx]
 
+    if args.draft_only or args.other_tokenizer_draft_only:
+        teacher = load_teacher(out, train_texts, held_texts, seed=args.seed, rows=args.teacher_rows)
     if args.draft_only:
-        _, entry = train_same_tokenizer_draft(out, train_texts, held_texts, seed=args.seed, steps=draft_steps,
-                                              batch=args.batch, teacher_rows=args.teacher_rows)
+        entry = train_same_tokenizer_draft(out, teacher, train_texts, held_texts, seed=args.seed, steps=draft_steps,
+                                           batch=args.batch)
         existing["heldout"] = entry.pop("heldout")
         existing["draft"] = entry | {"seed": args.seed, "threads": args.threads,
                                      "versions": {"torch": torch.__version__,
@@ -776,8 +782,7 @@ def main() -> None:
             print(f"warning: the report's corpus had {existing['corpus']['files']} files, this one "
                   f"{len(texts)} (another Python's stdlib?)", flush=True)
         existing[OTHER_DIR] = train_other_tokenizer_draft(
-            out, train_texts, held_texts, seed=args.seed, steps=args.other_steps, batch=args.batch,
-            teacher_rows=args.teacher_rows)
+            out, teacher, train_texts, held_texts, seed=args.seed, steps=args.other_steps, batch=args.batch)
         existing[OTHER_DIR]["seed"] = args.seed
         existing[OTHER_DIR]["threads"] = args.threads
         existing[OTHER_DIR]["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -804,11 +809,11 @@ def main() -> None:
         target, train_stream, steps=target_steps, batch=args.batch, lr=TARGET_LR, seed=args.seed + 10)
 
     save_model(target, tokenizer, out / "target")
-    _, draft_entry = train_same_tokenizer_draft(out, train_texts, held_texts, seed=args.seed,
-                                                    steps=draft_steps, batch=args.batch,
-                                                    teacher_rows=args.teacher_rows)
-    other = train_other_tokenizer_draft(out, train_texts, held_texts, seed=args.seed, steps=args.other_steps,
-                                        batch=args.batch, teacher_rows=args.teacher_rows)
+    teacher = load_teacher(out, train_texts, held_texts, seed=args.seed, rows=args.teacher_rows)  # once, for both
+    draft_entry = train_same_tokenizer_draft(out, teacher, train_texts, held_texts, seed=args.seed,
+                                             steps=draft_steps, batch=args.batch)
+    other = train_other_tokenizer_draft(out, teacher, train_texts, held_texts, seed=args.seed,
+                                        steps=args.other_steps, batch=args.batch)
 
     report = {
         "seed": args.seed,
