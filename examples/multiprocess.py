@@ -20,7 +20,6 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-import hf_batchspec
 from quickstart import VOCAB, build_pair  # examples/ is on sys.path when this file runs
 
 
