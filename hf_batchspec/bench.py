@@ -107,11 +107,9 @@ def _trim(tokens: list[int], stops: set[int]) -> list[int]:
 
 
 class Bench:
-    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1, lookup_tokens=10,
-                 early_exit=2):
+    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1):
         self.target, self.draft, self.prompts, self.device = target, draft, prompts, device
         self.max_new, self.k, self.repeats = max_new_tokens, k, repeats
-        self.lookup_tokens, self.early_exit = lookup_tokens, early_exit
         config = target.generation_config
         eos = config.eos_token_id
         self.stops = set([eos] if isinstance(eos, int) else eos or [])
@@ -268,8 +266,7 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
     dtype = DTYPES[args.dtype]
     target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
-    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats,
-                  args.lookup_tokens, args.early_exit)
+    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
     cost = compiled_cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
         from .profiling import calibrate
