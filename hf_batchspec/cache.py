@@ -13,9 +13,9 @@ Invariants (what makes the output equal plain greedy decoding):
    (rejected drafts, another forward's scratch) is never read and is simply overwritten later.
 
 Rollback is therefore a change of `lengths[b]`: O(1), no copy. Dropping finished rows is one `index_select`
-per layer; converting a left-padded cache into this layout (`realign`) is one `gather` per layer.
-`lengths` live on the host: they are scheduling metadata that the decode loop already knows, and reading
-them never costs a device sync.
+per layer (with static addresses, for a compiled forward, an in-place copy into the first rows); converting a
+left-padded cache into this layout (`realign`) is one `gather` per layer. `lengths` live on the host: they are
+scheduling metadata that the decode loop already knows, and reading them never costs a device sync.
 """
 
 from __future__ import annotations
@@ -104,12 +104,13 @@ class RaggedLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         slots, rows = self._plan.on(key_states.device)
         kv_len = self._plan.kv_len
-        if rows is None:
+        if rows is None:  # the first b rows, in order (all of them, unless a static cache was narrowed)
             # under torch.compile through the custom op (see write_slots); eagerly without its dispatch
             write = write_slots if torch.compiler.is_compiling() else _scatter_slots
             write(self.keys, slots, key_states)
             write(self.values, slots, value_states)
-            return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
+            b = key_states.shape[0]
+            return self.keys[:b, :, :kv_len], self.values[:b, :, :kv_len]
         # A forward over some rows only (a refill's prefill): advanced indexing puts [b, q] first.
         self.keys[rows[:, None], :, slots] = key_states.transpose(1, 2)
         self.values[rows[:, None], :, slots] = value_states.transpose(1, 2)
@@ -126,7 +127,13 @@ class RaggedLayer(CacheLayerMixin):
 
     def select_rows(self, indices: torch.Tensor) -> None:
         if self.static_addresses:
-            raise RuntimeError("a cache read by a compiled forward never moves: keep finished rows as idle rows")
+            # A compiled forward (CUDA graphs) reads these very tensors: they never move or shrink. The kept rows
+            # are copied, in place, into the first len(indices) rows, which the next forwards cover.
+            if self.is_initialized:
+                indices = indices.to(self.keys.device)
+                self.keys[: len(indices)] = self.keys[indices]
+                self.values[: len(indices)] = self.values[indices]
+            return
         if self.is_initialized:
             indices = indices.to(self.keys.device)
             self.keys = self.keys.index_select(0, indices)
@@ -218,7 +225,8 @@ class RaggedCache(Cache):
         self.lengths = lengths.copy()
 
     def select_rows(self, indices: torch.Tensor | np.ndarray) -> None:
-        """Keep only these rows, in this order (finished rows leave the batch)."""
+        """Keep only these rows, in this order (finished rows leave the batch). A cache with static addresses
+        keeps its tensors: the rows are copied into its first rows, and forwards then cover only those."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         for layer in self.layers:
             layer.select_rows(idx)

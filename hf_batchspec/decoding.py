@@ -26,7 +26,7 @@ from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
-from .runner import ModelRunner
+from .runner import ModelRunner, rows_dynamic
 from .scheduling import ActiveRows, PromptQueue, to_device
 from .speculation import CostModel, SpeculationControl
 from .stats import BatchSpecStats
@@ -160,7 +160,7 @@ class _Decoder:
         planned = rows.draft_len_h
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None)
+                                                  self.k_buckets if self.static else None, rows.live_h)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
         k_round = int(budget_h.max())
@@ -175,9 +175,10 @@ class _Decoder:
             # too, rather than compile a second target program for those few rounds.
             drafts = drafts.new_zeros((len(rows), int(self.k_buckets[-1])))
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
+            inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
+            rows_dynamic(*inputs)  # one graph for every row bucket
             accepted, candidates, count, finished = self._verify_greedy(  # read outside: the buffer's shape varies
-                self.target, self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget,
-                self._fused_stop_ids, self._max_new)
+                self.target, *inputs, self._fused_stop_ids, self._max_new)
             self.target.cache.end()
             self._write(candidates)
             stats.fused_rounds += 1
@@ -191,7 +192,7 @@ class _Decoder:
         if self.on_tokens is not None:  # a second transfer, only when streaming
             self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
-        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], len(self.queue))
+        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], len(self.queue), len(rows))
         stats.draft_forward_calls += proposal.forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
@@ -352,12 +353,22 @@ class _Decoder:
         return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
 
     def _leave(self, free: np.ndarray) -> None:
-        """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer),
-        or, with static shapes, stay in it as idle rows (the caches never move)."""
-        if self.static:
-            self.rows.idle(np.flatnonzero(free))
+        """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer).
+        With static shapes they stay in it as idle rows, until the live rows fit a smaller row bucket (see
+        `static_rows`, never below 2 rows): then the live rows move into the caches' first rows and the forwards
+        cover only those. The compiled programs take any row count from 2 up in one graph (`rows_dynamic`); a
+        1-row bucket would be a compile of its own for the last row of a call's tail."""
+        if not self.static:
+            self._select(np.flatnonzero(~free))
             return
-        keep = np.flatnonzero(~free)
+        self.rows.idle(np.flatnonzero(free))
+        live = np.flatnonzero(self.rows.live_h)
+        rows = static_rows(max(len(live), 2), len(self.rows))
+        if len(live) and not len(self.queue) and rows < len(self.rows):  # idle rows cost as much as live ones
+            idle = np.flatnonzero(~self.rows.live_h)[: rows - len(live)]
+            self._select(np.sort(np.concatenate((live, idle))))
+
+    def _select(self, keep: np.ndarray) -> None:  # [b] slots that stay, in order
         index = self.rows.keep(keep)
         if len(keep):
             self.target.cache.select_rows(index)
@@ -424,8 +435,10 @@ def static_stop_ids(stop_ids: torch.Tensor | None, device) -> torch.Tensor:  # [
 
 def static_rows(capacity: int, limit: int) -> int:
     """Rows of a static-shape forward: the next power of two of the prompts decoded at once, at most `limit`
-    (the caller's max_batch_size), so that calls with nearby batch sizes share one compiled forward."""
-    return min(1 << (capacity - 1).bit_length(), limit)
+    (the caller's max_batch_size), so that calls with nearby batch sizes share one compiled forward. The same
+    buckets serve a call's tail: once nothing waits and its live rows fit half the rows, they move into a
+    smaller bucket instead of computing idle rows (see `_Decoder._leave`)."""
+    return min(1 << max(capacity - 1, 0).bit_length(), limit)
 
 
 def static_length(slots: int) -> int:

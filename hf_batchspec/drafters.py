@@ -31,7 +31,7 @@ from .errors import UnsupportedModelError
 from .lookup import ngram_drafts
 from .masks import packed_positions
 from .processors import ScoreProcessing, probabilities
-from .runner import ModelRunner, decoder_layers
+from .runner import ModelRunner, decoder_layers, rows_dynamic
 from .scheduling import ActiveRows, to_device
 
 
@@ -138,6 +138,7 @@ class ModelDrafter:
         per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
         pick = to_device(pick, device)  # [B] the column of each row's pending token in `keep`
         if self._steps is not None and self.runner.on_rows is None:
+            rows_dynamic(step_input, positions, rows.lengths, rows.limits, pick)  # one graph for every row bucket
             drafts = self._steps(self.runner, step_input, positions, rows.lengths, rows.limits, pick, k)
             self.cache.end()
             return Proposal(drafts, None, budget, k)

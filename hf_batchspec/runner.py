@@ -27,6 +27,19 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     return dtype if dtype.is_floating_point else torch.float32
 
 
+def rows_dynamic(*tensors: torch.Tensor) -> None:
+    """Let a compiled program take any number of rows (2 or more) in one graph: dim 0 of these inputs is marked
+    dynamic. A call's tail moves its live rows into smaller row buckets (`decoding.static_rows`); with the row
+    count static, every bucket would be a compile of its own (measured on CPU: about as long as the first one
+    each), with it dynamic the first compile serves them all. A tensor of one row is left alone: dynamo
+    specialises sizes 0 and 1 anyway."""
+    if torch.compiler.is_compiling():
+        return
+    for tensor in tensors:
+        if tensor.dim() and tensor.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
 class ModelRunner:
     """With `static` set, every decode forward (all rows, a query width of 1 or k+1) attends over the whole
     preallocated cache, so its shapes never change with the rows' lengths; with a `compile_config` those
@@ -85,6 +98,9 @@ class ModelRunner:
             keep = keep.to(self.device)
         if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
+        if decode and self._decode_call is not self.model:
+            masks = kwargs["attention_mask"]
+            rows_dynamic(tokens, position_ids, *(masks.values() if isinstance(masks, dict) else (masks,)))
         logits = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs).logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits

@@ -5,9 +5,10 @@ once (as many slots as prompts). EXSPEC admits up to `max_batch_size` and, when 
 wait, prefills waiting prompts into the freed slots: the other rows' KV stays where it is. Once nothing
 waits, finished slots are dropped from the batch (one `index_select` per layer), so the batch shrinks.
 
-With static shapes (a compiled forward) the batch never shrinks: a slot with nothing left to admit stays in
-the forward as an idle row (`live` False), pointed at a scratch row of the token buffer, drafting nothing and
-committing nothing, so every forward keeps the same number of rows and the caches never move.
+With static shapes (a compiled forward) the batch keeps a few sizes only: a slot with nothing left to admit
+stays in the forward as an idle row (`live` False), pointed at a scratch row of the token buffer, drafting
+nothing and committing nothing, until the live rows fit a smaller row bucket (a power of two); then they move
+into the first rows of caches that themselves never move (see `decoding._Decoder._leave`).
 
 Each per-row counter lives twice: a numpy array on the host (for decisions: draft budgets, kv lengths,
 which rows finished) and a tensor on the device (for building inputs without a sync). Both are advanced

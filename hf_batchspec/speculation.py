@@ -107,17 +107,19 @@ def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
 
 
 def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel,
-                      widths: np.ndarray | None = None) -> int:
+                      widths: np.ndarray | None = None, live: np.ndarray | None = None) -> int:
     """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost; with
     `widths` (static shapes: the verify is padded to the next of these widths, so a K between two of them costs
-    as much as the wider one) K is 0 or one of them."""
+    as much as the wider one) K is 0 or one of them. With `live`, the other rows (static shapes' idle rows) cost
+    as much as any but yield no token."""
     top = int(budgets.max()) if len(budgets) else 0
     ks = np.arange(top + 1)  # [K]
     if widths is not None and top > 0:  # widths ascend and end at the largest k, so one covers `top`
         widths = np.asarray(widths)
         ks = np.concatenate(([0], widths[widths < top], [widths[np.searchsorted(widths, top)]]))
     drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
-    tokens = expected_tokens(alpha[None, :], drafts).sum(1)  # [K]
+    yields = expected_tokens(alpha[None, :], drafts)  # [K, B]
+    tokens = (yields if live is None else yields * live[None, :]).sum(1)  # [K]
     return int(ks[np.argmax(tokens / cost.round_cost(len(budgets), ks))])
 
 
@@ -166,11 +168,12 @@ class SpeculationControl:
         self.rounds_off = 0
 
     def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
-                      widths: np.ndarray | None = None) -> np.ndarray:
-        """Each row's budget for this round, capped at the batch-wide K (one of `widths`, when given)."""
+                      widths: np.ndarray | None = None, live: np.ndarray | None = None) -> np.ndarray:
+        """Each row's budget for this round, capped at the batch-wide K (one of `widths`, when given); `live`
+        marks the rows that decode a prompt (the others are static shapes' idle rows)."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
-        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths)
+        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live)
         if k == 0:
             self.rounds_off += 1
             if self.rounds_off < self.probe_every:

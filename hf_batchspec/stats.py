@@ -34,6 +34,8 @@ class BatchSpecStats:
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
     active_rows: list = field(default_factory=list)  # rows in the batch at each verify round
+    # rows each verify forward ran: the active rows, and with static shapes the idle rows of its row bucket
+    forward_rows: list = field(default_factory=list)
     waiting_rows: list = field(default_factory=list)  # prompts waiting for a slot at each verify round
     new_tokens: np.ndarray = field(default=None)  # [N] tokens generated per row, through its stop id
     accepted_tokens: np.ndarray = field(default=None)  # [N] drafted tokens the target accepted and kept
@@ -47,10 +49,12 @@ class BatchSpecStats:
                 setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
 
     def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray,
-                  waiting: int = 0) -> None:
-        """Account one verify round for the active `rows` (original indices, unique)."""
+                  waiting: int = 0, forward_rows: int | None = None) -> None:
+        """Account one verify round for the active `rows` (original indices, unique), in a forward over
+        `forward_rows` rows (default: the active rows alone)."""
         self.rounds += 1
         self.active_rows.append(len(rows))
+        self.forward_rows.append(len(rows) if forward_rows is None else forward_rows)
         self.waiting_rows.append(waiting)
         self.target_forward_calls += 1
         self.row_rounds[rows] += 1

@@ -36,9 +36,10 @@ def test_static_shapes_equal_plain_greedy(arch, req, data):
     stats = check_against_plain_greedy(target_model(arch), draft_model(arch, req["draft"]), req, data,
                                        strategy=strategy, cache_implementation="static", speculation=speculation,
                                        **pool)
-    assert stats.row_selections == 0, "static shapes never shrink the batch"
     rows = len(req["prompts"]) if strategy == "eqspec" else min(len(req["prompts"]), pool["max_batch_size"])
     assert stats.cache_rows == static_rows(rows, pool.get("max_batch_size", 1 << 62)) >= rows
+    # the batch only moves into smaller row buckets, each at most half the last: a power of two, then halvings
+    assert stats.row_selections <= int(np.log2(stats.cache_rows))
     assert stats.cache_slots_per_row >= 64 and stats.cache_slots_per_row & (stats.cache_slots_per_row - 1) == 0
 
 
@@ -106,7 +107,7 @@ def unique_graphs() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-COMPILED = dict(num_assistant_tokens=3, max_batch_size=4, compile_config=CompileConfig())
+COMPILED = dict(batch_spec="exspec", num_assistant_tokens=3, max_batch_size=4, compile_config=CompileConfig())
 
 
 def generate_compiled(target, draft, prompts, max_new, eos):
@@ -119,7 +120,8 @@ def generate_compiled(target, draft, prompts, max_new, eos):
 @pytest.fixture(scope="module")
 def warmed(compiled_pair):
     """A warm-up covers every shape of the bucket (4 rows, 64 slots, k=3): the verify (width 4), a last token's
-    plain step (width 1, a round where no row drafts), the draft's first step (width 2) and its later steps."""
+    plain step (width 1, a round where no row drafts), the draft's first step (width 2) and its later steps. The
+    row buckets a call's tail moves into (2 rows) take the same graphs: their row count is dynamic."""
     target, draft = compiled_pair
     before = unique_graphs()
     generate_compiled(target, draft, [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]], 24, None)
@@ -144,7 +146,6 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
     before = unique_graphs()
     width, out = generate_compiled(target, draft, prompts, max_new, list(eos) if eos else None)
     assert unique_graphs() == before, "a call inside the warmed bucket recompiled"
-    assert out.spec_stats.row_selections == 0
     assert out.spec_stats.fused_rounds == out.spec_stats.rounds, "greedy without processors: whole-step programs"
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, max_new, eos)
@@ -179,8 +180,8 @@ def test_compiled_adaptive_draft_lengths_stay_exact():
     draft = perturbed(target, 0.05)  # its own config: the heuristic writes its k back to it
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]]
     ids, mask = left_pad(prompts, 0)
-    for threshold in (None, 0.3):
-        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+    for threshold in (None, 0.3):  # 10 new tokens: budgets of at most 9 (widths 1, 2, 4, 8, 16 at most)
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=10, do_sample=False,
                               eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
                               num_assistant_tokens_schedule="heuristic", assistant_confidence_threshold=threshold,
                               **COMPILED)
@@ -188,7 +189,7 @@ def test_compiled_adaptive_draft_lengths_stay_exact():
         # widths below the cap of 20: padding to 20 every round would make 20 drafts per round and row
         assert out.spec_stats.draft_forward_calls < 20 * out.spec_stats.rounds
         for row, prompt in enumerate(prompts):
-            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None), f"row {row}"
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
 
 
 @pytest.mark.parametrize("extra", [dict(repetition_penalty=1.3), dict(output_scores=True)],
@@ -232,9 +233,63 @@ def test_disable_compile_keeps_static_shapes_eager(compiled_pair):
 
 
 def test_static_cache_never_moves():
-    runner = ModelRunner(build("llama"), 2, 64, compile_config=CompileConfig())
-    with pytest.raises(RuntimeError, match="never moves"):
-        runner.cache.select_rows(torch.tensor([0]))
+    """A cache a compiled forward reads keeps its tensors when rows leave: the kept rows are copied into its first
+    rows, and a forward over b rows writes and reads those b rows only."""
+    runner = ModelRunner(build("llama"), 4, 64, compile_config=CompileConfig())
+    prompt = torch.randint(3, VOCAB, (4, 5))
+    runner.forward(prompt, torch.arange(5).expand(4, 5), torch.full((4,), 60), 5, prefill=True)
+    layer = runner.cache.layers[0]
+    keys, before = layer.keys, layer.keys.clone()
+    runner.cache.set_lengths(np.array([5, 4, 3, 2]))
+    runner.cache.select_rows(torch.tensor([3, 1]))
+    assert layer.keys is keys and keys.shape[0] == 4, "the tensor a CUDA graph points at stays"
+    assert torch.equal(keys[:2], before[[3, 1]]) and torch.equal(keys[2:], before[2:])
+    assert runner.cache.lengths.tolist() == [2, 4]
+    runner.cache.begin(torch.tensor([[2], [4]]), 64)
+    new = torch.ones(2, keys.shape[1], 1, keys.shape[3])
+    read, _ = layer.update(new, new)
+    assert read.shape[0] == 2 and bool((keys[0, :, 2] == 1).all() and (keys[1, :, 4] == 1).all())
+    assert torch.equal(keys[2:], before[2:]), "rows beyond the forward's are untouched"
+
+
+def tail_prompts(target) -> tuple[list[list[int]], list[int]]:
+    """Four prompts and stop ids that end rows 0-2 on their first token while row 3 runs on: after admission a
+    single row is live, so the call's tail starts at once."""
+    prompts = [[5, 6, 7], [9] * 6, [3, 4]]
+    firsts = sorted({plain_greedy(target, p, 1, None)[0] for p in prompts})
+    last = next(p for p in ([n, n + 1] for n in range(8, VOCAB))
+                if not set(firsts) & set(plain_greedy(target, p, 12, None)))
+    return prompts + [last], firsts
+
+
+def test_static_tail_moves_into_a_smaller_row_bucket():
+    """Once nothing waits and the live rows fit half the rows, they move into a smaller bucket (instead of idle
+    rows computing with them); every row still equals plain greedy decoding of its prompt alone."""
+    target, draft = target_model("llama"), draft_model("llama", "perturbed")
+    prompts, stops = tail_prompts(target)
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=12, do_sample=False,
+                          eos_token_id=stops, pad_token_id=0, num_assistant_tokens=3,
+                          cache_implementation="static", return_dict_in_generate=True)
+    assert out.spec_stats.cache_rows == 4 and out.spec_stats.row_selections == 1
+    assert set(out.spec_stats.forward_rows) == {2}  # 4 rows, then 2 (the least) before the first round
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, 12, tuple(stops))
+        assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
+
+
+def test_compiled_tail_bucket_takes_the_warmed_graphs(compiled_pair, warmed):
+    """The smaller row bucket runs the graphs compiled for the full one (dynamic row count): nothing compiles."""
+    target, draft = compiled_pair
+    prompts, stops = tail_prompts(target)
+    before = unique_graphs()
+    width, out = generate_compiled(target, draft, prompts, 12, stops)
+    assert unique_graphs() == before, "the 2-row bucket compiled a graph of its own"
+    assert out.spec_stats.row_selections == 1 and set(out.spec_stats.forward_rows) == {2}
+    assert out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, 12, tuple(stops))
+        assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
 
 
 def test_static_scores_and_streaming_equal_dynamic_shapes():

@@ -118,9 +118,15 @@ def check_against_plain_greedy(target, draft, req, data, strategy="eqspec", max_
     # rows: every prompt once, then the rows active in each round.
     calls = forwards.calls
     assert sum(n for n, _ in calls.values()) == stats.target_forward_calls + stats.draft_forward_calls
-    # With static shapes every verify covers all cache rows (idle ones included), else the active rows.
+    # With static shapes a verify covers all rows of its row bucket (idle ones included), else the active rows.
     static = generate_kwargs.get("cache_implementation") == "static" or "compile_config" in generate_kwargs
-    verified_rows = stats.rounds * stats.cache_rows if static else int(stats.row_rounds.sum())
+    verified_rows = int(sum(stats.forward_rows))
+    assert verified_rows >= stats.row_rounds.sum() and len(stats.forward_rows) == stats.rounds
+    if static:  # each a power of two (or the caller's max_batch_size), never growing
+        assert all(b & (b - 1) == 0 or b == stats.cache_rows for b in stats.forward_rows)
+        assert stats.forward_rows == sorted(stats.forward_rows, reverse=True)
+    else:
+        assert verified_rows == stats.row_rounds.sum()
     target_side = [stats.rounds + stats.target_prefill_calls, len(prompts) + verified_rows]
     target_keys = [key for key, count in calls.items() if key[0] is target and count == target_side]
     assert target_keys, f"no target forwards match the stats {target_side}: {list(calls.values())}"

@@ -99,7 +99,8 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
         ids, mask = left_pad(prompts, 0)
         out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, max_new_tokens=max_new,
                               do_sample=False, pad_token_id=0, eos_token_id=None, num_assistant_tokens=3,
-                              max_batch_size=4, cache_implementation="static", return_dict_in_generate=True)
+                              max_batch_size=4, batch_spec="exspec", cache_implementation="static",
+                              return_dict_in_generate=True)
         for row, prompt in enumerate(prompts):
             ours, ref = out.sequences[row, ids.shape[1]:].tolist(), greedy_alone(target, prompt, max_new)
             if ours != ref:
@@ -117,7 +118,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
     # inductor counts every graph it compiled without CUDA graphs (a mutated input that is not a static address,
     # a CPU tensor, ...): none may be skipped, or the launches per round stay
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips, "a graph ran without CUDA graphs"
-    assert stats.row_selections == 0
+    assert stats.row_selections <= 1  # 4 rows, then at most the 2-row bucket (the same graphs)
     assert stats.fused_rounds == stats.rounds > 0, "greedy rounds run as the two whole-step programs"
 
 

@@ -60,6 +60,18 @@ def test_static_draft_length_is_a_verify_width(alpha, budget, costs):
     assert best_draft_length(np.full(3, 0.9), np.array([3, 3, 1]), FREE_DRAFTS, widths) == 4  # pads to 4: free
 
 
+def test_idle_rows_cost_but_yield_nothing():
+    """Static shapes' idle rows run in every forward but yield no token: counted as yielding one token each (a row
+    at its last token does), they would dilute what drafting gains and hold K down."""
+    cost = CostModel(target_call=1.0, target_token=0.01, draft_call=0.1, draft_token=0.01)
+    alpha, budgets, live = np.full(8, 0.6), np.array([3, 0, 0, 0, 0, 0, 0, 0]), np.arange(8) == 0
+    assert best_draft_length(alpha, budgets, cost, live=live) > 0
+    assert best_draft_length(alpha, budgets, cost) == 0  # seven phantom tokens make drafting look worthless
+    # with every row live the two agree
+    assert best_draft_length(alpha, np.full(8, 3), cost, live=np.ones(8, bool)) == best_draft_length(
+        alpha, np.full(8, 3), cost)
+
+
 def test_acceptance_estimates_move_with_what_rows_see():
     acc = Acceptance(decay=0.5, prior_rate=0.6, prior_weight=2.0)
     hits, trials = np.zeros(3), np.zeros(3)
