@@ -171,12 +171,17 @@ class RaggedCache(Cache):
     positions. `lengths` record how many slots of each row are valid; `rollback` moves them back.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, max_cache_len: int, static_addresses: bool = False):
+    def __init__(self, num_layers: int, batch_size: int, max_cache_len: int, static_addresses: bool = False,
+                 staging: int = 0):
         self._plan = _ForwardPlan()
-        super().__init__(layers=[RaggedLayer(batch_size, max_cache_len, self._plan, static_addresses)
+        super().__init__(layers=[RaggedLayer(batch_size + staging, max_cache_len, self._plan, static_addresses)
                                  for _ in range(num_layers)])
         self.num_slots = max_cache_len  # (not `max_cache_len`: a read-only property of Cache in some 5.x)
         self.lengths = np.zeros(batch_size, dtype=np.int64)  # valid slots per row (host)
+        # Staging rows: `staging` more rows after the batch's, which forwards over the batch (its first rows) never
+        # touch: prompts prefilled ahead of a free slot wait there (rows batch_size.., their lengths here) until
+        # `copy_rows` moves them into a slot.
+        self.staged_lengths = np.zeros(staging, dtype=np.int64)
         # Slot of each row's position 0. None: slot = position (the ragged layout, the normal case). Set by
         # `left_align` only, to reproduce the paper's left-padded layout for comparison.
         self.offsets: np.ndarray | None = None
@@ -204,17 +209,24 @@ class RaggedCache(Cache):
             if layer.is_initialized:
                 layer.keys[targets.to(layer.keys.device)] = layer.keys[sources.to(layer.keys.device)]
                 layer.values[targets.to(layer.values.device)] = layer.values[sources.to(layer.values.device)]
-        self.lengths[targets.cpu().numpy()] = self.lengths[sources.cpu().numpy()]
+        self.set_lengths(self.lengths_of(sources.cpu().numpy()), rows=targets.cpu().numpy())
+
+    def lengths_of(self, rows: np.ndarray) -> np.ndarray:  # [n] valid slots of cache rows, staging rows included
+        return np.concatenate((self.lengths, self.staged_lengths))[rows]
 
     def top_slot(self, ends: np.ndarray) -> int:
         """max over rows of the slot that position `ends[b]` takes (the position itself, unless left-aligned)."""
         return int((ends if self.offsets is None else ends + self.offsets).max())
 
     def set_lengths(self, lengths: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Valid slots of every batch row, or of cache `rows` (staging rows beyond the batch's included)."""
         if rows is None:
             self.lengths = np.asarray(lengths, dtype=np.int64).copy()
-        else:
-            self.lengths[rows] = lengths
+            return
+        rows, lengths = np.asarray(rows), np.broadcast_to(np.asarray(lengths, dtype=np.int64), np.shape(rows))
+        batch = rows < len(self.lengths)
+        self.lengths[rows[batch]] = lengths[batch]
+        self.staged_lengths[rows[~batch] - len(self.lengths)] = lengths[~batch]
 
     def rollback(self, lengths: np.ndarray) -> None:
         """Shorten rows to `lengths` (e.g. drop rejected drafts). Nothing is copied: the stale slots are

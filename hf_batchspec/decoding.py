@@ -102,7 +102,16 @@ class _Decoder:
             varies = (settings.cost_model is not None or settings.schedule != "constant"
                       or bool(settings.confidence_threshold))
             self.k_buckets = draft_buckets(k, all_lengths=varies)
-        self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static)
+        # Staging rows (EXSPEC with prompts waiting): a refill's prefill also takes the next waiting prompts into
+        # cache rows beyond the slots, and a slot that frees later takes one of them by a copy instead of a
+        # prefill of its own. A prefill of one short prompt is mostly per-call work (an eager forward's ops), so
+        # a few prompts per prefill cost little more than one; a quarter of the slots' memory more. With static
+        # shapes always a quarter of the rows (the cache's shape, so a compiled forward's, is the same whether or
+        # not prompts wait).
+        staging = max(1, slots // 4) if self.static else min(n_rows - self.capacity, max(1, self.capacity // 4))
+        # (not with num_return_sequences: a staged copy of a prompt would be prefilled again for its other copies)
+        staging = staging if source.stages and settings.copies == 1 else 0
+        self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static, staging)
         self.processing = settings.processing or ScoreProcessing([])
         # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
         # stopping criteria beyond stop ids, recorded scores or per-row adapters): the draft's k steps and
@@ -113,7 +122,9 @@ class _Decoder:
         options = DraftOptions(settings.do_sample, settings.generator, self.processing,
                                settings.confidence_threshold, self.static, fused)
         self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
-                                    prompt_lengths=prompt_lengths, max_new=max_new, k=k)
+                                    prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging)
+        self.free_staging = list(range(slots, slots + staging))  # cache rows, in the order they are taken
+        self.staged: list[tuple[int, int]] = []  # (prompt index, cache row) prefilled ahead, first come first
         self.target.on_rows = on_rows
         self.drafter.set_on_rows(on_rows)
         self.device = self.target.device
@@ -192,7 +203,8 @@ class _Decoder:
         if self.on_tokens is not None:  # a second transfer, only when streaming
             self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
-        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], len(self.queue), len(rows))
+        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
+                        len(rows))
         stats.draft_forward_calls += proposal.forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
@@ -284,17 +296,50 @@ class _Decoder:
         return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, width)
 
     # -- admission and departure -----------------------------------------------------------------------------
+    def _waiting(self) -> int:  # prompts not yet in a slot: queued, or prefilled into a staging row
+        return len(self.queue) + len(self.staged)
+
     def _refill(self, free: np.ndarray) -> np.ndarray:
-        """Prefill waiting prompts into free slots (all at once) until no slot is free or nothing waits."""
-        while free.any() and len(self.queue):
+        """Fill free slots until none is free or nothing waits: from the staging rows first (a copy), else by
+        prefilling waiting prompts into them (all at once), with the next waiting prompts into free staging rows."""
+        while free.any() and self._waiting():
             slots = np.flatnonzero(free)
-            ids = self.queue.take(len(slots))
+            if self.staged:
+                slots = slots[: len(self.staged)]
+                self._unstage(slots)
+                free[slots] = False  # a staged prompt did not finish on its first token
+                continue
+            ids = self.queue.take(len(slots) + len(self.free_staging))
+            rows = np.concatenate((slots, self.free_staging))[: len(ids)].astype(np.int64)
+            finished = self._admit(rows, ids)
             slots = slots[: len(ids)]
-            free[slots] = self._admit(slots, ids)
+            free[slots] = finished[: len(slots)]
+            for prompt, row, done in zip(ids[len(slots):], rows[len(slots):], finished[len(slots):]):
+                if not done:  # a prompt that ended on its first token needs no slot
+                    self.staged.append((int(prompt), int(row)))
+                    self.free_staging.remove(int(row))
+                    self.stats.staged_prompts += 1
         return free
 
+    def _unstage(self, slots: np.ndarray) -> None:
+        """The first len(slots) staged prompts move into `slots`: their cache rows are copied (both models)."""
+        moved, self.staged = self.staged[: len(slots)], self.staged[len(slots):]
+        ids, rows = (np.array(column, dtype=np.int64) for column in zip(*moved))
+        sources, targets = to_device(rows, self.device), to_device(slots, self.device)
+        self.target.cache.copy_rows(sources, targets)
+        self.drafter.copy_rows(sources, targets)
+        self.free_staging.extend(rows.tolist())
+        self._place(slots, ids)
+
+    def _place(self, slots: np.ndarray, ids: np.ndarray) -> None:
+        """Prompts `ids`, prefilled with their first token committed, start decoding in `slots`."""
+        lengths = self.prompt_lengths[ids]
+        self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64),
+                        lengths + self.settings.max_new_tokens - 1, self.settings.num_assistant_tokens)
+
     def _admit(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:  # [n] admitted rows already finished
-        """Prefill prompts `ids` into cache rows `slots` of both models and commit their first token."""
+        """Prefill prompts `ids` into cache rows `slots` of both models and commit their first token; those in the
+        batch's rows start decoding there, those in staging rows wait (`_refill`)."""
         max_new, stats = self.settings.max_new_tokens, self.stats
         lengths = self.prompt_lengths[ids]
         ids_d = torch.as_tensor(ids, device=self.device)
@@ -321,8 +366,8 @@ class _Decoder:
         _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids, criteria)
         if self.on_tokens is not None:
             self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
-        self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64), lengths + max_new - 1,
-                        self.settings.num_assistant_tokens)
+        placed = slots < len(self.rows)
+        self._place(slots[placed], ids[placed])
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
         return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
@@ -364,7 +409,7 @@ class _Decoder:
         self.rows.idle(np.flatnonzero(free))
         live = np.flatnonzero(self.rows.live_h)
         rows = static_rows(max(len(live), 2), len(self.rows))
-        if len(live) and not len(self.queue) and rows < len(self.rows):  # idle rows cost as much as live ones
+        if len(live) and not self._waiting() and rows < len(self.rows):  # idle rows cost as much as live ones
             idle = np.flatnonzero(~self.rows.live_h)[: rows - len(live)]
             self._select(np.sort(np.concatenate((live, idle))))
 

@@ -45,15 +45,21 @@ class DraftSource:
     lookup_ngram: int | None = None
     tokenizers: tuple | None = None
 
+    @property
+    def stages(self) -> bool:
+        """Whether its drafter can prefill a prompt into a staging row ahead of a free slot (see
+        `RaggedCache.staged_lengths`). A draft with another tokenizer keeps per-slot text state, so it cannot."""
+        return self.tokenizers is None
+
     def build(self, slots: int, cache_len: int, options: "DraftOptions", compile_config=None, *, prompts=None,
-              prompt_lengths=None, max_new: int = 0, k: int = 0):
+              prompt_lengths=None, max_new: int = 0, k: int = 0, staging: int = 0):
         """`prompts` [N, P] right-packed target ids with `prompt_lengths` [N]: a drafter with another tokenizer
-        sizes its own cache from their text."""
+        sizes its own cache from their text. `staging`: cache rows beyond the slots, for prompts admitted ahead."""
         if self.tokenizers is not None:
             return OtherTokenizerDrafter(self.model, *self.tokenizers, slots, options, prompts, prompt_lengths,
                                          max_new, k)
         if self.model is not None:
-            return ModelDrafter(self.model, slots, cache_len, options, compile_config)
+            return ModelDrafter(self.model, slots, cache_len, options, compile_config, staging)
         return LookupDrafter(self.lookup_ngram, options.static)
 
 
@@ -82,9 +88,10 @@ class ModelDrafter:
     slots. The draft lags the target by what it has not run yet (the pending token, and after a fully
     accepted round the draft's own last draft), so its first step re-feeds those."""
 
-    def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None):
+    def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None,
+                 staging: int = 0):
         self.options = options
-        self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static)
+        self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static, staging)
         # A greedy draft without a confidence threshold decides nothing on the host between its steps, so its
         # k steps compile into one program: one call (one CUDA graph) per round instead of k, and the steps'
         # masks, gathers and argmaxes inside it (see `greedy_steps`).

@@ -46,12 +46,12 @@ class ModelRunner:
     forwards run through transformers' `get_compiled_call` (prefills, whose widths vary, stay eager)."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, max_cache_len: int, compile_config=None,
-                 static: bool = False):
+                 static: bool = False, staging: int = 0):
         self.model = model
         self.layout = attention_layout(model.config)
         self.static = static or compile_config is not None
         self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len,
-                                 static_addresses=compile_config is not None)
+                                 static_addresses=compile_config is not None, staging=staging)
         self._decode_call = model.get_compiled_call(compile_config) if compile_config is not None else model
         self.device = input_device(model)
         self.dtype = compute_dtype(model)

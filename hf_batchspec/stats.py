@@ -27,6 +27,7 @@ class BatchSpecStats:
     target_prefill_calls: int = 0
     draft_prefill_calls: int = 0
     row_selections: int = 0  # times finished rows were dropped from the caches (one index_select per layer)
+    staged_prompts: int = 0  # prompts prefilled ahead into a staging row, later copied into a freed slot
     realignments: int = 0  # times both caches moved every row (only batch_spec="eqspec-realign")
     # verify rounds run as compiled programs of a whole step each (compiled greedy without processors or
     # criteria that need the host: the draft's k steps, then verify + acceptance; see decoding.verify_greedy)
@@ -98,6 +99,7 @@ class BatchSpecStats:
             "occupancy": round(self.occupancy, 3),
             "admitted_batches": self.admitted_batches,
             "row_selections": self.row_selections,
+            "staged_prompts": self.staged_prompts,
         }
 
 

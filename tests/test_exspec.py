@@ -55,7 +55,10 @@ def test_exspec_equals_plain_greedy_with_bounded_cache(arch, req, data):
     finally:
         watch.close()
     longest = max(len(p) for p in req["prompts"])
-    assert watch.max_rows <= max_batch_size
+    # the slots, and a quarter more (at least 1) for prompts prefilled ahead while others wait
+    waiting = len(req["prompts"]) > max_batch_size
+    assert watch.max_rows <= max_batch_size + (max(1, max_batch_size // 4) if waiting else 0)
+    assert stats.staged_prompts <= len(req["prompts"]) - max_batch_size if waiting else stats.staged_prompts == 0
     assert watch.max_slots <= longest + req["max_new"]
     assert watch.verify_batches == stats.active_rows  # the stats report the batches the target really ran
 
@@ -75,6 +78,9 @@ def test_finished_rows_are_replaced_while_prompts_wait():
                           return_dict_in_generate=True)
     stats = out.spec_stats
     assert stats.admitted_batches > 1 and max(stats.waiting_rows) > 0
+    # one prompt per prefill beyond the free slots waits in a staging row and takes the next slot by a copy
+    assert stats.staged_prompts > 0
+    assert stats.target_prefill_calls < len(prompts) - stats.staged_prompts + 1
     for active, waiting in zip(stats.active_rows, stats.waiting_rows):
         if waiting:
             assert active == 4, "a slot stayed empty while prompts waited"
