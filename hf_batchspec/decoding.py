@@ -123,7 +123,7 @@ class _Decoder:
                                settings.confidence_threshold, self.static, fused)
         self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
                                     prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging)
-        self.free_staging = list(range(slots, slots + staging))  # cache rows, in the order they are taken
+        self.staging_rows = np.arange(slots, slots + staging)  # cache rows beyond the slots
         self.staged: list[tuple[int, int]] = []  # (prompt index, cache row) prefilled ahead, first come first
         self.target.on_rows = on_rows
         self.drafter.set_on_rows(on_rows)
@@ -309,15 +309,15 @@ class _Decoder:
                 self._unstage(slots)
                 free[slots] = False  # a staged prompt did not finish on its first token
                 continue
-            ids = self.queue.take(len(slots) + len(self.free_staging))
-            rows = np.concatenate((slots, self.free_staging))[: len(ids)].astype(np.int64)
+            # nothing is staged here (staged prompts fill slots first), so every staging row is free
+            ids = self.queue.take(len(slots) + len(self.staging_rows))
+            rows = np.concatenate((slots, self.staging_rows))[: len(ids)].astype(np.int64)
             finished = self._admit(rows, ids)
             slots = slots[: len(ids)]
             free[slots] = finished[: len(slots)]
             for prompt, row, done in zip(ids[len(slots):], rows[len(slots):], finished[len(slots):]):
                 if not done:  # a prompt that ended on its first token needs no slot
                     self.staged.append((int(prompt), int(row)))
-                    self.free_staging.remove(int(row))
                     self.stats.staged_prompts += 1
         return free
 
@@ -328,7 +328,6 @@ class _Decoder:
         sources, targets = to_device(rows, self.device), to_device(slots, self.device)
         self.target.cache.copy_rows(sources, targets)
         self.drafter.copy_rows(sources, targets)
-        self.free_staging.extend(rows.tolist())
         self._place(slots, ids)
 
     def _place(self, slots: np.ndarray, ids: np.ndarray) -> None:
