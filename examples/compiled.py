@@ -77,8 +77,8 @@ def main() -> int:
     print(f"{len(texts)} prompts, batch {args.batch_size}, k={args.k}, on {device}; {tokens} new tokens")
     print(f"  transformers' static cache + compile: {hf_s:.2f} s")
     print(f"  hf-batchspec exspec, compile_config:  {ours_s:.2f} s ({hf_s / ours_s:.2f}x), "
-          f"{stats.tokens_per_round:.2f} tokens per round, {stats.fused_rounds} of {stats.rounds} rounds as the "
-          f"two compiled programs")
+          f"{stats.tokens_per_round:.2f} tokens per round, {stats.fused_rounds} of {stats.rounds} rounds as "
+          f"whole-step compiled programs")
     print(f"  rows equal to plain greedy decoding of their prompt alone: {exact}/{len(texts)}")
     return 0 if exact == len(texts) else 1
 

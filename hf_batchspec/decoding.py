@@ -21,7 +21,7 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .drafters import DraftOptions, DraftSource
+from .drafters import DraftOptions, DraftSource, greedy_steps
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -140,9 +140,11 @@ class _Decoder:
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
-        self._verify_greedy = None
+        self._verify_greedy = self._greedy_round = None
         if fused:
             self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
+            if len(self.k_buckets) == 1:  # constant k: draft steps and verify in one program, one call per round
+                self._greedy_round = torch.compile(greedy_round, **settings.compile_config.to_dict())
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
@@ -177,7 +179,49 @@ class _Decoder:
         k_round = int(budget_h.max())
         if self._verify_greedy is not None and k_round:  # the verify's width: one compiled program per bucket
             k_round = int(self.k_buckets[np.searchsorted(self.k_buckets, k_round)])
-        proposal = self.drafter.propose(rows, self.tokens, k_round, budget)
+        accepted, candidates, count, finished, budget, forwards = self._draft_and_verify(k_round, budget)
+        # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
+        acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
+        live = rows.live_h
+        if self.on_tokens is not None:  # a second transfer, only when streaming
+            self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
+        kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
+        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
+                        len(rows))
+        stats.draft_forward_calls += forwards
+        old_lengths = rows.lengths_h
+        if self.control is not None:
+            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
+                                                                         budget_h)
+        rows.advance(count_h, count)
+        rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
+        self.last_draft_lengths = rows.draft_len_h
+        # Rollback by length: the target keeps pending + accepted drafts; the drafter keeps what it ran that
+        # was accepted. Rejected slots are simply beyond the new lengths.
+        self.target.cache.set_lengths(rows.lengths_h - 1)
+        self.drafter.rollback(rows.lengths_h, old_lengths, forwards)
+        return fin_h.astype(bool)
+
+    def _draft_and_verify(self, k: int, budget: torch.Tensor):  # budget [B]
+        """Steps 1-3 of a round: draft up to k tokens per row, verify them, accept a prefix and cut it at a stop.
+        Returns (accepted drafts [B], candidates [B, k+1], kept count [B], finished [B], budget [B] (as the
+        drafter cut it), draft forwards run). Greedy and compiled, with nothing that needs the host, this is one
+        program (`greedy_round`), or two where the drafter's steps do not fuse or k varies; otherwise the
+        forwards run one by one and acceptance is eager."""
+        rows = self.rows
+        fused = self.drafter.fused_inputs(rows, self.tokens) if self._greedy_round is not None else None
+        if fused is not None:  # constant k: a round where no row drafts runs the same program with budgets of 0
+            k = int(self.k_buckets[-1])
+            inputs = (*fused, self._pending(), rows.generated, rows.live, budget)
+            rows_dynamic(*inputs)  # one graph for every row bucket
+            outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
+                                         self._max_new)
+            self.drafter.cache.end()
+            self.target.cache.end()
+            self._write(outputs[1])
+            self.stats.fused_rounds += 1
+            return (*outputs, budget, k)
+        proposal = self.drafter.propose(rows, self.tokens, k, budget)
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
@@ -192,32 +236,12 @@ class _Decoder:
                 self.target, *inputs, self._fused_stop_ids, self._max_new)
             self.target.cache.end()
             self._write(candidates)
-            stats.fused_rounds += 1
+            self.stats.fused_rounds += 1
         else:
             target_logits = self._verify(drafts)  # [B, k+1, V]
             accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k+1]
             count, finished = self._commit(candidates, accepted + 1)
-        # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
-        acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
-        live = rows.live_h
-        if self.on_tokens is not None:  # a second transfer, only when streaming
-            self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
-        kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
-        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
-                        len(rows))
-        stats.draft_forward_calls += proposal.forwards
-        old_lengths = rows.lengths_h
-        if self.control is not None:
-            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
-                                                                         budget_h)
-        rows.advance(count_h, count)
-        rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
-        self.last_draft_lengths = rows.draft_len_h
-        # Rollback by length: the target keeps pending + accepted drafts; the drafter keeps what it ran that
-        # was accepted. Rejected slots are simply beyond the new lengths.
-        self.target.cache.set_lengths(rows.lengths_h - 1)
-        self.drafter.rollback(rows.lengths_h, old_lengths, proposal.forwards)
-        return fin_h.astype(bool)
+        return accepted, candidates, count, finished, budget, proposal.forwards
 
     def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
         rows = self.rows
@@ -441,6 +465,31 @@ def verify_greedy(
     accepted = greedy_accept(drafts, candidates, budget)
     return (accepted, candidates,
             *kept_and_finished(candidates, accepted + 1, stop_ids, None, live, generated, max_new_tokens))
+
+
+def greedy_round(
+    draft: ModelRunner,  # static shapes, as `target`
+    target: ModelRunner,
+    k: int,
+    first_input: torch.Tensor,  # [B, w] the tokens the draft has not run, ending at each row's pending token
+    positions: torch.Tensor,  # [B, w] their positions
+    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
+    limits: torch.Tensor,  # [B] highest position id of each row
+    pick: torch.Tensor,  # [B] the column of each row's pending token in `first_input`
+    pending: torch.Tensor,  # [B, 1] each row's newest committed token
+    generated: torch.Tensor,  # [B] tokens generated per row
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    budget: torch.Tensor,  # [B] drafts each row offers
+    stop_ids: torch.Tensor,  # [E] padded with -1 (`static_stop_ids`)
+    max_new_tokens: torch.Tensor,  # []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # [B], [B, k+1], [B], [B]
+    """A whole greedy round as one function of device tensors, for torch.compile: the draft's k steps
+    (`greedy_steps`), then the verify with acceptance and the cut at a stop (`verify_greedy`). One compiled call
+    per round instead of two: each call costs its guard evaluation on the host (measured on CPU: ~0.4 ms, about
+    as much as a draft step), and on CUDA each is a graph replay of its own."""
+    drafts = greedy_steps(draft, first_input, positions, lengths, limits, pick, k)  # [B, k]
+    return verify_greedy(target, pending, lengths, limits, generated, live, drafts, budget, stop_ids,
+                         max_new_tokens)
 
 
 def verify_input(

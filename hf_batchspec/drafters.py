@@ -114,14 +114,10 @@ class ModelDrafter:
         self.cache.set_lengths(lengths, rows=slots)
         return 1
 
-    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
-        """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k
-        columns when every row stopped early). `tokens` [N+1, T] is the loop's token buffer."""
-        device = tokens.device
-        if k == 0:
-            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=device), None, budget)
-        static, threshold = self.options.static, self.options.confidence_threshold
-        top = self.cache.top_slot(rows.lengths_h)
+    def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
+        """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column
+        of each row's pending token among them)."""
+        device, static = tokens.device, self.options.static
         # The first step feeds every committed token the draft has not run: after a fully accepted round the
         # token before the pending one (the draft's own last draft, never run), after rounds without drafts
         # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
@@ -142,13 +138,33 @@ class ModelDrafter:
             columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
             keep = 1 if len(columns) == 1 else to_device(columns, device)
             pick = np.searchsorted(columns, missing_h - 1)
-        per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
-        pick = to_device(pick, device)  # [B] the column of each row's pending token in `keep`
-        if self._steps is not None and self.runner.on_rows is None:
-            rows_dynamic(step_input, positions, rows.lengths, rows.limits, pick)  # one graph for every row bucket
-            drafts = self._steps(self.runner, step_input, positions, rows.lengths, rows.limits, pick, k)
+        return step_input, positions, kv_len, keep, to_device(pick, device)
+
+    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> tuple | None:
+        """The tensors `greedy_steps` takes besides the runner and k (`[B, w]` tokens and positions, `[B]`
+        lengths, limits and pick), for `propose` or a caller that compiles the steps into a larger program (the
+        decoder's whole greedy round); None where the steps do not fuse."""
+        if self._steps is None or self.runner.on_rows is not None:
+            return None
+        step_input, positions, _, _, pick = self._first_step(rows, tokens)
+        return step_input, positions, rows.lengths, rows.limits, pick
+
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+        """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k
+        columns when every row stopped early). `tokens` [N+1, T] is the loop's token buffer."""
+        device = tokens.device
+        if k == 0:
+            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=device), None, budget)
+        fused = self.fused_inputs(rows, tokens)
+        if fused is not None:
+            rows_dynamic(*fused)  # one graph for every row bucket
+            drafts = self._steps(self.runner, *fused, k)
             self.cache.end()
             return Proposal(drafts, None, budget, k)
+        threshold = self.options.confidence_threshold
+        top = self.cache.top_slot(rows.lengths_h)
+        step_input, positions, kv_len, keep, pick = self._first_step(rows, tokens)
+        per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
         drafts, probs = [], []
         for j in range(k):  # the draft is sequential: one forward per draft token
             logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
@@ -223,6 +239,9 @@ class LookupDrafter:
 
     def admit(self, *args, **kwargs) -> int:
         return 0
+
+    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> None:
+        return None  # no greedy draft steps to compile into the decoder's round
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         drafts, counts = ngram_drafts(tokens, rows.ids, rows.lengths, k, self.max_ngram, budget)  # [B, k], [B]
@@ -303,6 +322,9 @@ class OtherTokenizerDrafter:
         self.ran[slots, : padded.shape[1]] = padded
         return self.inner.admit(prompts_d, packed_positions(len(ids), padded.shape[1], self.device),
                                 self.limits[: len(ids)], padded.shape[1], cache_rows, ids, slots, draft_lengths)
+
+    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> None:
+        return None  # no greedy draft steps to compile into the decoder's round
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         if k == 0:

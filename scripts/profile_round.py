@@ -1,5 +1,6 @@
 """What one verify round of exspec costs, from the torch profiler: wall time, host-side launches (kernels and
-CUDA graph replays), device-to-host syncs, and the GPU's busy time, per round, beside transformers' greedy step.
+CUDA graph replays), device-to-host syncs, the GPU's busy time, compiled calls and the host time dynamo spends
+checking their guards (`TorchDynamo Cache Lookup`), per round, beside transformers' greedy step.
 
 Why: on a GPU a compiled forward is one CUDA graph launch, so what is left per round is the loop's own work
 (masks, gathers, scatters, acceptance, the one host sync) and the launch gaps it leaves on the GPU. Prefill and
@@ -39,7 +40,11 @@ def profiled(call, cuda: bool) -> dict:
     gpu_us = sum(event.device_time for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA
                  ) if cuda else 0.0
     top_level_ops = sum(1 for event in prof.events() if event.name.startswith("aten::") and event.cpu_parent is None)
-    return {"steps": steps, "wall_ms": wall * 1e3, "gpu_ms": gpu_us / 1e3,
+    compiled = sum(1 for event in prof.events() if event.name.startswith("Torch-Compiled Region")
+                   and event.cpu_parent is None)
+    guard_us = sum(event.cpu_time_total for event in prof.events() if event.name == "TorchDynamo Cache Lookup")
+    return {"steps": steps, "wall_ms": wall * 1e3, "gpu_ms": gpu_us / 1e3, "compiled calls": compiled,
+            "guard_ms": guard_us / 1e3,
             "kernel launches": sum(names[n] for n in LAUNCHES), "graph launches": sum(names[n] for n in GRAPHS),
             "host syncs": sum(names[n] for n in SYNCS), "copies": names["cudaMemcpyAsync"],
             "top-level aten ops": top_level_ops}
@@ -99,7 +104,8 @@ def main() -> None:
         row = per_step(profiled(method(args.long), cuda), profiled(method(args.short), cuda))
         print(f"  {name:<36} " + ", ".join(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
                                           for key, value in row.items() if cuda or key in (
-                                              "steps", "wall_ms", "top-level aten ops")))
+                                              "steps", "wall_ms", "top-level aten ops", "compiled calls",
+                                              "guard_ms")))
 
 
 if __name__ == "__main__":

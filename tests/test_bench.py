@@ -125,5 +125,5 @@ def test_compiled_example_runs_and_every_row_is_exact():
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plain greedy decoding of their prompt alone: 4/4" in result.stdout, result.stdout
-    rounds = re.search(r"(\d+) of (\d+) rounds as the two compiled programs", result.stdout)
+    rounds = re.search(r"(\d+) of (\d+) rounds as whole-step compiled programs", result.stdout)
     assert rounds and rounds.group(1) == rounds.group(2) != "0", result.stdout

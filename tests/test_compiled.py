@@ -154,7 +154,7 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
 
 @pytest.mark.parametrize("arch", ["qwen3_sliding", "gpt2"])
 def test_whole_step_programs_on_other_architectures(arch):
-    """The two compiled programs on a model with sliding-window layers (a mask per layer type inside the
+    """The whole-step compiled program on a model with sliding-window layers (a mask per layer type inside the
     program) and on one with absolute positions (position ids clamped inside it): every round runs as the
     programs, each one graph (`fullgraph=True` fails on a graph break), and every row equals plain greedy, with and
     without an EOS that stops rows inside accepted blocks."""
@@ -290,6 +290,23 @@ def test_compiled_tail_bucket_takes_the_warmed_graphs(compiled_pair, warmed):
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, 12, tuple(stops))
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
+
+
+def test_constant_k_round_is_one_compiled_call(compiled_pair, warmed):
+    """With a constant k each greedy round, the last-token rounds included, is one compiled call (draft steps, verify
+    and acceptance in `greedy_round`): the profiler sees as many compiled regions as rounds, and nothing else
+    compiled runs (prefills are eager)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    target, draft = compiled_pair
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        width, out = generate_compiled(target, draft, prompts, 10, None)
+    calls = sum(1 for event in prof.events() if event.name.startswith("Torch-Compiled Region")
+                and event.cpu_parent is None)
+    assert calls == out.spec_stats.rounds == out.spec_stats.fused_rounds > 0
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, width:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
 
 
 def test_static_scores_and_streaming_equal_dynamic_shapes():
