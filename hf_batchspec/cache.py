@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .scheduling import to_device
+
 
 def _scatter_slots(
     cache: torch.Tensor,  # [B, H, S, D] one layer's keys or values, written in place
@@ -202,14 +204,20 @@ class RaggedCache(Cache):
         buffers, which the program's next CUDA graph replay overwrites: nothing should keep it alive."""
         self._plan.set(None, 0, None)
 
-    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+    def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         """Row targets[i] takes row sources[i]'s keys, values and length (one gather per tensor, in place, so a
-        compiled forward's static addresses stay valid)."""
+        compiled forward's static addresses stay valid). The rows come as host arrays: the lengths are host
+        metadata, and reading device indices back would be a host sync."""
+        index = {}  # device -> (sources, targets) there: one copy per device, not per layer
         for layer in self.layers:
             if layer.is_initialized:
-                layer.keys[targets.to(layer.keys.device)] = layer.keys[sources.to(layer.keys.device)]
-                layer.values[targets.to(layer.values.device)] = layer.values[sources.to(layer.values.device)]
-        self.set_lengths(self.lengths_of(sources.cpu().numpy()), rows=targets.cpu().numpy())
+                device = layer.keys.device
+                if device not in index:
+                    index[device] = (to_device(sources, device), to_device(targets, device))
+                src, dst = index[device]
+                layer.keys[dst] = layer.keys[src]
+                layer.values[dst] = layer.values[src]
+        self.set_lengths(self.lengths_of(sources), rows=targets)
 
     def lengths_of(self, rows: np.ndarray) -> np.ndarray:  # [n] valid slots of cache rows, staging rows included
         return np.concatenate((self.lengths, self.staged_lengths))[rows]

@@ -349,9 +349,8 @@ class _Decoder:
         """The first len(slots) staged prompts move into `slots`: their cache rows are copied (both models)."""
         moved, self.staged = self.staged[: len(slots)], self.staged[len(slots):]
         ids, rows = (np.array(column, dtype=np.int64) for column in zip(*moved))
-        sources, targets = to_device(rows, self.device), to_device(slots, self.device)
-        self.target.cache.copy_rows(sources, targets)
-        self.drafter.copy_rows(sources, targets)
+        self.target.cache.copy_rows(rows, slots)
+        self.drafter.copy_rows(rows, slots)
         self._place(slots, ids)
 
     def _place(self, slots: np.ndarray, ids: np.ndarray) -> None:
@@ -373,10 +372,9 @@ class _Decoder:
         copy_of = np.searchsorted(prefilled, first[group])  # [n] each admitted row's prefilled row
         last_logits = self._prefill(slots[prefilled], ids[prefilled])[torch.as_tensor(copy_of, device=self.device)]
         if len(prefilled) < len(ids):
-            sources = torch.as_tensor(slots[prefilled][copy_of], device=self.device)
-            targets = torch.as_tensor(slots, device=self.device)
-            self.target.cache.copy_rows(sources, targets)
-            self.drafter.copy_rows(sources, targets)
+            sources = slots[prefilled][copy_of]
+            self.target.cache.copy_rows(sources, slots)
+            self.drafter.copy_rows(sources, slots)
         self.target.cache.set_lengths(lengths, rows=slots)
         scores = self._scores(last_logits.unsqueeze(1), ids, lengths)  # [n, 1, V]
         first = self._choose(scores[:, 0])  # [n]

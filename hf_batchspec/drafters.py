@@ -199,7 +199,7 @@ class ModelDrafter:
     def select_rows(self, index: torch.Tensor) -> None:
         self.cache.select_rows(index)
 
-    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+    def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         self.cache.copy_rows(sources, targets)
 
     def left_align(self, offsets: np.ndarray) -> None:
@@ -257,7 +257,7 @@ class LookupDrafter:
     def select_rows(self, index: torch.Tensor) -> None:
         pass
 
-    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+    def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         pass
 
     def left_align(self, offsets: np.ndarray) -> None:
@@ -361,9 +361,9 @@ class OtherTokenizerDrafter:
         self.ran = self.ran[index.cpu().numpy()]
         self.limits = self.limits[: len(index)]
 
-    def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+    def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         self.inner.copy_rows(sources, targets)
-        self.ran[targets.cpu().numpy()] = self.ran[sources.cpu().numpy()]
+        self.ran[targets] = self.ran[sources]
 
     def left_align(self, offsets: np.ndarray) -> None:
         raise NotImplementedError("a draft with another tokenizer has positions of its own: no shared layout")

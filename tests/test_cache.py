@@ -110,7 +110,7 @@ def test_model_forward_through_ragged_cache_equals_alone():
     model = build("qwen3")
     rows = [[5, 6, 7, 8], [9, 10]]
     cache = RaggedCache(num_layers=2, batch_size=2, max_cache_len=10)
-    packed = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    packed = torch.tensor([row + [0] * (4 - len(row)) for row in rows])  # right-packed: slot = position
     positions = torch.arange(4).expand(2, 4)
 
     def step(tokens, pos, kv_len):
