@@ -142,9 +142,10 @@ class _Decoder:
                                       self.device)
         self._verify_greedy = self._greedy_round = None
         if fused:
+            # a draft model's steps, the verify and acceptance in one program; the verify alone for a drafter
+            # without steps to compile (prompt lookup)
+            self._greedy_round = torch.compile(greedy_round, **settings.compile_config.to_dict())
             self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
-            if len(self.k_buckets) == 1:  # constant k: draft steps and verify in one program, one call per round
-                self._greedy_round = torch.compile(greedy_round, **settings.compile_config.to_dict())
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
@@ -206,12 +207,15 @@ class _Decoder:
         """Steps 1-3 of a round: draft up to k tokens per row, verify them, accept a prefix and cut it at a stop.
         Returns (accepted drafts [B], candidates [B, k+1], kept count [B], finished [B], budget [B] (as the
         drafter cut it), draft forwards run). Greedy and compiled, with nothing that needs the host, this is one
-        program (`greedy_round`), or two where the drafter's steps do not fuse or k varies; otherwise the
+        program (`greedy_round`; the verify alone where the drafter has no steps to compile); otherwise the
         forwards run one by one and acceptance is eager."""
         rows = self.rows
         fused = self.drafter.fused_inputs(rows, self.tokens) if self._greedy_round is not None else None
-        if fused is not None:  # constant k: a round where no row drafts runs the same program with budgets of 0
-            k = int(self.k_buckets[-1])
+        if fused is not None:
+            if len(self.k_buckets) == 1:
+                # A constant k has one program: a round where no row drafts (each at its last token) runs it
+                # with budgets of 0, rather than compile a second target program for those few rounds.
+                k = int(self.k_buckets[-1])
             inputs = (*fused, self._pending(), rows.generated, rows.live, budget)
             rows_dynamic(*inputs)  # one graph for every row bucket
             outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
@@ -220,7 +224,7 @@ class _Decoder:
             self.target.cache.end()
             self._write(outputs[1])
             self.stats.fused_rounds += 1
-            return (*outputs, budget, k)
+            return (*outputs, budget, max(k, 1))
         proposal = self.drafter.propose(rows, self.tokens, k, budget)
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
@@ -484,8 +488,10 @@ def greedy_round(
     """A whole greedy round as one function of device tensors, for torch.compile: the draft's k steps
     (`greedy_steps`), then the verify with acceptance and the cut at a stop (`verify_greedy`). One compiled call
     per round instead of two: each call costs its guard evaluation on the host (measured on CPU: ~0.3 ms, about
-    as much as a draft step), and on CUDA each is a graph replay of its own."""
-    drafts = greedy_steps(draft, first_input, positions, lengths, limits, pick, k)  # [B, k]
+    as much as a draft step), and on CUDA each is a graph replay of its own. With k = 0 (`speculation="auto"`
+    found drafting does not pay) the draft still runs its first step, unverified: it catches up on the tokens it
+    has not run, so its first step keeps its width of 2 and each k keeps one program."""
+    drafts = greedy_steps(draft, first_input, positions, lengths, limits, pick, max(k, 1))[:, :k]  # [B, k]
     return verify_greedy(target, pending, lengths, limits, generated, live, drafts, budget, stop_ids,
                          max_new_tokens)
 

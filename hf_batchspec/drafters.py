@@ -31,7 +31,7 @@ from .errors import UnsupportedModelError
 from .lookup import ngram_drafts
 from .masks import packed_positions
 from .processors import ScoreProcessing, probabilities
-from .runner import ModelRunner, decoder_layers, rows_dynamic
+from .runner import ModelRunner, decoder_layers
 from .scheduling import ActiveRows, to_device
 
 
@@ -92,12 +92,11 @@ class ModelDrafter:
                  staging: int = 0):
         self.options = options
         self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static, staging)
-        # A greedy draft without a confidence threshold decides nothing on the host between its steps, so its
-        # k steps compile into one program: one call (one CUDA graph) per round instead of k, and the steps'
-        # masks, gathers and argmaxes inside it (see `greedy_steps`).
-        self._steps = None
-        if compile_config is not None and options.fused and not options.do_sample and not options.confidence_threshold:
-            self._steps = torch.compile(greedy_steps, **compile_config.to_dict())
+        # A greedy draft without a confidence threshold decides nothing on the host between its steps, so the
+        # decoder compiles its k steps into the round's program (`greedy_steps` inside `decoding.greedy_round`):
+        # one call (one CUDA graph) per round, the steps' masks, gathers and argmaxes inside it.
+        self._fuses = (compile_config is not None and options.fused and not options.do_sample
+                       and not options.confidence_threshold)
 
     @property
     def cache(self):
@@ -142,9 +141,9 @@ class ModelDrafter:
 
     def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> tuple | None:
         """The tensors `greedy_steps` takes besides the runner and k (`[B, w]` tokens and positions, `[B]`
-        lengths, limits and pick), for `propose` or a caller that compiles the steps into a larger program (the
-        decoder's whole greedy round); None where the steps do not fuse."""
-        if self._steps is None or self.runner.on_rows is not None:
+        lengths, limits and pick), for the decoder, which compiles the steps into its round's program; None
+        where the steps do not fuse (then `propose` runs them)."""
+        if not self._fuses or self.runner.on_rows is not None:
             return None
         step_input, positions, _, _, pick = self._first_step(rows, tokens)
         return step_input, positions, rows.lengths, rows.limits, pick
@@ -155,12 +154,6 @@ class ModelDrafter:
         device = tokens.device
         if k == 0:
             return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=device), None, budget)
-        fused = self.fused_inputs(rows, tokens)
-        if fused is not None:
-            rows_dynamic(*fused)  # one graph for every row bucket
-            drafts = self._steps(self.runner, *fused, k)
-            self.cache.end()
-            return Proposal(drafts, None, budget, k)
         threshold = self.options.confidence_threshold
         top = self.cache.top_slot(rows.lengths_h)
         step_input, positions, kv_len, keep, pick = self._first_step(rows, tokens)

@@ -292,21 +292,31 @@ def test_compiled_tail_bucket_takes_the_warmed_graphs(compiled_pair, warmed):
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
 
 
-def test_constant_k_round_is_one_compiled_call(compiled_pair, warmed):
-    """With a constant k each greedy round, the last-token rounds included, is one compiled call (draft steps, verify
-    and acceptance in `greedy_round`): the profiler sees as many compiled regions as rounds, and nothing else
-    compiled runs (prefills are eager)."""
+@pytest.mark.parametrize("speculation", ["always", "auto"])
+def test_greedy_round_is_one_compiled_call(compiled_pair, warmed, speculation):
+    """Each greedy round is one compiled call (draft steps, verify and acceptance in `greedy_round`): with a
+    constant k the last-token rounds included, with auto its rounds of any k, 0 included (where the draft only
+    catches up). The profiler sees as many compiled regions as rounds, and nothing else compiled runs (prefills
+    are eager); every row equals plain greedy."""
     from torch.profiler import ProfilerActivity, profile
 
     target, draft = compiled_pair
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]]
+    ids, mask = left_pad(prompts, 0)
+    # auto with a draft that costs five target forwards: rounds of k = 0, and a k = 1 probe every few rounds
+    auto = dict(speculation=hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=5.0,
+                                                   draft_token=0.0))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        width, out = generate_compiled(target, draft, prompts, 10, None)
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=10, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **COMPILED,
+                              **(auto if speculation == "auto" else {}))
     calls = sum(1 for event in prof.events() if event.name.startswith("Torch-Compiled Region")
                 and event.cpu_parent is None)
     assert calls == out.spec_stats.rounds == out.spec_stats.fused_rounds > 0
+    if speculation == "auto":  # most rounds drafted nothing: the draft only caught up in them
+        assert 0 < out.spec_stats.drafted_tokens.sum() < out.spec_stats.row_rounds.sum() / 2
     for row, prompt in enumerate(prompts):
-        assert out.sequences[row, width:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
 
 
 def test_static_scores_and_streaming_equal_dynamic_shapes():
