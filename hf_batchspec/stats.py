@@ -30,7 +30,7 @@ class BatchSpecStats:
     staged_prompts: int = 0  # prompts prefilled ahead into a staging row, later copied into a freed slot
     realignments: int = 0  # times both caches moved every row (only batch_spec="eqspec-realign")
     # verify rounds run as whole-step compiled programs (compiled greedy without processors or criteria that
-    # need the host: draft steps, verify, acceptance; one program with a constant k, see decoding.greedy_round)
+    # need the host: draft steps, verify, acceptance in one program, see decoding.greedy_round)
     fused_rounds: int = 0
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
