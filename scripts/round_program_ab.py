@@ -20,6 +20,8 @@ from transformers import CompileConfig
 
 from hf_batchspec import decoding
 from hf_batchspec.bench import _left_pad, load_pair, load_prompts
+from hf_batchspec.drafters import greedy_steps
+from hf_batchspec.runner import rows_dynamic
 
 
 def main() -> None:
@@ -33,20 +35,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    config = CompileConfig()
+    config._compile_all_devices = not args.device.startswith("cuda")
+    # The two-program form: the draft's steps and the verify compiled apart, called one after the other where
+    # the decoder calls its one program.
+    steps = torch.compile(greedy_steps, **config.to_dict())
+    verify = torch.compile(decoding.verify_greedy, **config.to_dict())
+
+    def two_programs(draft, target, k, first_input, positions, lengths, limits, pick, pending, generated, live,
+                     budget, stop_ids, max_new_tokens):
+        drafts = steps(draft, first_input, positions, lengths, limits, pick, max(k, 1))[:, :k]
+        rows_dynamic(drafts)  # as the decoder marks the program's inputs: one graph for every row bucket
+        return verify(target, pending, lengths, limits, generated, live, drafts, budget, stop_ids, max_new_tokens)
+
     one_program = {"on": True}
     build = decoding._Decoder.__init__
 
-    def init(self, *a, **kw):  # the two-program form: the decoder without its whole-round program
+    def init(self, *a, **kw):
         build(self, *a, **kw)
         if not one_program["on"]:
-            self._greedy_round = None
+            self._greedy_round = two_programs
 
     decoding._Decoder.__init__ = init
     target, draft, tokenizer = load_pair(None, None, torch.float32, args.device)
     pad = tokenizer.pad_token_id or 0
     ids, mask, _ = _left_pad(load_prompts(None, tokenizer, args.num_prompts), pad, args.device)
-    config = CompileConfig()
-    config._compile_all_devices = not args.device.startswith("cuda")
 
     def call(on: bool) -> float:
         one_program["on"] = on
