@@ -15,6 +15,7 @@ import time
 import torch
 from transformers import CompileConfig, StaticCache
 
+from hf_batchspec import compat
 from hf_batchspec.bench import load_pair
 from hf_batchspec.cache import RaggedLayer
 from hf_batchspec.runner import ModelRunner
@@ -44,14 +45,15 @@ def ours(model, rows: int, width: int, compile_config) -> float:
 def transformers_step(model, rows: int, width: int, compile_config) -> float:
     cache = StaticCache(config=model.config, max_cache_len=SLOTS)
     tokens = torch.randint(3, 100, (rows, PROMPT))
-    model(input_ids=tokens, past_key_values=cache, use_cache=True)
+    name = compat.cache_kwarg(model)  # `cache` from transformers 5.24 (`past_key_values` is deprecated there)
+    model(input_ids=tokens, **{name: cache}, use_cache=True)
     call = model.get_compiled_call(compile_config) if compile_config else model
 
     def step():
         for layer in cache.layers:  # the same position every time (transformers' layers count what they wrote)
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length.fill_(PROMPT)
-        return call(input_ids=tokens[:, :width], past_key_values=cache, use_cache=True,
+        return call(input_ids=tokens[:, :width], **{name: cache}, use_cache=True,
                     position_ids=(torch.arange(width) + PROMPT).expand(rows, width),
                     cache_position=torch.arange(width) + PROMPT)
     return per_call_ms(step)
