@@ -6,6 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from hf_batchspec.cache import RaggedCache
+from hf_batchspec.compat import cache_kwarg
 from hf_batchspec.masks import additive_mask
 from tests.tiny_models import build
 
@@ -93,13 +94,14 @@ def test_from_left_padded_matches_per_row_prefill():
     padded = DynamicCache(config=model.config)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=padded, use_cache=True)
+        model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **{cache_kwarg(model): padded},
+              use_cache=True)
     ragged = RaggedCache.from_left_padded(padded, mask, max_cache_len=12)
     assert ragged.lengths.tolist() == [5, 2, 3]
     for row, p in enumerate(prompts):
         alone = DynamicCache(config=model.config)
         with torch.no_grad():
-            model(input_ids=torch.tensor([p]), past_key_values=alone, use_cache=True)
+            model(input_ids=torch.tensor([p]), **{cache_kwarg(model): alone}, use_cache=True)
         for ours, ref in zip(ragged.layers, alone.layers):
             torch.testing.assert_close(ours.keys[row, :, : len(p)], ref.keys[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(ours.values[row, :, : len(p)], ref.values[0], atol=1e-5, rtol=1e-5)
@@ -117,7 +119,8 @@ def test_model_forward_through_ragged_cache_equals_alone():
         cache.begin(pos, kv_len)
         mask = additive_mask(pos, kv_len, torch.float32)
         with torch.no_grad():
-            return model(input_ids=tokens, position_ids=pos, attention_mask=mask, past_key_values=cache).logits
+            return model(input_ids=tokens, position_ids=pos, attention_mask=mask,
+                         **{cache_kwarg(model): cache}).logits
 
     step(packed, positions, 4)
     cache.set_lengths(np.array([4, 2]))
