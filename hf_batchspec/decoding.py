@@ -178,7 +178,10 @@ class _Decoder:
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
         k_round = int(budget_h.max())
-        if self._verify_greedy is not None and k_round:  # the verify's width: one compiled program per bucket
+        if self._verify_greedy is not None and (k_round or len(self.k_buckets) == 1):
+            # The verify's width: one compiled program per bucket. A constant k has one bucket, and a round where
+            # no row drafts (each at its last token) runs it too, with budgets of 0, rather than compile a second
+            # target program for those few rounds.
             k_round = int(self.k_buckets[np.searchsorted(self.k_buckets, k_round)])
         accepted, candidates, count, finished, budget, forwards = self._draft_and_verify(k_round, budget)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
@@ -212,10 +215,6 @@ class _Decoder:
         rows = self.rows
         fused = self.drafter.fused_inputs(rows, self.tokens) if self._greedy_round is not None else None
         if fused is not None:
-            if len(self.k_buckets) == 1:
-                # A constant k has one program: a round where no row drafts (each at its last token) runs it
-                # with budgets of 0, rather than compile a second target program for those few rounds.
-                k = int(self.k_buckets[-1])
             inputs = (*fused, self._pending(), rows.generated, rows.live, budget)
             rows_dynamic(*inputs)  # one graph for every row bucket
             outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
@@ -229,10 +228,6 @@ class _Decoder:
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
-        if self._verify_greedy is not None and drafts.shape[1] == 0 and len(self.k_buckets) == 1:
-            # A constant k has one verify width: a round where no row drafts (each at its last token) pads to it
-            # too, rather than compile a second target program for those few rounds.
-            drafts = drafts.new_zeros((len(rows), int(self.k_buckets[-1])))
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
             inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
             rows_dynamic(*inputs)  # one graph for every row bucket
