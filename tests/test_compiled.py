@@ -152,6 +152,32 @@ def test_compiled_equals_plain_greedy_without_recompiling(compiled_pair, warmed,
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
 
 
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_compiled_auto_equals_plain_greedy(compiled_pair, data):
+    """`speculation="auto"` on the compiled path: a round program per draft width, and rounds of k = 0 where the
+    draft only catches up (forced by a draft that costs five target forwards). Every round runs as one program
+    and every row, trimmed at its stop, equals plain greedy decoding of its prompt alone."""
+    target, draft = compiled_pair
+    rows = data.draw(st.integers(2, 7), label="rows")
+    lengths = data.draw(st.lists(st.integers(1, 20), min_size=rows, max_size=rows), label="lengths")
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    max_new = data.draw(st.integers(2, 30), label="max_new")  # 1 token is the prefill's alone: no round
+    free = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
+    eos = tuple(data.draw(st.lists(st.sampled_from(free), max_size=2, unique=True), label="eos")) or None
+    slow_draft = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=5.0, draft_token=0.0)
+    speculation = data.draw(st.sampled_from(["auto", slow_draft]), label="speculation")
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=list(eos) if eos else None, pad_token_id=0, return_dict_in_generate=True,
+                          speculation=speculation, **COMPILED)
+    assert out.spec_stats.fused_rounds == out.spec_stats.rounds  # none when every row stopped on its first token
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, eos)
+        assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
+
+
 @pytest.mark.parametrize("arch", ["qwen3_sliding", "gpt2"])
 def test_whole_step_programs_on_other_architectures(arch):
     """The whole-step compiled program on a model with sliding-window layers (a mask per layer type inside the
