@@ -12,20 +12,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import textwrap
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from .profiling import ForwardTimer
 
 BUNDLED_PAIR = Path(__file__).parent / "demo_pair"
-OURS = ("eqspec", "eqspec-realign (paper's layout)", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit",
-        "exspec-other-tokenizer")
-OUR_METHODS = ("eqspec", "eqspec-realign", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit",
-               "exspec-other-tokenizer")  # --ours names (with --compile, exspec's compiled rows come with exspec
-# and exspec-auto)
+
+
+class OurMethod(NamedTuple):
+    """One of our rows. `speculation` None and `constant_k` False are the library's defaults: the argument is not
+    passed at all, so the row shows what a user gets from a plain call (and follows the defaults when they change);
+    the other rows pass `speculation` and `num_assistant_tokens=--k` explicitly, so they stay what they say."""
+    name: str  # the --ours name
+    row: str  # the method's name in the table and the JSON
+    strategy: str  # batch_spec
+    source: str  # the draft source: "draft" (--draft), "lookup", "early-exit", "other" (--other-draft)
+    speculation: str | None  # "always" (constant k), "auto", or None: not passed (the library's default)
+    constant_k: bool  # num_assistant_tokens=--k passed (prompt lookup passes --lookup-tokens either way: HF needs it)
+    compiled: bool  # --compile adds `<row>-compiled`, the same call with compile_config
+    help: str
+
+
+OUR_TABLE = (
+    OurMethod("eqspec", "eqspec", "eqspec", "draft", "always", True, False, "every batch decoded together"),
+    OurMethod("eqspec-realign", "eqspec-realign (paper's layout)", "eqspec-realign", "draft", "always", True, False,
+              "the paper's left-padded layout, realigned every round"),
+    OurMethod("exspec", "exspec", "exspec", "draft", "always", True, True, "the draft model, k=--k every round"),
+    OurMethod("exspec-auto", "exspec-auto", "exspec", "draft", "auto", True, True, "speculation='auto', k <= --k"),
+    OurMethod("exspec-lookup", "exspec-lookup", "exspec", "lookup", "always", True, False,
+              "prompt lookup, no draft model"),
+    OurMethod("exspec-early-exit", "exspec-early-exit", "exspec", "early-exit", "always", True, False,
+              "the target's first --early-exit layers draft"),
+    OurMethod("exspec-other-tokenizer", "exspec-other-tokenizer", "exspec", "other", "always", True, False,
+              "--other-draft, a draft with a tokenizer of its own"),
+    OurMethod("exspec-default", "exspec-default", "exspec", "draft", None, False, True,
+              "the draft model with the library's defaults: no num_assistant_tokens, no speculation"),
+    OurMethod("exspec-lookup-default", "exspec-lookup-default", "exspec", "lookup", None, False, False,
+              "prompt lookup with the defaults: prompt_lookup_num_tokens=--lookup-tokens, no speculation"),
+    OurMethod("exspec-early-exit-default", "exspec-early-exit-default", "exspec", "early-exit", None, False, False,
+              "early exit with the defaults"),
+    OurMethod("exspec-other-default", "exspec-other-default", "exspec", "other", None, False, False,
+              "--other-draft with the defaults"),
+)
+OURS = {method.name: method for method in OUR_TABLE}  # by --ours name
+OUR_GROUPS = {"defaults": tuple(method.name for method in OUR_TABLE if method.speculation is None)}  # --ours aliases
 BASELINES = ("assisted", "lookup", "early-exit", "uad", "cb")  # the HF baselines --methods can add besides greedy
 BUNDLED_OTHER_DRAFT = BUNDLED_PAIR / "draft_other_tokenizer"  # a draft with a tokenizer of its own
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,16 +89,42 @@ class Result:
         return self.tokens / self.seconds
 
 
-def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+DRAFT_INITS = ("trained", "random")
+
+
+def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device: str, draft_init: str = "trained"):
+    """The target (with the mixin), the draft and the target's tokenizer. `draft_init="random"`: the draft's config
+    with freshly initialised weights (seeded: torch.manual_seed(0), the same weights every run), a draft that
+    rarely agrees with the target, to show what speculation costs when acceptance is low."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     import hf_batchspec
 
+    if draft_init not in DRAFT_INITS:
+        raise ValueError(f"draft_init must be one of {DRAFT_INITS}; got {draft_init!r}")
     target = target or str(BUNDLED_PAIR / "target")
     draft = draft or str(BUNDLED_PAIR / "draft")
     tokenizer = AutoTokenizer.from_pretrained(target)
     load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # noqa: E731
-    return hf_batchspec.enable(load(target)), load(draft), tokenizer
+    if draft_init == "trained":
+        draft_model = load(draft)
+    else:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        try:
+            draft_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(draft), dtype=dtype)
+        finally:
+            torch.random.set_rng_state(state)  # the bench's own draws (none today) stay as they were
+        try:  # its stop and pad ids, as the trained draft has them
+            draft_model.generation_config = GenerationConfig.from_pretrained(draft)
+        except OSError:
+            pass
+        draft_model = draft_model.to(device).eval()
+    return hf_batchspec.enable(load(target)), draft_model, tokenizer
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def load_other_draft(path: str | None, dtype: torch.dtype, device: str):
@@ -238,12 +301,14 @@ class Bench:
                               **sizing)
 
     def ours(self, strategy, batch_size, speculation="always", k=None, source=None, **generate_kwargs):
-        """Ours, drafting from `source` (generate kwargs; default: the draft model with k drafts per round)."""
+        """Ours, drafting from `source` (generate kwargs; default: the draft model with k drafts per round).
+        `speculation=None` passes no `speculation` at all: the library's default, whatever it is at the time."""
         source = source or dict(assistant_model=self.draft, num_assistant_tokens=k or self.k)
+        chosen = {} if speculation is None else dict(speculation=speculation)
 
         def run(prompts, warmup):
-            kwargs = dict(batch_spec=strategy, speculation=speculation, return_dict_in_generate=True, **source,
-                          **self.common, **generate_kwargs)
+            kwargs = dict(batch_spec=strategy, **chosen, return_dict_in_generate=True, **source, **self.common,
+                          **generate_kwargs)
             chunks = [prompts] if strategy == "exspec" else _chunks(prompts, batch_size)
             if strategy == "exspec":
                 kwargs["max_batch_size"] = batch_size
@@ -258,14 +323,116 @@ class Bench:
         return run
 
 
-def run_bench(args, on_batch_size=None) -> list[Result]:
+def is_bundled_target(target: str | None) -> bool:
+    """Whether `--target` is the bundled target, for which the bundled drafts were trained."""
+    bundled = BUNDLED_PAIR / "target"
+    return target is None or (Path(target).is_dir() and Path(target).resolve() == bundled.resolve())
+
+
+def describe_setup(args, target, draft, prompts) -> dict:
+    """What a saved run was measured with: enough to read its numbers (and re-run it) without the command line."""
+    import datetime
+    import platform
+
+    import transformers
+
+    import hf_batchspec
+
+    return dict(
+        target=args.target or "hf_batchspec/demo_pair/target",
+        target_parameters=parameter_count(target),
+        draft=args.draft or "hf_batchspec/demo_pair/draft",
+        draft_init=args.draft_init, draft_parameters=parameter_count(draft),
+        other_draft=args.other_draft or (f"hf_batchspec/demo_pair/{BUNDLED_OTHER_DRAFT.name}" if is_bundled_target(
+            args.target) and BUNDLED_OTHER_DRAFT.is_dir() else None),  # None: its rows were skipped
+        k=args.k, lookup_tokens=args.lookup_tokens, early_exit=args.early_exit, max_new_tokens=args.max_new_tokens,
+        prompts=args.prompts or "hf_batchspec/data/code_prompts.jsonl", num_prompts=len(prompts),
+        batch_sizes=list(args.batch_sizes), methods=list(args.methods), ours=list(args.ours),
+        repeats=args.repeats, compile=args.compile, calibrate=args.calibrate, threads=torch.get_num_threads(),
+        device=args.device, device_name=torch.cuda.get_device_name(torch.device(args.device))
+        if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        dtype=args.dtype, torch=torch.__version__, transformers=transformers.__version__,
+        hf_batchspec=hf_batchspec.__version__, python=platform.python_version(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def setup_line(setup: dict) -> str:
+    """The setup in one line: the plot's title and the line printed above the table."""
+    millions = lambda n: f"{n / 1e6:.1f}M params" if n is not None else "size ?"  # noqa: E731
+    draft = setup["draft"] + (", random init" if setup.get("draft_init") == "random" else "")
+    return (f"target {setup['target']} ({millions(setup.get('target_parameters'))}), draft {draft} "
+            f"({millions(setup.get('draft_parameters'))}); k={setup['k']}, max_new_tokens={setup['max_new_tokens']}, "
+            f"{setup['num_prompts']} prompts ({setup['prompts']}); {setup['device']} {setup['dtype']}, "
+            f"torch threads {setup['threads']}; torch {setup['torch']}, transformers {setup['transformers']}, "
+            f"hf_batchspec {setup['hf_batchspec']}, {setup['date']}")
+
+
+def plan_runs(args, bench: Bench, tokenizer, cost="auto", compiled_cost="auto", setup: dict | None = None) -> list:
+    """What `run_bench` will run, in order: [(method, batch size, run, uses the draft)]. Builds the calls only; nothing
+    generates here (the other-tokenizer draft is loaded, or its rows skipped with a line saying why)."""
+    plan = [("hf-greedy-b1", 1, bench.hf_greedy(1), False)]
+    if "assisted" in args.methods:
+        plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
+                 (f"hf-assisted-b1 (k={args.k}, threshold off)", 1, bench.hf_assisted(args.k, 0.0), True)]
+    ours = [OURS[name] for name in args.ours]
+    other = None
+    if "uad" in args.methods or any(method.source == "other" for method in ours):
+        rows = ", ".join(["uad"] * ("uad" in args.methods) + [m.name for m in ours if m.source == "other"])
+        if args.other_draft is None and not is_bundled_target(args.target):
+            print(f"skipped {rows}: the bundled draft with another tokenizer was trained for the bundled target, "
+                  f"not for --target {args.target}; pass --other-draft PATH (a draft for this target) to run them")
+        elif (loaded := load_other_draft(args.other_draft, DTYPES[args.dtype], args.device)) is None:
+            print(f"skipped {rows}: no draft with another tokenizer (--other-draft; the bundled one is made by "
+                  "scripts/train_demo_pair.py)")
+        else:
+            other = dict(assistant_model=loaded[0], tokenizer=tokenizer, assistant_tokenizer=loaded[1])
+            if setup is not None:
+                setup["other_draft_parameters"] = parameter_count(loaded[0])
+    if other is not None and "uad" in args.methods:
+        plan.append(("hf-universal-assisted-b1 (HF defaults)", 1, bench.hf_batch_one(**other), False))
+    if "lookup" in args.methods:
+        plan.append(("hf-prompt-lookup-b1", 1, bench.hf_batch_one(prompt_lookup_num_tokens=args.lookup_tokens), False))
+    if "early-exit" in args.methods:
+        plan.append(("hf-early-exit-b1", 1, bench.hf_batch_one(assistant_early_exit=args.early_exit), False))
+
+    def source(method: OurMethod) -> dict:
+        """The draft source's generate kwargs: num_assistant_tokens=--k only on a constant-k row."""
+        k = dict(num_assistant_tokens=args.k) if method.constant_k else {}
+        return {"draft": lambda: dict(assistant_model=bench.draft, **k),
+                "lookup": lambda: dict(prompt_lookup_num_tokens=args.lookup_tokens),  # HF needs it, defaults or not
+                "early-exit": lambda: dict(assistant_early_exit=args.early_exit, **k),
+                "other": lambda: dict(**other, **k)}[method.source]()
+
+    runnable = [m for m in ours if m.source != "other" or other is not None]
+    for b in args.batch_sizes:
+        if b > 1:
+            plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
+        if "cb" in args.methods:
+            plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
+        if args.compile:
+            plan.append(("hf-compiled-greedy (static cache)", b, bench.hf_compiled_greedy(b), False))
+        for method in runnable:
+            speculation = cost if method.speculation == "auto" else method.speculation
+            plan.append((method.row, b, bench.ours(method.strategy, b, speculation, source=source(method)), True))
+        for method in [m for m in runnable if m.compiled] if args.compile else ():
+            speculation = compiled_cost if method.speculation == "auto" else method.speculation
+            plan.append((method.row + "-compiled", b, bench.ours(method.strategy, b, speculation, source=source(method),
+                                                                 compile_config=bench.compile_config()), True))
+    return plan
+
+
+def run_bench(args, on_batch_size=None, setup: dict | None = None) -> list[Result]:
     """Every planned method at every batch size; `on_batch_size(results so far)` after each batch size, so a run
-    cut short (a time limit) still leaves what it measured."""
+    cut short (a time limit) still leaves what it measured. A `setup` dict is filled in with what the run used
+    (`describe_setup`) once the models are loaded, before anything is timed, so each partial write records it."""
     from tqdm.auto import tqdm
 
     dtype = DTYPES[args.dtype]
-    target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device)
+    target, draft, tokenizer = load_pair(args.target, args.draft, dtype, args.device, args.draft_init)
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
+    if setup is not None:
+        setup.update(describe_setup(args, target, draft, prompts))
+        print(setup_line(setup), flush=True)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
     cost = compiled_cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
@@ -276,44 +443,7 @@ def run_bench(args, on_batch_size=None) -> list[Result]:
         if args.compile:  # the compiled rows' auto decides with the compiled forwards' costs
             compiled_cost = calibrate(target, draft, rows=max(args.batch_sizes), compile_config=bench.compile_config())
             print(f"calibrated (compiled): {compiled_cost}")
-    plan = [("hf-greedy-b1", 1, bench.hf_greedy(1), False)]
-    if "assisted" in args.methods:
-        plan += [("hf-assisted-b1 (defaults: k=20, threshold 0.4)", 1, bench.hf_assisted(20, 0.4), True),
-                 (f"hf-assisted-b1 (k={args.k}, threshold off)", 1, bench.hf_assisted(args.k, 0.0), True)]
-    other = None
-    if "uad" in args.methods or "exspec-other-tokenizer" in args.ours:
-        loaded = load_other_draft(args.other_draft, DTYPES[args.dtype], args.device)
-        if loaded is None:
-            print("no draft with another tokenizer (--other-draft; the bundled one is made by "
-                  "scripts/train_demo_pair.py): its rows are skipped")
-        else:
-            other = dict(assistant_model=loaded[0], tokenizer=tokenizer, assistant_tokenizer=loaded[1])
-    if other is not None and "uad" in args.methods:
-        plan.append(("hf-universal-assisted-b1 (HF defaults)", 1, bench.hf_batch_one(**other), False))
-    lookup = dict(prompt_lookup_num_tokens=args.lookup_tokens)
-    early_exit = dict(assistant_early_exit=args.early_exit, num_assistant_tokens=args.k)
-    if "lookup" in args.methods:
-        plan.append(("hf-prompt-lookup-b1", 1, bench.hf_batch_one(**lookup), False))
-    if "early-exit" in args.methods:
-        plan.append(("hf-early-exit-b1", 1, bench.hf_batch_one(assistant_early_exit=args.early_exit), False))
-    for b in args.batch_sizes:
-        if b > 1:
-            plan.append(("hf-greedy", b, bench.hf_greedy(b), False))
-        if "cb" in args.methods:
-            plan.append(("hf-continuous-batching", b, bench.hf_continuous_batching(b), False))
-        if args.compile:
-            plan.append(("hf-compiled-greedy (static cache)", b, bench.hf_compiled_greedy(b), False))
-        ours = {"eqspec": bench.ours("eqspec", b), "eqspec-realign (paper's layout)": bench.ours("eqspec-realign", b),
-                "exspec": bench.ours("exspec", b), "exspec-auto": bench.ours("exspec", b, cost),
-                "exspec-lookup": bench.ours("exspec", b, source=lookup),
-                "exspec-early-exit": bench.ours("exspec", b, source=early_exit)}
-        if other is not None:
-            ours["exspec-other-tokenizer"] = bench.ours("exspec", b, source=dict(**other, num_assistant_tokens=args.k))
-        if args.compile:
-            ours["exspec-compiled"] = bench.ours("exspec", b, compile_config=bench.compile_config())
-            ours["exspec-auto-compiled"] = bench.ours("exspec", b, compiled_cost, compile_config=bench.compile_config())
-        plan += [(name, b, fn, True) for name, fn in ours.items() if name.split(" ")[0].removesuffix("-compiled")
-                 in args.ours]
+    plan = plan_runs(args, bench, tokenizer, cost, compiled_cost, setup)
     results, groups = [], {}  # HF greedy at batch 1 comes first: its rows are the reference
     for name, b, fn, spec in plan:
         groups.setdefault(b, []).append((name, fn, spec))
@@ -361,34 +491,125 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[Result], path: str) -> None:
-    try:
-        import matplotlib
+# (colour, marker, line style) per method, keyed by the method's name with its k written "K". Line styles say what
+# kind of row it is: transformers' batched baselines dashed, ours with a constant k solid, ours with the library's
+# defaults dash-dot, compiled rows dotted, batch-1 references (flat lines across the axis) thin dots; colours keep a
+# draft source's family (blue: the draft model, green: prompt lookup, orange: early exit, red: another tokenizer).
+STYLES = {
+    "hf-greedy": ("black", "o", "--"),
+    "hf-continuous-batching": ("#8c564b", "v", "--"),
+    "hf-compiled-greedy (static cache)": ("#7f7f7f", "s", ":"),
+    "eqspec": ("#9467bd", "D", "-"),
+    "eqspec-realign (paper's layout)": ("#e377c2", "d", "-"),
+    "exspec": ("#1f77b4", "p", "-"),
+    "exspec-auto": ("#17becf", "^", "-"),
+    "exspec-lookup": ("#2ca02c", "<", "-"),
+    "exspec-early-exit": ("#ff7f0e", "P", "-"),
+    "exspec-other-tokenizer": ("#d62728", "X", "-"),
+    "exspec-default": ("#08306b", "*", "-."),
+    "exspec-lookup-default": ("#00441b", ">", "-."),
+    "exspec-early-exit-default": ("#a63603", "8", "-."),
+    "exspec-other-default": ("#67000d", "x", "-."),
+    "exspec-compiled": ("#3f51b5", "h", ":"),
+    "exspec-auto-compiled": ("#00838f", "H", ":"),
+    "exspec-default-compiled": ("#6a1b9a", "+", ":"),
+    "hf-assisted-b1 (defaults: k=K, threshold 0.4)": ("#b39ddb", "", (0, (1, 1.5))),
+    "hf-assisted-b1 (k=K, threshold off)": ("#64b5f6", "", (0, (1, 1.5))),
+    "hf-prompt-lookup-b1": ("#81c784", "", (0, (1, 1.5))),
+    "hf-early-exit-b1": ("#ffb74d", "", (0, (1, 1.5))),
+    "hf-universal-assisted-b1 (HF defaults)": ("#e57373", "", (0, (1, 1.5))),
+}
+FALLBACK_STYLES = [(color, marker, "-") for color, marker in zip(
+    ["#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#ad494a"], "12348+")]  # a method not in STYLES
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from error
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+
+def style_key(method: str) -> str:
+    return re.sub(r"k=\d+", "k=K", method)
+
+
+def plot_styles(methods) -> dict[str, tuple]:
+    """Each method's (colour, marker, line style): from STYLES, so a method looks the same in every plot; a method
+    the table lacks takes the next fallback style, none shared with another method."""
+    styles, spare = {}, iter(FALLBACK_STYLES)
+    for method in dict.fromkeys(methods):
+        styles[method] = STYLES.get(style_key(method)) or next(spare, ("#999999", "x", "-"))
+    return styles
+
+
+def figure(results: list[Result], setup: dict | None = None):
+    """The bench's figure: throughput against batch size and the share of wall time outside model forwards, every
+    line labelled, the setup in the title. A few batch sizes sit equally spaced, each tick its own size (a log axis
+    would label 1, 2 as 10^0, 2x10^0); many go on a log axis ticked at the sizes themselves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     line = lambda r: "hf-greedy" if r.method == "hf-greedy-b1" else r.method  # noqa: E731 (b1 starts its line)
-    colors = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(line(r) for r in results))}
-    for method in dict.fromkeys(line(r) for r in results if r.batch_size > 1 or r.method in OURS):
-        points = sorted((r.batch_size, r.tokens_per_second) for r in results if line(r) == method)
-        left.plot(*zip(*points), marker="o", label=method, color=colors[method])
-    for r in results:
-        if r.batch_size == 1 and r.method.startswith("hf-") and "greedy" not in r.method:
-            left.axhline(r.tokens_per_second, linestyle=":", color="grey")
-    left.set(xscale="log", xlabel="batch size", ylabel="tokens/s", title="throughput")
-    left.legend(fontsize=7)
-    for method in dict.fromkeys(line(r) for r in results if r.method in OURS or line(r) == "hf-greedy"):
-        points = sorted((r.batch_size, 100 * r.bookkeeping) for r in results
-                        if line(r) == method and r.bookkeeping is not None)
-        right.plot(*zip(*points), marker="o", label=method, color=colors[method])
-    right.set(xscale="log", xlabel="batch size", ylabel="% of wall time outside model forwards",
-              title="bookkeeping (everything but model forwards)")
-    right.legend(fontsize=7)
+    sizes = sorted({r.batch_size for r in results})
+    categorical = len(sizes) <= 8
+    x = (lambda b: sizes.index(b)) if categorical else (lambda b: b)  # noqa: E731
+    # transformers' batch-1-only baselines (assisted, prompt lookup, ...): a flat line each, across the axis
+    flat = [r for r in results if r.method.startswith("hf-") and "-b1" in r.method and "greedy" not in r.method]
+    curves = [m for m in dict.fromkeys(line(r) for r in results if r not in flat)]
+    styles = plot_styles([line(r) for r in results])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.2))
+    for method in curves:
+        color, marker, dashes = styles[method]
+        points = sorted((x(r.batch_size), r.tokens_per_second) for r in results if line(r) == method)
+        left.plot(*zip(*points), marker=marker, linestyle=dashes, color=color, label=method, markersize=6)
+        bookkeeping = sorted((x(r.batch_size), 100 * r.bookkeeping) for r in results
+                             if line(r) == method and r.bookkeeping is not None)
+        if bookkeeping:
+            right.plot(*zip(*bookkeeping), marker=marker, linestyle=dashes, color=color, label=method, markersize=6)
+    for r in flat:
+        color, _, dashes = styles[r.method]
+        left.axhline(r.tokens_per_second, linestyle=dashes, color=color, linewidth=1.8, label=f"{r.method}, batch 1")
+    for axis in (left, right):
+        if categorical:
+            axis.set_xticks(range(len(sizes)), [str(b) for b in sizes])
+            axis.set_xlim(-0.3, len(sizes) - 0.7)
+        else:
+            axis.set_xscale("log")
+            axis.xaxis.set_major_locator(FixedLocator(sizes))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.set_xticklabels([str(b) for b in sizes])
+        axis.set_xlabel("batch size (exspec: max_batch_size)")
+        axis.grid(alpha=0.3)
+    left.set(ylabel="tokens/s", title="throughput (the fastest of the timed runs)")
+    left.set_ylim(bottom=0)
+    right.set(ylabel="% of wall time outside model forwards", title="bookkeeping (everything but model forwards)")
+    right.set_ylim(bottom=0)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8, frameon=False)
+    if setup:
+        title = textwrap.fill(setup_line(setup), 150)
+    else:
+        threads = sorted({r.threads for r in results if r.threads is not None})
+        title = ("setup not recorded (a JSON file from before the bench recorded it)"
+                 + (f"; torch threads {'/'.join(map(str, threads))}" if threads else ""))
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot(results: list[Result], path: str, setup: dict | None = None) -> None:
+    fig = figure(results, setup)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def require_matplotlib(parser: argparse.ArgumentParser) -> None:
+    """`--plot` needs matplotlib, an optional dependency: checked before anything runs, so a long run does not end
+    in an ImportError with nothing plotted."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error('--plot needs matplotlib, which is not installed: pip install -e ".[bench]" (from a checkout) '
+                     "or pip install matplotlib")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -444,15 +665,19 @@ def batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def name_list(choices: tuple[str, ...], option: str):
-    """The parser of an option taking comma-separated names from `choices` (an empty string for none)."""
+def name_list(choices: tuple[str, ...], option: str, groups: dict[str, tuple[str, ...]] | None = None):
+    """The parser of an option taking comma-separated names from `choices` (an empty string for none); a name in
+    `groups` stands for its names. Each name once, in the order given."""
+    groups = groups or {}
+
     def parse(text: str) -> list[str]:
         names = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = [name for name in names if name not in choices]
+        unknown = [name for name in names if name not in choices and name not in groups]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown method {', '.join(map(repr, unknown))} for {option}: expected "
-                                             f"comma-separated names from {', '.join(choices)}, or '' for none")
-        return names
+                                             f"comma-separated names from {', '.join((*choices, *groups))}, "
+                                             f"or '' for none")
+        return list(dict.fromkeys(part for name in names for part in groups.get(name, (name,))))
     return parse
 
 
@@ -484,9 +709,18 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", help="JSONL in Spec-Bench format (turns[0]); default: bundled code prompts")
 
 
-def write_json(results: list[Result], path: str) -> None:
-    Path(path).write_text(json.dumps([{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in results],
-                                     indent=1))
+def write_json(results: list[Result], path: str, setup: dict | None = None) -> None:
+    """{"setup": what the run used, "results": one object per row}; `read_json` also reads the older bare list."""
+    rows = [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in results]
+    Path(path).write_text(json.dumps({"setup": setup or None, "results": rows}, indent=1))
+
+
+def read_json(path: str) -> tuple[dict | None, list[Result]]:
+    """A saved run's setup (None in files from before it was recorded: a bare list of rows) and its rows."""
+    saved = json.loads(Path(path).read_text())
+    setup, rows = (saved.get("setup"), saved["results"]) if isinstance(saved, dict) else (None, saved)
+    fields = Result.__dataclass_fields__
+    return setup, [Result(**{k: v for k, v in row.items() if k in fields}) for row in rows]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -507,16 +741,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "decoding at batch 1), early-exit (early-exit self-speculation at batch 1), uad "
                              "(universal assisted decoding: a draft with another tokenizer, at batch 1), cb "
                              "(continuous batching at each batch size)")
-    parser.add_argument("--ours", type=name_list(OUR_METHODS, "--ours"), default=",".join(OUR_METHODS),
+    parser.add_argument("--ours", type=name_list(tuple(OURS), "--ours", OUR_GROUPS), default=",".join(OURS),
                         metavar="NAME,...",
-                        help="our methods to run, comma-separated: eqspec, eqspec-realign (the paper's layout), "
-                             "exspec, exspec-auto (speculation='auto'), exspec-lookup (prompt lookup, no draft "
-                             "model), exspec-early-exit (the target's first --early-exit layers draft), "
-                             "exspec-other-tokenizer (--other-draft); with --compile, exspec and exspec-auto also "
-                             "run compiled")
+                        help="our methods to run, comma-separated: " + "; ".join(
+                            f"{m.name} ({m.help})" for m in OUR_TABLE) + ". The -default rows make the call a user "
+                        "makes with no num_assistant_tokens and no speculation argument (the library's defaults, "
+                        "whatever they are); the others pass speculation and num_assistant_tokens=--k explicitly, "
+                        "so they stay constant-k rows (exspec-auto: speculation='auto'). 'defaults' selects all "
+                        "four -default rows. With --compile, " + ", ".join(m.name for m in OUR_TABLE if m.compiled)
+                        + " also run compiled (<name>-compiled)")
     parser.add_argument("--other-draft", metavar="PATH",
                         help="a draft with a tokenizer of its own (model and tokenizer in one directory) for uad and "
-                             "exspec-other-tokenizer (default: the bundled one)")
+                             "the exspec-other rows. Default: the bundled one, but only with the bundled target: "
+                             "it was trained for that target, so with another --target those rows are skipped "
+                             "(and a line says so) unless --other-draft is given")
+    parser.add_argument("--draft-init", choices=DRAFT_INITS, default="trained",
+                        help="random: the draft's config (--draft's, or the bundled draft's) with freshly "
+                             "initialised weights, seeded with torch.manual_seed(0): a draft that rarely agrees "
+                             "with the target (low acceptance), to show what speculation costs when it does not "
+                             "pay. Rows stay exact either way")
     parser.add_argument("--lookup-tokens", type=positive_int, default=10, metavar="K",
                         help="prompt_lookup_num_tokens for prompt lookup, HF's at batch 1 and ours (exspec-lookup)")
     parser.add_argument("--early-exit", type=positive_int, default=2, metavar="N",
@@ -534,29 +777,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_threads_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest counts")
     parser.add_argument("--json", help="write the results here (JSON; --from-json reads it back)")
-    parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown)")
+    parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown); needs matplotlib: "
+                                       'pip install -e ".[bench]"')
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one")
-    return parser.parse_args(argv)
+    parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one; reads files "
+                                            "with a setup and the older ones without")
+    args = parser.parse_args(argv)
+    if args.plot:
+        require_matplotlib(parser)
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.from_json:
-        fields = Result.__dataclass_fields__
-        results = [Result(**{k: v for k, v in row.items() if k in fields})
-                   for row in json.loads(Path(args.from_json).read_text())]
+        setup, results = read_json(args.from_json)
         threads = sorted({r.threads for r in results if r.threads is not None})
         print(f"results from {args.from_json}, torch threads {'/'.join(map(str, threads)) or 'not recorded'}")
+        print(setup_line(setup) if setup else "setup not recorded (a file from before the bench recorded it)")
     else:
         set_threads(args.threads)  # before the models load
         print(header(args.device, args.dtype), flush=True)
-        results = run_bench(args, on_batch_size=lambda so_far: write_json(so_far, args.json) if args.json else None)
+        setup = {}
+        results = run_bench(args, on_batch_size=lambda so_far: write_json(so_far, args.json, setup) if args.json
+                            else None, setup=setup)
     print(table(results))
     if args.json:
-        write_json(results, args.json)
+        write_json(results, args.json, setup)
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, setup)
 
 
 if __name__ == "__main__":

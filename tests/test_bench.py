@@ -62,20 +62,39 @@ def greedy_token_count(target: Path, stops: list[int], num_prompts: int, max_new
 def test_bench_reports_every_method_exact(tmp_path):
     out = tmp_path / "bench.json"
     target, stops = target_stopping_at(" the", tmp_path / "target")
-    result = run("bench", "--target", str(target), "--num-prompts", "4", "--batch-sizes", "1,2", "--max-new-tokens",
-                 "12", "--methods", "assisted,lookup,early-exit,uad", "--threads", "1", "--repeats", "1", "--json",
-                 str(out), "--quiet")
+    other = ROOT / "hf_batchspec" / "demo_pair" / "draft_other_tokenizer"  # a copied target needs it named
+    result = run("bench", "--target", str(target), "--other-draft", str(other), "--num-prompts", "4", "--batch-sizes",
+                 "1,2", "--max-new-tokens", "12", "--methods", "assisted,lookup,early-exit,uad", "--threads", "1",
+                 "--repeats", "1", "--json", str(out), "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     header = result.stdout.splitlines()[0]
     assert "torch threads 1," in header and "device cpu" in header and "transformers " in header, header
     expected = greedy_token_count(target, stops, 4, 12)
     assert 0 < expected < 4 * 12  # some rows stop early: crediting tokens past the first stop would show
-    rows = json.loads(out.read_text())
+    saved = json.loads(out.read_text())
+    rows, setup = saved["results"], saved["setup"]
     methods = {(r["method"], r["batch_size"]) for r in rows}
     assert {("hf-greedy-b1", 1), ("hf-greedy", 2), ("eqspec", 2), ("exspec", 2), ("exspec-auto", 2),
             ("eqspec-realign (paper's layout)", 2), ("hf-prompt-lookup-b1", 1), ("hf-early-exit-b1", 1),
             ("hf-universal-assisted-b1 (HF defaults)", 1),
-            ("exspec-lookup", 2), ("exspec-early-exit", 2), ("exspec-other-tokenizer", 2)} <= methods
+            ("exspec-lookup", 2), ("exspec-early-exit", 2), ("exspec-other-tokenizer", 2),
+            ("exspec-default", 2), ("exspec-lookup-default", 2), ("exspec-early-exit-default", 2),
+            ("exspec-other-default", 2)} <= methods
+    import torch
+    import transformers
+
+    import hf_batchspec
+
+    # the setup: what the numbers were measured with, enough to read them without the command line
+    assert setup["target"] == str(target) and setup["draft"].endswith("demo_pair/draft")
+    assert setup["other_draft"] == str(other) and setup["draft_init"] == "trained"
+    assert setup["target_parameters"] > setup["draft_parameters"] > 0 and setup["other_draft_parameters"] > 0
+    assert (setup["k"], setup["max_new_tokens"], setup["num_prompts"], setup["batch_sizes"]) == (3, 12, 4, [1, 2])
+    assert setup["prompts"].endswith("code_prompts.jsonl") and setup["threads"] == 1
+    assert (setup["device"], setup["dtype"]) == ("cpu", "float32")
+    assert (setup["torch"], setup["transformers"], setup["hf_batchspec"]) == (
+        torch.__version__, transformers.__version__, hf_batchspec.__version__)
+    assert setup["date"].startswith("20")
     for r in rows:
         assert r["exact_rows"] == r["rows"] == 4, r["method"]
         assert r["tokens"] == expected, r["method"]  # each row's new tokens through its first stop
@@ -127,3 +146,96 @@ def test_compiled_example_runs_and_every_row_is_exact():
     assert "plain greedy decoding of their prompt alone: 4/4" in result.stdout, result.stdout
     rounds = re.search(r"(\d+) of (\d+) rounds as whole-step compiled programs", result.stdout)
     assert rounds and rounds.group(1) == rounds.group(2) != "0", result.stdout
+
+
+def test_other_tokenizer_rows_are_skipped_with_a_users_target_unless_other_draft_is_given(tmp_path, capsys):
+    """The bundled draft with another tokenizer was trained for the bundled target: with a user's --target, its rows
+    would time a draft trained for another model. They are skipped, with a line saying so, unless --other-draft."""
+    from hf_batchspec.bench import parse_args, run_bench
+
+    target, _ = target_stopping_at(" the", tmp_path / "target")
+    args = parse_args(["--target", str(target), "--num-prompts", "2", "--batch-sizes", "2", "--max-new-tokens", "4",
+                       "--methods", "uad", "--ours", "exspec,exspec-other-tokenizer,exspec-other-default",
+                       "--repeats", "1", "--quiet"])
+    setup = {}
+    results = run_bench(args, setup=setup)
+    assert [r.method for r in results] == ["hf-greedy-b1", "hf-greedy", "exspec"]
+    out = capsys.readouterr().out
+    assert "skipped uad, exspec-other-tokenizer, exspec-other-default" in out and "--other-draft" in out, out
+    assert setup["other_draft"] is None
+
+
+class Recorded(Exception):
+    """Raised by the recording generate below: the call's arguments are what is checked, not its output."""
+
+
+def test_constant_k_rows_pass_speculation_and_k_and_default_rows_pass_neither(capsys):
+    """The -default rows must be the call a user makes (no num_assistant_tokens, no speculation), so they follow
+    the library's defaults when those change; every other row passes speculation (and k) explicitly, so it stays a
+    constant-k (or auto) row then. Compiled rows likewise. Checked on the arguments each planned call passes to
+    the target's real `generate` (stopped there: nothing needs to decode, nor compile)."""
+    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
+
+    args = parse_args(["--batch-sizes", "2", "--methods", "", "--compile", "--k", "4"])
+    target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
+    bench = Bench(target, draft, [[5, 6, 7], [8, 9]], 4, args.k, "cpu")
+    calls = {}
+
+    def recording_generate(*positional, **kwargs):
+        calls[current] = kwargs
+        raise Recorded
+
+    target.generate = recording_generate
+    plan = plan_runs(args, bench, tokenizer)
+    for current, _, fn, _ in plan:
+        try:
+            fn(bench.prompts, warmup=True)
+        except Recorded:
+            pass
+    compiled = ["exspec-compiled", "exspec-auto-compiled", "exspec-default-compiled"]
+    assert [name for name, *_ in plan if "exspec" in name][-3:] == compiled
+    unset = object()
+    for name, kwargs in calls.items():
+        if "batch_spec" not in kwargs:
+            continue  # transformers' own baselines
+        speculation, k = kwargs.get("speculation", unset), kwargs.get("num_assistant_tokens", unset)
+        if name.removesuffix("-compiled").endswith("-default"):
+            assert speculation is unset and k is unset, name
+        else:
+            assert speculation == ("auto" if "auto" in name else "always"), name
+            assert k == (unset if "lookup" in name else 4), name
+        assert ("compile_config" in kwargs) == name.endswith("-compiled"), name
+        if "lookup" in name:
+            assert kwargs["prompt_lookup_num_tokens"] == args.lookup_tokens and "assistant_model" not in kwargs
+    defaults = {"exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
+                "exspec-default-compiled"}
+    assert defaults <= set(calls) and {"exspec", "exspec-lookup", "exspec-early-exit", "exspec-other-tokenizer"} <= set(
+        calls)
+    assert calls["exspec-other-default"]["assistant_tokenizer"] is not None
+    assert calls["exspec-early-exit-default"]["assistant_early_exit"] == args.early_exit
+
+
+def test_random_draft_has_the_drafts_config_seeded_fresh_weights_and_rarely_agrees(capsys):
+    """--draft-init random: the bundled draft's architecture with weights drawn under torch.manual_seed(0) (the same
+    every time, unlike the trained ones), so acceptance is low; rows stay exact."""
+    import torch
+
+    from hf_batchspec.bench import DTYPES, load_pair, parse_args, run_bench
+
+    _, trained, _ = load_pair(None, None, DTYPES["float32"], "cpu")
+    _, first, _ = load_pair(None, None, DTYPES["float32"], "cpu", draft_init="random")
+    _, again, _ = load_pair(None, None, DTYPES["float32"], "cpu", draft_init="random")
+    assert first.config.to_dict() == trained.config.to_dict() | {"dtype": first.config.to_dict()["dtype"]}
+    names = list(trained.state_dict())
+    assert list(first.state_dict()) == names
+    assert all(torch.equal(first.state_dict()[n], again.state_dict()[n]) for n in names)  # seeded
+    assert not any(torch.equal(first.state_dict()[n], trained.state_dict()[n]) for n in names
+                   if "norm" not in n)  # fresh, not the trained weights (norms initialise to ones either way)
+    args = parse_args(["--draft-init", "random", "--num-prompts", "3", "--batch-sizes", "2", "--max-new-tokens", "8",
+                       "--methods", "", "--ours", "exspec", "--repeats", "1", "--quiet"])
+    setup = {}
+    [_, _, exspec] = run_bench(args, setup=setup)
+    assert exspec.exact_rows == exspec.rows == 3
+    # the trained pair gains ~2.8 tokens a round at k=3 here; a random draft's guesses are almost never the target's
+    assert exspec.tokens_per_round < 1.5, exspec
+    assert setup["draft_init"] == "random"

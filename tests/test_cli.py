@@ -102,6 +102,7 @@ def test_demo_help_shows_defaults_and_threads(capsys, no_models):
     ("bench", "--batch-sizes", "2,-4", "comma-separated positive integers"),
     ("bench", "--methods", "assisted,foo", "assisted, lookup, early-exit, uad, cb"),
     ("bench", "--ours", "exspec,exspec-compiled", "eqspec, eqspec-realign, exspec, exspec-auto"),
+    ("bench", "--ours", "default", "exspec-other-default, defaults"),
     ("bench", "--threads", "0", "positive integer"),
     ("bench", "--threads", "two", "positive integer"),
     ("bench", "--k", "0", "positive integer"),
@@ -119,3 +120,124 @@ def test_from_json_reads_files_without_threads_and_methods_may_be_empty(tmp_path
     code, out, err = exit_code(["bench", "--methods", "", "--from-json", str(old)], capsys)
     assert code == 0, err
     assert "torch threads not recorded" in out and "hf-greedy-b1" in out
+
+
+def test_plot_without_matplotlib_is_refused_before_anything_runs(tmp_path, capsys, no_models, monkeypatch):
+    """matplotlib is an optional dependency (the bench extra): --plot must say how to install it at once, not after
+    a run of minutes ends in an ImportError. sys.modules[name] = None makes `import matplotlib` fail as if absent."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    png = tmp_path / "bench.png"
+    code, out, err = exit_code(["bench", "--plot", str(png)], capsys)
+    assert code == 2 and "--plot" in err and 'pip install -e ".[bench]"' in err and "pip install matplotlib" in err, err
+    assert not png.exists() and not out
+
+
+def test_ours_names_come_from_one_table_and_defaults_selects_the_default_rows(capsys, no_models):
+    """Each --ours name is one table entry; 'defaults' stands for the four calls a user makes with no
+    num_assistant_tokens and no speculation argument, each named once in the order given."""
+    from hf_batchspec.bench import OUR_TABLE, OURS, parse_args
+
+    assert len(OURS) == len(OUR_TABLE) and len({m.row for m in OUR_TABLE}) == len(OUR_TABLE)
+    defaults = ["exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default"]
+    assert [m.name for m in OUR_TABLE if m.speculation is None] == defaults
+    assert all(not OURS[name].constant_k for name in defaults)
+    assert all(m.constant_k and m.speculation in ("always", "auto") for m in OUR_TABLE if m.name not in defaults)
+    assert parse_args(["--ours", "exspec,defaults,exspec-default"]).ours == ["exspec", *defaults]
+    assert parse_args([]).ours == list(OURS)  # every row by default
+
+
+def test_bench_help_names_the_default_rows_the_random_draft_and_the_skipped_rows(capsys, no_models):
+    code, out, _ = exit_code(["bench", "-h"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0
+    for name in ("exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
+                 "'defaults'", "exspec-auto, exspec-default also run compiled (<name>-compiled)"):
+        assert name in flat, name
+    assert "--draft-init {trained,random}" in flat and "torch.manual_seed(0)" in flat
+    assert "skipped" in flat and "unless --other-draft is given" in flat  # why the bundled other draft is not used
+    assert 'pip install -e ".[bench]"' in flat  # --plot's dependency
+
+
+def test_from_json_reads_a_file_with_its_setup(tmp_path, capsys, no_models):
+    """A new file is {"setup", "results"}: read back, the setup is printed above the table and equals what was
+    written, and the rows are the same rows."""
+    from hf_batchspec.bench import Result, read_json, write_json
+
+    setup = dict(target="my/target", target_parameters=3_800_000, draft="my/draft", draft_init="trained",
+                 draft_parameters=300_000, k=4, max_new_tokens=16, num_prompts=8, prompts="p.jsonl", device="cpu",
+                 dtype="float32", threads=1, torch="2.x", transformers="5.x", hf_batchspec="0.1.0",
+                 date="2026-12-01T00:00:00+00:00")
+    results = [Result("hf-greedy-b1", 1, 2.0, 100, 4, 4, threads=1), Result("exspec", 2, 1.0, 100, 4, 4, 2.5, 9, 20)]
+    saved = tmp_path / "new.json"
+    write_json(results, str(saved), setup)
+    assert read_json(str(saved)) == (setup, results)
+    code, out, err = exit_code(["bench", "--from-json", str(saved)], capsys)
+    assert code == 0, err
+    assert "target my/target (3.8M params)" in out and "k=4" in out and "max_new_tokens=16" in out and "exspec" in out
+
+
+def figure_of(results, setup):
+    pytest.importorskip("matplotlib")
+    from hf_batchspec.bench import figure
+
+    fig = figure(results, setup)
+    left, right = fig.axes[:2]
+    return fig, left, right
+
+
+def test_plot_labels_every_line_with_a_style_of_its_own_on_the_batch_sizes_themselves():
+    """What the figure must show to be read: every line in the legend, no two methods drawn alike (the old colour
+    cycle gave exspec-auto hf-greedy's colour), batch-1 baselines labelled, the batch sizes themselves as ticks
+    (a log axis labelled 1, 2 as 10^0, 2x10^0) and the setup in the title."""
+    from hf_batchspec.bench import Result
+
+    methods = ["eqspec", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit", "exspec-other-tokenizer",
+               "exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
+               "hf-continuous-batching", "a-method-the-style-table-lacks"]
+    results = [Result("hf-greedy-b1", 1, 1.0, 100, 4, 4, bookkeeping=0.1),
+               Result("hf-assisted-b1 (k=3, threshold off)", 1, 0.8, 100, 4, 4, bookkeeping=0.3),
+               Result("hf-prompt-lookup-b1", 1, 0.9, 100, 4, 4, bookkeeping=0.2),
+               Result("hf-greedy", 2, 0.6, 100, 4, 4, bookkeeping=0.1)]
+    results += [Result(m, b, 0.5 + i / 50, 100, 4, 4, bookkeeping=0.2) for i, m in enumerate(methods) for b in (1, 2)]
+    setup = dict(target="my/target", target_parameters=3_800_000, draft="my/draft", draft_parameters=300_000, k=3,
+                 max_new_tokens=8, num_prompts=4, prompts="p.jsonl", device="cpu", dtype="float32", threads=1,
+                 torch="2.x", transformers="5.x", hf_batchspec="0.1.0", date="2026-12-01")
+    fig, left, right = figure_of(results, setup)
+    lines = left.get_lines()
+    labels = [line.get_label() for line in lines]
+    assert sorted(labels) == sorted(["hf-greedy", *methods, "hf-assisted-b1 (k=3, threshold off), batch 1",
+                                     "hf-prompt-lookup-b1, batch 1"])
+    styles = [(line.get_color(), line.get_marker(), str(line.get_linestyle())) for line in lines]
+    assert len(set(styles)) == len(styles), styles
+    colors = {line.get_label(): line.get_color() for line in lines}
+    assert colors["exspec-auto"] != colors["hf-greedy"]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted(labels)
+    for axis in (left, right):
+        assert [t.get_text() for t in axis.get_xticklabels()] == ["1", "2"]
+        assert list(axis.get_xticks()) == [0, 1]  # equally spaced
+    title = fig._suptitle.get_text().replace("\n", " ")
+    for part in ("my/target", "my/draft", "k=3", "max_new_tokens=8", "4 prompts", "cpu float32"):
+        assert part in title, title
+
+
+def test_plot_reads_an_old_file_without_setup_and_many_batch_sizes_on_a_log_axis(tmp_path, capsys, no_models):
+    pytest.importorskip("matplotlib")
+    from hf_batchspec.bench import Result
+
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    results = [Result("hf-greedy-b1", 1, 1.0, 100, 4, 4, bookkeeping=0.1)]
+    results += [Result(m, b, 0.5, 100, 4, 4, bookkeeping=0.2) for m in ("hf-greedy", "exspec") for b in sizes[1:]]
+    results += [Result("exspec", 1, 0.5, 100, 4, 4, bookkeeping=0.2)]
+    fig, left, _ = figure_of(results, None)
+    assert left.get_xscale() == "log" and [t.get_text() for t in left.get_xticklabels()] == list(map(str, sizes))
+    assert "setup not recorded" in fig._suptitle.get_text()
+    old = tmp_path / "old.json"  # a bare list of rows, as written before the setup was recorded
+    old.write_text(json.dumps([dict(method="hf-greedy-b1", batch_size=1, seconds=2.0, tokens=100, exact_rows=4,
+                                    rows=4, bookkeeping=0.1),
+                               dict(method="exspec", batch_size=2, seconds=1.0, tokens=100, exact_rows=4, rows=4,
+                                    bookkeeping=0.2)]))
+    png = tmp_path / "old.png"
+    code, out, err = exit_code(["bench", "--from-json", str(old), "--plot", str(png)], capsys)
+    assert code == 0, err
+    assert "setup not recorded" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
