@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import numpy as np
 import torch
@@ -23,7 +24,28 @@ from .processors import ScoreProcessing
 from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .stopping import extra_criteria
-from .streaming import token_sink
+from .streaming import BatchStreamer, token_sink
+
+
+def _ends_batch_streamer_on_error(generate):
+    """When generate raises, a BatchStreamer it was given ends with that error (its consumer, blocked on the next
+    tokens in another thread, raises it) instead of never ending."""
+    signature = inspect.signature(generate)
+
+    @functools.wraps(generate)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return generate(self, *args, **kwargs)
+        except BaseException as error:
+            try:
+                streamer = signature.bind_partial(self, *args, **kwargs).arguments.get("streamer")
+            except TypeError:  # arguments generate itself refused: no streamer was handed over
+                streamer = None
+            if isinstance(streamer, BatchStreamer):
+                streamer.end(error)
+            raise
+
+    return wrapper
 
 
 class BatchSpeculativeGenerationMixin:
@@ -35,6 +57,12 @@ class BatchSpeculativeGenerationMixin:
     LlamaForCausalLM)`, or use `hf_batchspec.enable(model)` on a loaded model.
     """
 
+    def __init__(self, *args, **kwargs):
+        # Refused before any weight is built, with enable()'s message: even plain generate breaks on such a class.
+        validation.check_decoder_only(type(self), args[0] if args else kwargs.get("config"))
+        super().__init__(*args, **kwargs)
+
+    @_ends_batch_streamer_on_error
     @torch.no_grad()
     def generate(
         self,
@@ -56,9 +84,11 @@ class BatchSpeculativeGenerationMixin:
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         batch_size = validation.batch_size_of(input_ids, kwargs.get("inputs_embeds"))
         sources = validation.draft_sources(assistant_model, kwargs, generation_config, self.generation_config)
-        strategy = validation.choose_strategy(batch_spec, sources, batch_size)
+        copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
+        rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode
+        strategy = validation.choose_strategy(batch_spec, sources, rows, streamer)
         validation.check_routing(
-            strategy, sources, batch_size,
+            strategy, sources, rows,
             dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
                  generator=generator),
             kwargs, generation_config, self.generation_config,
@@ -79,6 +109,7 @@ class BatchSpeculativeGenerationMixin:
         # Everything that can be refused is refused here, before transformers prepares anything.
         validation.check_call(kwargs, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, synced_gpus=synced_gpus,
                               generation_config=generation_config, model_config=self.generation_config)
+        validation.check_lengths(kwargs, generation_config, self.generation_config)
         source, lookup_k = validation.resolve_draft_source(sources, self, assistant_model, kwargs, generation_config)
         draft = source.model  # the model that drafts (None for prompt lookup)
         pad_token_id = kwargs.get("pad_token_id")
@@ -87,10 +118,11 @@ class BatchSpeculativeGenerationMixin:
         validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
                                 validation.vocab_size(self, *[m for m in (draft,) if m is not None and
                                                               source.tokenizers is None]),
-                                kwargs.get("inputs_embeds"))
+                                kwargs.get("inputs_embeds"),
+                                validation.setting("eos_token_id", kwargs, generation_config, self.generation_config),
+                                kwargs.get("position_ids"))  # the caller's: transformers prepares its own later
         # static shapes: rows are padded to a power of two, never past what the caller allowed at once
         static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
-        copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
                                                                  batch_size * copies)  # rows after HF's expansion
         # the draft's own settings live in its generation_config; an early-exit draft is the target itself
@@ -169,6 +201,7 @@ def _batch_spec_decode(
             f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
+    validation.warn_past_positions(model, lengths, max_new)
     eos_ids = _stop_ids(generation_config)
     settings = DecodeSettings(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,

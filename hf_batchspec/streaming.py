@@ -23,7 +23,7 @@ from .errors import BatchSpecError
 
 
 class BatchStreamer(BaseStreamer):
-    """Base class: override `on_tokens(row, token_ids)` and `on_end()`."""
+    """Base class: override `on_tokens(row, token_ids)`, `on_end()` and, to see why a call failed, `on_error`."""
 
     def put_rows(self, rows: np.ndarray, tokens: list[list[int]]) -> None:
         for row, ids in zip(rows.tolist(), tokens):
@@ -33,14 +33,27 @@ class BatchStreamer(BaseStreamer):
     def put(self, value) -> None:  # transformers' single-sequence entry point is not used for batches
         raise BatchSpecError("BatchStreamer receives tokens per row through put_rows().")
 
-    def end(self) -> None:
-        self.on_end()
+    def end(self, error: BaseException | None = None) -> None:
+        """transformers calls end() when generation finishes; generate passes the error when it raised, so that a
+        consumer waiting for tokens learns why none will come."""
+        if error is None:
+            self.on_end()
+        else:
+            self.on_error(error)
 
     def on_tokens(self, row: int, token_ids: list[int]) -> None:
         raise NotImplementedError
 
     def on_end(self) -> None:
         pass
+
+    def on_error(self, error: BaseException) -> None:
+        self.on_end()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 class BatchIteratorStreamer(BatchStreamer):
@@ -74,6 +87,9 @@ class BatchIteratorStreamer(BatchStreamer):
     def on_end(self) -> None:
         self.queue.put(self._stop)
 
+    def on_error(self, error: BaseException) -> None:
+        self.queue.put(_Failed(error))  # raised in the consumer's thread by __next__
+
     def __iter__(self):
         return self
 
@@ -81,6 +97,9 @@ class BatchIteratorStreamer(BatchStreamer):
         item = self.queue.get(timeout=self.timeout)
         if item is self._stop:
             raise StopIteration
+        if isinstance(item, _Failed):
+            self.queue.put(self._stop)  # iterating again ends instead of blocking
+            raise item.error
         return item
 
 

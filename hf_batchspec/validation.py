@@ -6,9 +6,12 @@ import copy
 import dataclasses
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers import CompileConfig, GenerationConfig
 from transformers.generation.stopping_criteria import StopStringCriteria
+from transformers.utils import logging
+
 
 from . import compat
 from .errors import BatchSpecError, UnsupportedModelError
@@ -16,6 +19,7 @@ from .masks import attention_layout
 from .processors import unsupported_processors
 from .runner import input_device
 from .speculation import CostModel
+from .streaming import BatchStreamer
 
 if TYPE_CHECKING:
     from .drafters import DraftSource
@@ -27,6 +31,8 @@ _HF_DEFAULTS = GenerationConfig()
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 # model_kwargs that transformers' own generate() prepares; anything else came from the caller
 _PREPARED_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "cache", "past_key_values", "use_cache"}
+# Under transformers' logger hierarchy, so that its verbosity settings (set_verbosity_error, ...) apply here too.
+logger = logging.get_logger(f"transformers.{__name__}")
 # generation_config fields whose feature arrives in a later release: asked for, they raise
 _NOT_YET = {
     "output_attentions": "output_attentions",
@@ -42,11 +48,7 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
             f"The {role} ({type(model).__name__}) is not a transformers causal LM with a generation head; "
             "load it with AutoModelForCausalLM."
         )
-    if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"The {role} ({type(model).__name__}) is an encoder-decoder model; hf-batchspec supports decoder-only "
-            "causal LMs."
-        )
+    check_decoder_only(type(model), config, role)
     for name in ("attention_mask", "position_ids"):
         if not compat.accepts(model, name):
             raise UnsupportedModelError(f"The {role}'s forward does not take `{name}`, which per-row decoding needs.")
@@ -57,6 +59,16 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
             f"{SUPPORTED_ATTENTION}. Load it with attn_implementation='sdpa'."
         )
     attention_layout(config)
+
+
+def check_decoder_only(model_class: type, config, role: str = "model") -> None:
+    """Encoder-decoder models are not served (yet): refused by `enable` and when a class with the mixin is built,
+    with the same message."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"The {role} ({model_class.__name__}) is an encoder-decoder model; hf-batchspec supports decoder-only "
+            "causal LMs."
+        )
 
 
 def check_pair(target: torch.nn.Module, draft) -> None:
@@ -93,17 +105,28 @@ def asks_for(name: str, kwargs: dict, generation_config, model_config) -> bool:
     return value is not None and value is not False
 
 
-def choose_strategy(batch_spec: str | None, sources: list[str], batch_size: int | None) -> str | None:
+def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None, streamer=None) -> str | None:
     """Which path serves this call: None for transformers' own generate, else "eqspec" or "exspec" (or
-    "eqspec-realign": eqspec in the paper's left-padded layout, realigned every round, to measure that cost)."""
+    "eqspec-realign": eqspec in the paper's left-padded layout, realigned every round, to measure that cost).
+
+    `rows` counts prompts x num_return_sequences, the rows transformers would decode: its assisted generation
+    serves one row only, so 1 prompt x 4 samples is a batch. A `BatchStreamer` (hf_batchspec's own, which
+    transformers' generate cannot feed) asks for batch speculative decoding, at batch 1 too."""
     if batch_spec is not None and batch_spec not in STRATEGIES:
         raise BatchSpecError(f"batch_spec={batch_spec!r} is not one of {STRATEGIES} (or None).")
+    own_streamer = isinstance(streamer, BatchStreamer)
     if not sources:
         if batch_spec is not None:
             raise BatchSpecError(f"batch_spec={batch_spec!r} needs a draft source: {_SOURCE_HINT}.")
+        if own_streamer:
+            raise BatchSpecError(
+                f"{type(streamer).__name__} streams batch speculative decoding, which needs a draft source: "
+                f"{_SOURCE_HINT}; or, for transformers' own generate (batch 1), pass transformers' "
+                "TextIteratorStreamer instead."
+            )
         return None
     if batch_spec is None:
-        return "exspec" if batch_size is not None and batch_size > 1 else None
+        return "exspec" if own_streamer or (rows is not None and rows > 1) else None
     return batch_spec
 
 
@@ -145,8 +168,9 @@ def check_routing(strategy: str | None, sources: list[str], batch_size: int | No
             if asks_for(name, kwargs, generation_config, model_config):
                 raise BatchSpecError(
                     f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
-                    f"not batch this draft source yet; this batch has {batch_size} prompts: call generate once per "
-                    f"prompt, or draft with a source that batches: {_SOURCE_HINT}."
+                    f"not batch this draft source yet; this call has {batch_size} rows (prompts x "
+                    f"num_return_sequences): call generate once per row, or draft with a source that batches: "
+                    f"{_SOURCE_HINT}."
                 )
     if strategy is not None and len(sources) > 1:
         raise BatchSpecError(f"{sources[0]} and {sources[1]} are two draft sources; a call drafts from one: drop one "
@@ -275,10 +299,12 @@ def batch_size_of(input_ids, inputs_embeds) -> int | None:
     return None
 
 
-def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, inputs_embeds=None) -> None:
+def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, inputs_embeds=None, eos_token_id=None,
+                 position_ids=None) -> None:
     """Every tensor argument, before any work: dtype, dimensions, shapes that agree, and values (ids inside the
-    vocabulary of both models, a 0/1 left-padding mask). Positions and masks come from the mask, never from token
-    values, so a bad mask or id would otherwise surface deep inside a forward, or not at all."""
+    vocabulary of both models, a 0/1 left-padding mask, the caller's position_ids if any). Positions and masks come
+    from the mask, never from token values, so a bad mask or id would otherwise surface deep inside a forward, or
+    not at all."""
     if input_ids is None:
         if inputs_embeds is not None:
             raise BatchSpecError(
@@ -298,22 +324,104 @@ def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, input
             f"input_ids must hold integer token ids (torch.long); got dtype {input_ids.dtype}. Use the tokenizer's "
             "input_ids as returned (return_tensors='pt'), or convert ids with .long()."
         )
+    if input_ids.dtype not in EMBEDDABLE_ID_DTYPES:
+        raise BatchSpecError(
+            f"input_ids have dtype {input_ids.dtype}; an embedding takes token ids as torch.long (or torch.int32) "
+            "only, and transformers' own generate fails inside the forward with these: pass input_ids.long()."
+        )
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise BatchSpecError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs a token.")
     real = check_attention_mask(attention_mask, input_ids)  # [B, W] bool: the tokens that are prompt, not padding
-    outside = real & ((input_ids < 0) | (input_ids >= vocab_size))
+    ids = input_ids.long()  # [B, W] compared in int64, where no id wraps
+    outside = real & ((ids < 0) | (ids >= vocab_size))
     if bool(outside.any()):
         row, col = (int(i) for i in outside.nonzero()[0])
         raise BatchSpecError(
-            f"input_ids[{row}, {col}] = {int(input_ids[row, col])} is outside the vocabulary [0, {vocab_size}) of "
+            f"input_ids[{row}, {col}] = {int(ids[row, col])} is outside the vocabulary [0, {vocab_size}) of "
             "the target and assistant models: the ids must come from the models' own tokenizer."
         )
-    if attention_mask is None and pad_token_id is not None and input_ids.shape[1] > 1:
-        if bool((input_ids[:, 0] == pad_token_id).any()):
-            raise BatchSpecError(
-                f"input_ids look left-padded (a row starts with pad_token_id={pad_token_id}) but no attention_mask "
-                "was given: pass the attention_mask returned by the tokenizer."
-            )
+    if attention_mask is None:
+        check_unmasked_padding(input_ids, pad_token_id, eos_token_id)
+    check_position_ids(position_ids, real)
+
+
+# The index dtypes torch's embedding takes (transformers' mask inference reads these as token ids, too).
+EMBEDDABLE_ID_DTYPES = (torch.int64, torch.int32)
+
+
+def _id_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.reshape(-1).tolist()]
+    return [int(v) for v in np.atleast_1d(value).tolist()]
+
+
+def check_unmasked_padding(input_ids: torch.Tensor, pad_token_id, eos_token_id) -> None:
+    """Without an attention_mask, padding is decided as transformers' `_prepare_attention_mask_for_generation`
+    does: it infers attention_mask = (input_ids != pad_token_id) when pad_token_id occurs anywhere in input_ids
+    and is not an eos id; otherwise every token is real (GPT-2 style pad == eos == bos included), and the call is
+    served with an all-ones mask. An inferred mask is refused: the caller passes the tokenizer's mask instead."""
+    pads, eos = _id_list(pad_token_id), _id_list(eos_token_id)
+    if not pads or any(p in eos for p in pads):
+        return
+    found = torch.isin(input_ids, torch.tensor(pads, dtype=input_ids.dtype, device=input_ids.device))  # [B, W]
+    if bool(found.any()):
+        row, col = (int(i) for i in found.nonzero()[0])
+        raise BatchSpecError(
+            f"input_ids[{row}, {col}] is pad_token_id={pads[0]} and no attention_mask was given: transformers would "
+            "infer attention_mask = (input_ids != pad_token_id) and mask it. Pass the attention_mask returned by the "
+            "tokenizer (an all-ones one if those ids are real tokens)."
+        )
+
+
+def check_position_ids(position_ids, real: torch.Tensor) -> None:  # real: [B, W] bool, the prompts' tokens
+    """A caller's position_ids (transformers honours them) are honoured when they are the positions each row
+    decodes at: its real tokens counted from 0, as transformers derives them from the mask. Any other positions
+    would be dropped by per-row decoding, so they are refused, naming the first row that differs."""
+    if position_ids is None:
+        return
+    instead = ("batch_spec decodes each row at positions 0, 1, ... over its real tokens (from attention_mask): "
+               "drop position_ids and pass the attention_mask, or call without a draft source for transformers' "
+               "own generate.")
+    if (not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.dtype.is_floating_point
+            or position_ids.shape[1] != real.shape[1] or position_ids.shape[0] not in (1, real.shape[0])):
+        shape = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+        raise BatchSpecError(f"position_ids must be an integer tensor [batch, length] like input_ids "
+                             f"{tuple(real.shape)}; got {shape}. {instead}")
+    expected = real.long().cumsum(-1) - 1  # [B, W] each row's real tokens counted from 0
+    differs = real & (position_ids.to(real.device).long() != expected)  # [B, W]
+    if bool(differs.any()):
+        row = int(differs.any(-1).nonzero()[0])
+        raise BatchSpecError(f"position_ids row {row} does not count that row's real tokens from 0 (at padding it "
+                             f"may hold anything). {instead}")
+
+
+def check_lengths(kwargs: dict, generation_config, model_config) -> None:
+    """max_new_tokens must be a positive int (transformers runs 2.5 as 3 and refuses 0 only; a float budget would
+    fail deep inside the decode loop); max_length, when it decides, an int."""
+    value = setting("max_new_tokens", kwargs, generation_config, model_config)
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+        raise BatchSpecError(f"max_new_tokens must be a positive integer (new tokens per row); got {value!r}.")
+    length = setting("max_length", kwargs, generation_config, model_config)
+    if value is None and length is not None and (not isinstance(length, (int, np.integer))
+                                                 or isinstance(length, bool)):
+        raise BatchSpecError(f"max_length must be an integer (prompt plus new tokens); got {length!r}: or pass "
+                             "max_new_tokens.")
+
+
+def warn_past_positions(model, lengths: torch.Tensor, max_new: int) -> None:  # lengths: [B] real prompt tokens
+    """transformers' MaxLengthCriteria warns when a call runs past config.max_position_embeddings; warned here once
+    per call, before any forward. A row's last new token is never fed back, so the longest row feeds positions up
+    to its length + max_new - 2 (transformers' `cur_len > max_position_embeddings` before the last step)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = int(lengths.max())
+    if limit is not None and longest + max_new - 2 >= limit:
+        logger.warning(
+            f"This call runs past the model's predefined maximum length (max_position_embeddings={limit}): its longest "
+            f"prompt has {longest} tokens, and {max_new} new tokens take it to {longest + max_new}. Depending on the "
+            "model, you may observe exceptions, performance degradation, or nothing at all (as transformers warns)."
+        )
 
 
 def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:  # [B, W] bool
@@ -528,6 +636,9 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
     """EXSPEC's pool size and admission order (`check_routing` refused them for every other path)."""
     if strategy != "exspec":
         return batch_size, False
+    if sort_by_length is not None and not isinstance(sort_by_length, (bool, np.bool_)):
+        raise BatchSpecError(f"sort_by_length must be True or False (admit the shortest prompts first); got "
+                             f"{sort_by_length!r}.")
     if max_batch_size is None:
         max_batch_size = min(batch_size, DEFAULT_MAX_BATCH_SIZE)
     if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:

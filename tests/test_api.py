@@ -137,3 +137,74 @@ def test_inputs_on_their_device_and_dtype_kept(target, draft):
     out = target.generate(ids, attention_mask=mask.bool(), assistant_model=draft, batch_spec="eqspec",
                           max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.dtype == ids.dtype and out.device == ids.device
+
+
+def test_callers_position_ids_equal_to_the_rows_positions_are_honoured(target, draft):
+    """position_ids that count each row's real tokens from 0 (transformers' own, from the mask) are the
+    positions the rows decode at: served, equal to plain greedy."""
+    ids, mask = left_pad(PROMPTS, 0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, W] transformers' positions for a left-padded batch
+    out = target.generate(ids, attention_mask=mask, position_ids=positions, assistant_model=draft, max_new_tokens=6,
+                          do_sample=False, pad_token_id=0, eos_token_id=None)
+    for row, prompt in enumerate(PROMPTS):
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 6, None)
+
+
+def test_pad_equal_to_eos_as_first_token_without_a_mask(target, draft):
+    """GPT-2 style: pad == eos == bos starts every row, no mask. transformers infers no padding when pad is an
+    eos id, and runs every token; so must we, equal to plain greedy of each row (trimmed at eos)."""
+    prompts = [[3, 5, 6, 7], [3, 9, 10, 11]]
+    ids = torch.tensor(prompts)
+    out = target.generate(ids, assistant_model=draft, max_new_tokens=10, do_sample=False, pad_token_id=3,
+                          eos_token_id=3)
+    for row, prompt in enumerate(prompts):
+        new = plain_greedy(target, prompt, 10, (3,))
+        got = out[row, ids.shape[1]:].tolist()
+        assert got[: len(new)] == new and set(got[len(new):]) <= {3}
+
+
+def test_one_prompt_with_several_samples_is_a_batch(target, draft):
+    """1 prompt x 4 samples is 4 rows: transformers' assisted generation refuses it (batch 1 only), so it is
+    routed by rows, not prompts, to batch speculative decoding."""
+    ids = torch.tensor([PROMPTS[0]])
+    out = target.generate(ids, assistant_model=draft, do_sample=True, num_return_sequences=4, max_new_tokens=5,
+                          pad_token_id=0, eos_token_id=None, return_dict_in_generate=True)
+    assert isinstance(out, BatchSpecGenerateOutput) and out.spec_stats.strategy == "exspec"
+    assert out.sequences.shape == (4, ids.shape[1] + 5)
+    assert (out.sequences[:, : ids.shape[1]] == ids).all()
+
+
+def test_batch_streamer_at_batch_one_asks_for_batch_spec(target, draft):
+    """hf_batchspec's own streamer at batch 1 with batch_spec unset: transformers' assisted path would call its
+    put(); asking for it asks for batch speculative decoding, which streams every token of the output."""
+    ids = torch.tensor([PROMPTS[2]])
+    streamer = hf_batchspec.BatchIteratorStreamer(timeout=60)
+    out = target.generate(ids, assistant_model=draft, max_new_tokens=7, do_sample=False, pad_token_id=0,
+                          eos_token_id=None, streamer=streamer)
+    streamed = [token for row, tokens in streamer for token in tokens]
+    assert streamed == out[0, ids.shape[1]:].tolist() == plain_greedy(target, PROMPTS[2], 7, None)
+
+
+def test_running_past_max_position_embeddings_warns_once(draft):
+    """transformers warns when a call runs past the model's max_position_embeddings; so does ours, once per call
+    and before any forward."""
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_batchspec import validation
+
+    short = hf_batchspec.enable(build("llama", max_position_embeddings=12))
+    ids, mask = left_pad(PROMPTS, 0)  # longest prompt 7 tokens
+    run = lambda n: short.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=n,  # noqa: E731
+                                   do_sample=False, pad_token_id=0, eos_token_id=None)
+    with CaptureLogger(validation.logger) as within:
+        run(6)  # the last of 7 + 6 tokens is never fed back: positions 0..11, inside
+    warned_at_first_forward = []
+    with CaptureLogger(validation.logger) as past:
+        hook = short.register_forward_pre_hook(
+            lambda *a: warned_at_first_forward.append("max_position_embeddings" in past.io.getvalue()))
+        try:
+            run(7)  # positions up to 12
+        finally:
+            hook.remove()
+    assert "max_position_embeddings" not in within.out
+    assert past.out.count("max_position_embeddings=12") == 1 and warned_at_first_forward[0]

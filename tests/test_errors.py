@@ -283,3 +283,93 @@ def test_checkpoint_cache_default_is_not_the_callers_request(pair, batch):
     finally:
         target.generation_config.cache_implementation = None
     assert out.shape == (2, ids.shape[1] + 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16])
+def test_small_integer_ids_are_refused_naming_the_dtype(pair, batch, no_forward, dtype):
+    """An embedding takes int32/int64 indices only (transformers' own generate fails inside the forward); the
+    vocabulary check compared in the ids' own dtype, where 128 wraps, and blamed a valid id instead."""
+    ids, mask = batch
+    ids = ids.clone()
+    ids[1, 2] = 89
+    message = refused(pair, no_forward, str(dtype), ids.to(dtype), attention_mask=mask, assistant_model=pair[1],
+                      max_new_tokens=4)
+    assert ".long()" in message and "outside" not in message
+
+
+def test_ids_past_int32_are_compared_without_wrapping(pair, batch, no_forward):
+    """An id of 2**32 + 5 is outside any vocabulary; compared in a narrower dtype it would read as 5."""
+    ids, mask = batch
+    ids = ids.clone()
+    ids[0, 1] = 2**32 + 5
+    message = refused(pair, no_forward, "outside the vocabulary", ids, attention_mask=mask, assistant_model=pair[1],
+                      max_new_tokens=4)
+    assert str(2**32 + 5) in message
+
+
+def test_callers_position_ids_that_differ_from_the_rows_positions_are_refused(pair, batch, no_forward):
+    """transformers honours a caller's position_ids; per-row decoding counts each row's real tokens from 0, so
+    other positions (here a plain arange over the padded width) would be dropped: refused, naming what to do."""
+    ids, mask = batch
+    positions = torch.arange(ids.shape[1]).expand_as(ids)  # [B, W]
+    message = refused(pair, no_forward, "position_ids", ids, attention_mask=mask, position_ids=positions,
+                      assistant_model=pair[1], max_new_tokens=4)
+    assert "attention_mask" in message and "row 1" in message
+
+
+@pytest.mark.parametrize("value", [2.5, 3.0, True, 0, -1], ids=["fraction", "float", "bool", "zero", "negative"])
+def test_max_new_tokens_must_be_a_positive_int(pair, batch, no_forward, value):
+    """2.5 crashed inside the decode loop (a float size); transformers runs it as 3 and refuses 0 only."""
+    ids, mask = batch
+    message = refused(pair, no_forward, "max_new_tokens must be a positive integer", ids, attention_mask=mask,
+                      assistant_model=pair[1], max_new_tokens=value)
+    assert repr(value) in message
+
+
+def test_max_new_tokens_from_a_generation_config_is_checked_too(pair, batch, no_forward):
+    ids, mask = batch
+    config = transformers.GenerationConfig(max_new_tokens=4, do_sample=False)
+    config.max_new_tokens = 2.5  # set after construction, as a caller may
+    refused(pair, no_forward, "max_new_tokens must be a positive integer", ids, attention_mask=mask,
+            assistant_model=pair[1], generation_config=config)
+
+
+@pytest.mark.parametrize("value", ["no", 0.0, 1], ids=["str", "float", "int"])
+def test_sort_by_length_must_be_a_bool(pair, batch, no_forward, value):
+    """bool("no") is True: a string or number was taken as a truth value and the call ran another order."""
+    ids, mask = batch
+    refused(pair, no_forward, "sort_by_length must be True or False", ids, attention_mask=mask,
+            assistant_model=pair[1], batch_spec="exspec", sort_by_length=value, max_new_tokens=4)
+
+
+def test_pad_inside_a_prompt_without_a_mask_is_refused(pair, no_forward):
+    """With pad_token_id != eos transformers infers attention_mask = input_ids != pad_token_id wherever the pad
+    occurs, so a pad id inside a prompt is masked there; served with an all-ones mask it would differ."""
+    ids = torch.tensor([[5, 6, 7], [8, 0, 9]])
+    message = refused(pair, no_forward, "attention_mask", ids, assistant_model=pair[1], batch_spec="eqspec",
+                      max_new_tokens=3, pad_token_id=0, eos_token_id=2)
+    assert "pad_token_id=0" in message
+
+
+def test_batch_streamer_without_a_draft_source_is_refused(pair, batch, no_forward):
+    """A BatchIteratorStreamer streams batch speculative decoding; transformers' generate would call its put()."""
+    ids, mask = batch
+    message = refused(pair, no_forward, "BatchIteratorStreamer", ids, attention_mask=mask, max_new_tokens=4,
+                      streamer=hf_batchspec.BatchIteratorStreamer())
+    assert "assistant_model" in message and "TextIteratorStreamer" in message
+
+
+def test_mixin_on_an_encoder_decoder_class_is_refused_at_construction():
+    """The mixin as a base class of an encoder-decoder model broke even plain generate; refused when the model
+    is built, with the message enable() gives."""
+    config = transformers.T5Config(vocab_size=128, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+
+    class MyT5(hf_batchspec.BatchSpeculativeGenerationMixin, transformers.T5ForConditionalGeneration):
+        pass
+
+    with pytest.raises(UnsupportedModelError) as built:
+        MyT5(config)
+    with pytest.raises(UnsupportedModelError) as enabled:
+        hf_batchspec.enable(transformers.T5ForConditionalGeneration(config))
+    assert str(built.value) == str(enabled.value).replace("T5ForConditionalGeneration", "MyT5")
+    assert "encoder-decoder" in str(built.value)

@@ -2,7 +2,9 @@
 
 from threading import Thread
 
+import pytest
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 import hf_batchspec
@@ -55,3 +57,46 @@ def test_transformers_streamer_at_batch_one():
                           max_new_tokens=9, do_sample=False, pad_token_id=0, eos_token_id=None, streamer=streamer)
     assert streamer.ended and streamer.calls[0] == PROMPTS[0]  # the prompt first, as transformers does
     assert sum(streamer.calls[1:], []) == out[0, 4:].tolist()
+
+
+class Boom(StoppingCriteria):
+    """Raises on its third call: generate fails after some rounds have already streamed tokens."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("boom from a stopping criterion")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+@pytest.mark.parametrize("failure", ["while decoding", "before any work"])
+def test_batch_iterator_streamer_ends_with_the_producers_error(failure):
+    """When generate raises, the consumer's iteration raises that error instead of blocking forever. The
+    streamer's timeout and the join's bound the test, so a regression fails instead of hanging."""
+    target = target_model("llama")
+    ids, mask = left_pad(PROMPTS, 0)
+    if failure == "before any work":
+        ids = ids.clone()
+        ids[0, -1] = 10_000  # outside the vocabulary: refused by validation, after the streamer was handed over
+    streamer = hf_batchspec.BatchIteratorStreamer(timeout=30)
+    errors = []
+
+    def produce():
+        try:
+            target.generate(ids, attention_mask=mask, assistant_model=draft_model("llama", "perturbed"),
+                            max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([Boom()]))
+        except Exception as error:  # noqa: BLE001 - the consumer must see this same error
+            errors.append(error)
+
+    thread = Thread(target=produce, daemon=True)
+    thread.start()
+    expected = RuntimeError if failure == "while decoding" else hf_batchspec.BatchSpecError
+    with pytest.raises(expected) as raised:
+        for _ in streamer:
+            pass
+    thread.join(timeout=30)
+    assert not thread.is_alive() and len(errors) == 1 and raised.value is errors[0]
