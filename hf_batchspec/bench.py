@@ -627,7 +627,9 @@ K_HELP = ("drafts per row and round. 3 is a middle choice for the bundled pair: 
 
 TABLE_LEGEND = """\
 columns of the table:
-  method, batch      the method and its batch size (exspec: max_batch_size; "-b1": one prompt at a time)
+  method, batch      the method and its batch size (exspec: max_batch_size; "-b1": one prompt at a time;
+                     "-default": the call with the library's defaults, no speculation and no num_assistant_tokens
+                     passed; "-compiled": with compile_config)
   tok/s              tokens per wall second, the fastest of --repeats runs. Every method is credited the same
                      tokens: each row's new tokens through its first EOS, from the HF greedy batch-1 reference
   vs HF greedy       tok/s relative to HF greedy at the same batch size
