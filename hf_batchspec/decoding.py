@@ -37,6 +37,11 @@ from .stats import BatchSpecStats
 # row's verify is as wide as the batch's largest k, so an unbounded k would make every round as wide as the
 # best row's streak. A num_assistant_tokens above 20 raises the cap to itself.
 HEURISTIC_MAX_DRAFT = 20
+# Padded prompt tokens per prefill forward (at least one prompt): a forward's activations grow with rows x width
+# and its [rows, 1, width, width] masks with width squared, and past a few thousand tokens a forward is compute
+# bound, so more rows per forward save little time. Measured with scripts/long_prompt_memory.py (8 x 999 tokens,
+# bundled pair): one forward of all 8 rows peaked above transformers' greedy, groups of 2 well below it.
+PREFILL_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -394,10 +399,13 @@ class _Decoder:
 
     def _prefill(self, slots: np.ndarray, ids: np.ndarray) -> torch.Tensor:  # [n, V] logits at each prompt's end
         """Prompts `ids` through both models into cache rows `slots` (the drafter's prefill is skipped when no
-        round will follow)."""
+        round will follow). Long prompts go a few rows per forward (`PREFILL_TOKENS`), each prompt still whole."""
         max_new, stats = self.settings.max_new_tokens, self.stats
         lengths = self.prompt_lengths[ids]
         width = int(lengths.max())
+        group = max(1, PREFILL_TOKENS // width)
+        if len(ids) > group:
+            return torch.cat([self._prefill(slots[i:i + group], ids[i:i + group]) for i in range(0, len(ids), group)])
         prompts = self.tokens[torch.as_tensor(ids, device=self.device), :width]  # [n, P] right-packed
         full = np.array_equal(slots, np.arange(len(self.rows)))  # every slot, in order: no gather needed
         cache_rows = None if full else torch.as_tensor(slots, device=self.device)
