@@ -136,13 +136,14 @@ OWN_OPTIONS = ("max_batch_size", "sort_by_length", "speculation", "generator")
 HF_DRAFT_SOURCES = ("use_mtp",)
 
 
-def check_routing(strategy: str | None, sources: list[str], batch_size: int | None, options: dict, kwargs: dict,
+def check_routing(strategy: str | None, sources: list[str], rows: int | None, options: dict, kwargs: dict,
                   generation_config, model_config) -> None:
     """Refuse options the chosen path would drop, naming the real cause.
 
-    `options` holds our own arguments as passed (None = not passed). When transformers' generate serves the call
-    (strategy None) none of them applies, and the reason is either the missing `assistant_model` or, at batch 1
-    with `batch_spec` unset, that transformers' own assisted generation serves it.
+    `rows` counts prompts x num_return_sequences; `options` holds our own arguments as passed (None = not passed).
+    When transformers' generate serves the call (strategy None) none of them applies, and the reason is either the
+    missing `assistant_model` or, at one row with `batch_spec` unset, that transformers' own assisted generation
+    serves it.
     """
     given = [name for name in OWN_OPTIONS if options.get(name) is not None]
     if strategy is None and given:
@@ -163,12 +164,12 @@ def check_routing(strategy: str | None, sources: list[str], batch_size: int | No
                     f"`{name}` applies to batch_spec='exspec' only (a pool of slots refilled from a queue); "
                     f"batch_spec={strategy!r} decodes every prompt at once: drop `{name}` or use batch_spec='exspec'."
                 )
-    if strategy is None and not sources and batch_size is not None and batch_size > 1:
+    if strategy is None and not sources and rows is not None and rows > 1:
         for name in HF_DRAFT_SOURCES:
             if asks_for(name, kwargs, generation_config, model_config):
                 raise BatchSpecError(
                     f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
-                    f"not batch this draft source yet; this call has {batch_size} rows (prompts x "
+                    f"not batch this draft source yet; this call has {rows} rows (prompts x "
                     f"num_return_sequences): call generate once per row, or draft with a source that batches: "
                     f"{_SOURCE_HINT}."
                 )
