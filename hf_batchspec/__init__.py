@@ -7,6 +7,7 @@ from .profiling import calibrate
 from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .streaming import BatchIteratorStreamer, BatchStreamer
+from .warmup import WarmupReport, warmup
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,8 @@ __all__ = [
     "RaggedCache",
     "RaggedLayer",
     "UnsupportedModelError",
+    "WarmupReport",
     "calibrate",
     "enable",
+    "warmup",
 ]

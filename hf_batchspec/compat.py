@@ -6,6 +6,7 @@ followed). Everything else in the package asks this module instead of checking v
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from functools import lru_cache
 
@@ -56,11 +57,29 @@ def static_compile_settings():
     """dynamo settings for the static-shape decode loop: for the duration of a call every size change is a new
     static graph (the shapes come from a few buckets by design), never a switch to dynamic shapes; and the
     per-code-object limit leaves room for the buckets of both models (dynamo's default of 8 would otherwise make
-    later buckets fall back to eager)."""
+    later buckets fall back to eager).
+
+    The one size that is dynamic by design, the row count (`runner.rows_dynamic`: the inputs' rows and the caches'
+    rows, slots plus staging rows), gets no duck shaping: dynamo would otherwise give two sizes that happen to be
+    equal at the first compile one symbol (a cache without staging rows, R = B), and the first call whose live rows
+    no longer fill the cache (B < R) would compile again."""
     import torch._dynamo.config as dynamo
+    import torch.fx.experimental._config as shapes
 
     # Raised for good, not for the call only: a frame that once hit the limit (e.g. in transformers' own compiled
     # generate on the same model class) stays eager for the rest of the process.
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
     setattr(dynamo, limit, max(getattr(dynamo, limit), _RECOMPILE_LIMIT))
-    return dynamo.patch(automatic_dynamic_shapes=False)
+    patches = [dynamo.patch(automatic_dynamic_shapes=False)]
+    if hasattr(shapes, "use_duck_shape"):
+        patches.append(shapes.patch(use_duck_shape=False))
+    return _entered_together(patches)
+
+
+@contextlib.contextmanager
+def _entered_together(patches: list):
+    # entered on `with`, not when built: a settings object that is never entered changes nothing
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        yield

@@ -6,6 +6,8 @@ from positions, clamps the position ids of padding queries and keeps the logits 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from . import compat
@@ -27,17 +29,44 @@ def compute_dtype(model: torch.nn.Module) -> torch.dtype:
     return dtype if dtype.is_floating_point else torch.float32
 
 
-def rows_dynamic(*tensors: torch.Tensor) -> None:
-    """Let a compiled program take any number of rows (2 or more) in one graph: dim 0 of these inputs is marked
-    dynamic. A call's tail moves its live rows into smaller row buckets (`decoding.static_rows`); with the row
-    count static, every bucket would be a compile of its own (measured on CPU: about as long as the first one
-    each), with it dynamic the first compile serves them all. A tensor of one row is left alone: dynamo
-    specialises sizes 0 and 1 anyway."""
+# Cache lengths `hf_batchspec.warmup` compiled, by target model (weakly: a model's entry goes with it). A later
+# compiled call takes the shortest that holds its prompts and budget (`decoding.static_length`) instead of its own
+# power of two, so that it runs the warmed graphs.
+_WARMED_LENGTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    # generate runs on a PEFT wrapper's base model: the registry keys on what the decode loop is given
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def warmed_lengths(model: torch.nn.Module) -> tuple[int, ...]:
+    """Cache lengths (slots per row) compiled for this target by `hf_batchspec.warmup`, ascending."""
+    return tuple(sorted(_WARMED_LENGTHS.get(_base(model), ())))
+
+
+def add_warmed_length(model: torch.nn.Module, length: int) -> None:
+    _WARMED_LENGTHS.setdefault(_base(model), set()).add(int(length))
+
+
+def rows_dynamic(*values) -> None:
+    """Let a compiled program take any number of rows (2 or more) in one graph, within a call and across calls:
+    dim 0 of these tensors is marked dynamic, and for a `ModelRunner` dim 0 of its cache's keys and values.
+
+    Why both: a call's tail moves its live rows into smaller row buckets (`decoding.static_rows`), and a later call
+    with another batch size has another row bucket and a cache of another row count (its slots plus staging rows).
+    With any of those sizes static, each would be a compile of its own (measured on CPU: about as long as the first
+    one each; before the caches were marked, `TORCH_LOGS=recompiles` named `draft.cache.layers[0].keys` "size
+    mismatch at index 0" on a call at batch 4 after one at batch 8). With them dynamic, the first compile serves
+    every row count from 2 up, whatever the call. A tensor of one row is left alone: dynamo specialises sizes 0 and
+    1 anyway (so `_Decoder` never gives a compiled forward fewer than 2 rows where more are allowed)."""
     if torch.compiler.is_compiling():
         return
-    for tensor in tensors:
-        if tensor.dim() and tensor.shape[0] > 1:
-            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    for value in values:
+        if isinstance(value, ModelRunner):
+            value.mark_cache_rows_dynamic()
+        elif value.dim() and value.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(value, 0)
 
 
 class ModelRunner:
@@ -58,6 +87,19 @@ class ModelRunner:
         self._cache_kwarg = compat.cache_kwarg(model)
         self._keeps_logits = compat.accepts(model, "logits_to_keep")
         self.on_rows = None  # called with each forward's original row indices (per-row LoRA adapters)
+        self._cache_rows_marked = False
+
+    def mark_cache_rows_dynamic(self) -> None:
+        """Dim 0 (R = slots + staging rows) of the cache's keys and values `[R, H, S, D]`, inputs of every compiled
+        decode program that runs this model, is marked dynamic (see `rows_dynamic`). Once, after the first prefill
+        allocated them: a compiled cache's tensors never move (static addresses), and the mark stays on them."""
+        if self._cache_rows_marked:
+            return
+        tensors = [t for layer in self.cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+        for tensor in tensors:
+            if tensor.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        self._cache_rows_marked = len(tensors) == 2 * len(self.cache.layers)
 
     def forward(
         self,
@@ -100,7 +142,8 @@ class ModelRunner:
             kwargs["logits_to_keep"] = keep
         if decode and self._decode_call is not self.model:
             masks = kwargs["attention_mask"]
-            rows_dynamic(tokens, position_ids, *(masks.values() if isinstance(masks, dict) else (masks,)))
+            # the cache reads the slots from its plan (`begin`): an input of the graph too
+            rows_dynamic(tokens, position_ids, slots, *(masks.values() if isinstance(masks, dict) else (masks,)), self)
         logits = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs).logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits
