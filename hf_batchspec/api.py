@@ -133,7 +133,9 @@ class BatchSpeculativeGenerationMixin:
         validation.check_generator(generator)
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
                                                             draft, strategy)
-        cost_model = validation.resolve_speculation(speculation, self, draft, compiled=compile_config is not None)
+        cost_model = validation.resolve_speculation(
+            speculation, self, source, compiled=compile_config is not None, static=static, rows=(batch_size or 1) * copies,
+            do_sample=bool(validation.setting("do_sample", kwargs, generation_config, self.generation_config)))
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)
         # Served by our own caches and compiled calls: transformers must not build a static cache of its own.

@@ -26,9 +26,10 @@ from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
-from .runner import ModelRunner, rows_dynamic
+from .runner import ModelRunner, rows_dynamic, warmed_lengths
 from .scheduling import ActiveRows, PromptQueue, to_device
-from .speculation import CostModel, SpeculationControl
+from .profiling import RoundClock
+from .speculation import CostModel, MeasuredCosts, SpeculationControl
 from .stats import BatchSpecStats
 
 
@@ -59,7 +60,9 @@ class DecodeSettings:
     confidence_threshold: float | None = None  # a row stops drafting after a draft less likely than this
     output_scores: bool = False
     output_logits: bool = False
-    cost_model: CostModel | None = None  # speculation="auto": draft only as much as pays (None: always k)
+    # speculation="auto": draft only as much as pays, by a fixed cost model or one corrected by the rounds' measured
+    # wall times (None: always k)
+    cost_model: CostModel | MeasuredCosts | None = None
     realign_every_round: bool = False  # the paper's left-padded layout, realigned each round (for comparison)
     # Every decode forward in a few fixed shapes (what a compiled forward needs): 0 (off), or the most rows a
     # forward may have (rows are padded to a power of two up to it).
@@ -101,7 +104,12 @@ class _Decoder:
             cache_len += k + 1
         slots = self.capacity
         if self.static:  # a few sizes shared by many calls, so a compiled forward is reused across them
-            slots, cache_len = static_rows(self.capacity, settings.static_shapes), static_length(cache_len)
+            # compiled: at least 2 rows where more are allowed, so that a call of one prompt runs the graphs of any
+            # other batch size (a size of 1 is specialised, see `rows_dynamic`); the cache as long as a warmed one
+            # that fits (`runner.warmed_lengths`, set by `hf_batchspec.warmup`), so that it compiles nothing new
+            least = 2 if settings.compile_config is not None else 1
+            slots = static_rows(max(self.capacity, least), settings.static_shapes)
+            cache_len = static_length(cache_len, warmed_lengths(target) if settings.compile_config is not None else ())
             # the draft length varies by design (auto, transformers' heuristic schedule, a confidence threshold):
             # a few widths below k too, so that short rounds do not pay for k
             varies = (settings.cost_model is not None or settings.schedule != "constant"
@@ -143,6 +151,7 @@ class _Decoder:
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
+        self.clock = RoundClock() if isinstance(settings.cost_model, MeasuredCosts) else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         self._verify_greedy = self._greedy_round = None
@@ -173,6 +182,8 @@ class _Decoder:
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
         rows, stats = self.rows, self.stats
+        if self.clock is not None:
+            self.clock.start()
         if self.settings.realign_every_round:
             self._left_align()
         budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
@@ -196,7 +207,7 @@ class _Decoder:
             self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
         stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
-                        len(rows))
+                        len(rows), k_round)
         stats.draft_forward_calls += forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
@@ -209,6 +220,8 @@ class _Decoder:
         # was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, forwards)
+        if self.clock is not None:  # what a round of this width costs here, for the next decisions
+            self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
 
     def _draft_and_verify(self, k: int, budget: torch.Tensor):  # budget [B]
@@ -221,7 +234,7 @@ class _Decoder:
         fused = self.drafter.fused_inputs(rows, self.tokens) if self._greedy_round is not None else None
         if fused is not None:
             inputs = (*fused, self._pending(), rows.generated, rows.live, budget)
-            rows_dynamic(*inputs)  # one graph for every row bucket
+            rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
             outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
                                          self._max_new)
             self.drafter.cache.end()
@@ -235,7 +248,7 @@ class _Decoder:
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
             inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
-            rows_dynamic(*inputs)  # one graph for every row bucket
+            rows_dynamic(*inputs, self.target)  # one graph for every row bucket and call
             accepted, candidates, count, finished = self._verify_greedy(  # read outside: the buffer's shape varies
                 self.target, *inputs, self._fused_stop_ids, self._max_new)
             self.target.cache.end()
@@ -541,10 +554,13 @@ def static_rows(capacity: int, limit: int) -> int:
     return min(1 << max(capacity - 1, 0).bit_length(), limit)
 
 
-def static_length(slots: int) -> int:
-    """Cache slots per row with static shapes (every decode forward attends over all of them): the next power
-    of two, at least 64, so that calls with nearby prompt lengths and budgets share one compiled forward."""
-    return max(64, 1 << (slots - 1).bit_length())
+def static_length(slots: int, warmed=()) -> int:
+    """Cache slots per row with static shapes (every decode forward attends over all of them): the shortest of the
+    `warmed` lengths (those `hf_batchspec.warmup` compiled) that holds `slots`, else the next power of two, at least
+    64, so that calls with nearby prompt lengths and budgets share one compiled forward. A warmed length may be
+    longer than the power of two: attending over idle slots costs a little each step, a new length a compile."""
+    fitting = [length for length in warmed if length >= slots]
+    return min(fitting) if fitting else max(64, 1 << (slots - 1).bit_length())
 
 
 def draft_buckets(k: int, all_lengths: bool) -> np.ndarray:  # [n] verify draft widths, ascending, ending at k

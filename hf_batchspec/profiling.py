@@ -1,8 +1,10 @@
 """Every clock of the package: where a generate call's wall time goes, and what a forward costs here.
 
-Kept out of the decode loop on purpose: `ForwardTimer` wraps the models from outside with forward hooks,
-and `calibrate` times forwards before generate runs, so the algorithm never reads a clock. Use
-`ForwardTimer` around a call in benchmarks and examples:
+Kept out of the decode loop's algorithm on purpose: `ForwardTimer` wraps the models from outside with forward
+hooks, and `calibrate` times forwards before generate runs. The loop reads one clock, `RoundClock`: each
+round's wall time, which `speculation="auto"` weighs (`speculation.MeasuredCosts`) so that drafting runs only
+where it pays on this machine; greedy output never depends on it. Use `ForwardTimer` around a call in
+benchmarks and examples:
 
     with ForwardTimer(target, draft) as timer:
         out = target.generate(...)
@@ -23,6 +25,20 @@ def synchronize() -> None:
     # A forward returns when its kernels are queued, not when a GPU has run them: wait for the devices.
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class RoundClock:
+    """Wall time of one decode round, from `start()` to `stop()`. No device sync of its own: it is stopped after
+    the round's one host sync, when the device has run the round."""
+
+    def __init__(self):
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def stop(self) -> float:  # seconds since start()
+        return time.perf_counter() - self._started
 
 
 class ForwardTimer:

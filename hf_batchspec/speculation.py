@@ -3,22 +3,37 @@
 Speculation trades draft forwards and a wider verify for more tokens per round. At batch 1 on a GPU the
 verify is nearly free and almost any draft pays; at a large batch, or on a CPU, a verify over k+1 tokens per
 row costs close to k+1 single-token steps, and with low acceptance the round yields less than it costs.
-`speculation="auto"` decides each round, for the batch as it is:
+`speculation="auto"` (the default at batch > 1) decides each round, for the batch as it is:
 
     tokens(K) = sum over rows of E(alpha_row, min(budget_row, K)),   E(a, k) = 1 + a + ... + a^k
-    cost(K)   = overhead + T(rows x (K+1)) + K draft steps of `rows` tokens
+    cost(K)   = what a round of K drafts over `rows` rows costs
     K*        = argmax over K in 0..k of tokens(K) / cost(K)
 
-A forward's cost is affine in its tokens: `call + token x n`. `CostModel.estimate` derives the four numbers
-from the models' sizes and the device; `profiling.calibrate` measures them on the machine (once, outside
-generate: the clocks live in `profiling.py`).
+K = 0 is a plain decoding step, so a draft that does not pay is turned off, and probes (one draft per row,
+spaced so that they cost a few percent at most) turn it back on when acceptance rises.
+
+Where cost(K) comes from:
+- `CostModel`: a forward's cost is affine in its tokens (`call + token x n`); `CostModel.estimate` derives the
+  four numbers from the models' sizes and the device, `profiling.calibrate` measures them. A prior: right in
+  shape, often wrong in scale, and blind to work outside forwards (a draft with another tokenizer converts text
+  on the host every round; a compiled round's guards).
+- `MeasuredCosts`: the rounds of this process as they ran. The decoder hands over each round's wall time
+  (`profiling.RoundClock`, the one clock the loop reads); a draft width's cost is the prior's times the median
+  measured/prior ratio at that width, so one measurement corrects every batch size the prior scales to. The
+  first round of each width is dropped (a compile, first-call allocations), and the measurements are kept per
+  target, draft source and compile mode across calls (`measured_costs`), so a caller looping over batches pays the
+  exploration once: in a fresh process, two rounds without drafts after the first drafting rounds.
+Greedy output never depends on these decisions. Sampling decides from the prior alone (no clock): the decision
+is then a deterministic function of what happened so far, so a seeded sampling run repeats.
+
 Row acceptance is a shrunk running estimate (see `Acceptance`), updated from the counts the loop already has
-on the host: the decision is a deterministic function of what happened so far, so a seeded sampling run is
-reproducible and greedy output never depends on it.
+on the host.
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +114,70 @@ class CostModel:
         return cls(t_call, t_token, d_call, d_token, overhead)
 
 
+class MeasuredCosts:
+    """Round costs corrected by the rounds this process ran: `round_cost(rows, K)` is the prior's cost times the
+    median measured/prior ratio of recent rounds with that verify width K (at this row count when there are
+    some, else at any; when K has none, the nearest measured width, a drafting one for K > 0 where there is one;
+    the prior itself before any round).
+
+    A ratio, not raw seconds, so that a width measured at one batch size carries over to another (and to a
+    call's tail, where rows leave) through the prior's shape. The first round of each width is dropped: it pays
+    a compile (compiled rounds: one program per width) or first-call allocations; a later round far beyond the
+    estimate (`outlier` times) is dropped too, as a recompile's."""
+
+    def __init__(self, prior: CostModel, keep: int = 8, outlier: float = 20.0):
+        self.prior, self.keep, self.outlier = prior, keep, outlier
+        self._ratios: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, measured / prior)
+        self._warmed: set[int] = set()
+
+    def samples(self, k: int) -> int:
+        """Measured rounds of width k that count."""
+        return len(self._ratios.get(int(k), ()))
+
+    def observe(self, rows: int, k: int, seconds: float) -> None:
+        """One round of width k over `rows` forward rows took `seconds` (wall, its host sync included)."""
+        k = int(k)
+        if k not in self._warmed:
+            self._warmed.add(k)
+            return
+        ratio = seconds / float(self.prior.round_cost(rows, np.array([k]))[0])
+        if not math.isfinite(ratio) or ratio <= 0:
+            return
+        if self.samples(k) and ratio > self.outlier * self._ratio(rows, k):
+            return
+        kept = self._ratios.setdefault(k, [])
+        kept.append((int(rows), ratio))
+        del kept[: -self.keep]
+
+    def _ratio(self, rows: int, k: int) -> float:
+        if not self._ratios:
+            return 1.0
+        if k not in self._ratios:  # a drafting width is most like another drafting width
+            near = [width for width in self._ratios if (width > 0) == (k > 0)] or list(self._ratios)
+            k = min(near, key=lambda width: (abs(width - k), -width))
+        kept = self._ratios[k]
+        here = [ratio for r, ratio in kept if r == rows]
+        return float(np.median(here or [ratio for _, ratio in kept]))
+
+    def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:  # [K] -> [K] seconds
+        k = np.asarray(k)
+        return self.prior.round_cost(rows, k) * np.array([self._ratio(rows, int(w)) for w in k.ravel()]).reshape(
+            k.shape)
+
+
+# Measured costs by target (weakly: they go with the model) and (draft source, compile mode, device).
+_MEASURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def measured_costs(target: torch.nn.Module, key: tuple, prior: CostModel) -> MeasuredCosts:
+    """The `MeasuredCosts` this process keeps for `target` drafting from the source `key` (made from `prior` the
+    first time): later calls start from what earlier ones measured."""
+    per_target = _MEASURED.setdefault(target, {})
+    if key not in per_target:
+        per_target[key] = MeasuredCosts(prior)
+    return per_target[key]
+
+
 def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
     """Tokens a row gains in a round with `drafts` drafts when each is accepted with probability `alpha`
     (independently, until the first rejection): 1 + alpha + ... + alpha^drafts."""
@@ -106,7 +185,7 @@ def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
     return (1.0 - alpha ** (drafts + 1)) / (1.0 - alpha)
 
 
-def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel,
+def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel | MeasuredCosts,
                       widths: np.ndarray | None = None, live: np.ndarray | None = None) -> int:
     """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost; with
     `widths` (static shapes: the verify is padded to the next of these widths, so a K between two of them costs
@@ -156,16 +235,34 @@ class Acceptance:
 
 
 class SpeculationControl:
-    """Chooses each round's draft length from the cost model and the rows' acceptance.
+    """Chooses each round's draft length from the round costs and the rows' acceptance.
 
-    While speculation is off no acceptance is observed, so every `probe_every` rounds off it drafts one
-    token per row to look again (acceptance changes with the text, and rows come and go).
+    With measured costs, a round without drafts is run on purpose once drafting rounds have been measured and
+    plain ones have not: the comparison that decides needs both (in a fresh process, two rounds: the first of a
+    width is dropped). While speculation is off no acceptance is observed, so it probes, one draft per row: every
+    `probe_every` rounds off, spaced wider when a probe round costs more than a plain one (so that probes cost
+    about `probe_share` of the time at most), and twice as wide after each probe that did not turn drafting back
+    on (up to 8 times): a draft that never pays costs a few percent, not one round in eight.
     """
 
-    def __init__(self, cost: CostModel, probe_every: int = 8):
-        self.cost, self.probe_every = cost, probe_every
+    def __init__(self, cost: CostModel | MeasuredCosts, probe_every: int = 8, probe_share: float = 0.03):
+        self.cost, self.probe_every, self.probe_share = cost, probe_every, probe_share
         self.acceptance = Acceptance()
         self.rounds_off = 0
+        self.misses = 0  # probes in a row after which drafting still did not pay
+        self._probed = False
+
+    def probe_interval(self, rows: int) -> int:
+        """Rounds off between two probes over `rows` rows."""
+        plain, probe = self.cost.round_cost(rows, np.array([0, 1]))
+        spaced = math.ceil(max(probe / plain - 1.0, 0.0) / self.probe_share)
+        return max(self.probe_every, spaced) << min(self.misses, 3)
+
+    def could_pay(self, budgets: np.ndarray, widths: np.ndarray | None = None,
+                  live: np.ndarray | None = None) -> bool:
+        """Whether drafting would pay if every draft were accepted: if not, no acceptance a probe could see
+        would turn it on, and probing only costs."""
+        return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live) > 0
 
     def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
                       widths: np.ndarray | None = None, live: np.ndarray | None = None) -> np.ndarray:
@@ -174,10 +271,16 @@ class SpeculationControl:
         if not len(budgets) or budgets.max() == 0:
             return budgets
         k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live)
+        probed, self._probed = self._probed, False
+        if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):
+            return np.zeros_like(budgets)  # measure a plain step, to weigh the measured drafting rounds against
         if k == 0:
+            self.misses += probed
             self.rounds_off += 1
-            if self.rounds_off < self.probe_every:
+            if self.rounds_off < self.probe_interval(len(budgets)) or not self.could_pay(budgets, widths, live):
                 return np.zeros_like(budgets)
-            k = 1
+            k, self._probed = 1, True
+        else:
+            self.misses = 0
         self.rounds_off = 0
         return np.minimum(budgets, k)

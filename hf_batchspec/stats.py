@@ -38,6 +38,8 @@ class BatchSpecStats:
     # rows each verify forward ran: the active rows, and with static shapes the idle rows of its row bucket
     forward_rows: list = field(default_factory=list)
     waiting_rows: list = field(default_factory=list)  # prompts waiting for a slot at each verify round
+    # the verify's draft width at each round (0: a plain decoding step; speculation="auto" chooses it)
+    draft_widths: list = field(default_factory=list)
     new_tokens: np.ndarray = field(default=None)  # [N] tokens generated per row, through its stop id
     accepted_tokens: np.ndarray = field(default=None)  # [N] drafted tokens the target accepted and kept
     drafted_tokens: np.ndarray = field(default=None)  # [N] drafts offered for verification
@@ -50,10 +52,12 @@ class BatchSpecStats:
                 setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
 
     def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray,
-                  waiting: int = 0, forward_rows: int | None = None) -> None:
+                  waiting: int = 0, forward_rows: int | None = None, width: int | None = None) -> None:
         """Account one verify round for the active `rows` (original indices, unique), in a forward over
-        `forward_rows` rows (default: the active rows alone)."""
+        `forward_rows` rows (default: the active rows alone) with `width` drafts per row (default: the most any
+        row drafted)."""
         self.rounds += 1
+        self.draft_widths.append(int(drafted.max(initial=0)) if width is None else int(width))
         self.active_rows.append(len(rows))
         self.forward_rows.append(len(rows) if forward_rows is None else forward_rows)
         self.waiting_rows.append(waiting)

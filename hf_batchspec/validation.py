@@ -23,6 +23,7 @@ from .streaming import BatchStreamer
 
 if TYPE_CHECKING:
     from .drafters import DraftSource
+    from .speculation import MeasuredCosts
 
 STRATEGIES = ("eqspec", "exspec", "eqspec-realign")
 DEFAULT_NUM_ASSISTANT_TOKENS = 5
@@ -650,24 +651,53 @@ def pool_options(strategy: str | None, max_batch_size, sort_by_length, batch_siz
 SPECULATION = ("always", "auto")
 
 
-def resolve_speculation(speculation, target, draft, compiled: bool = False) -> CostModel | None:
-    """None (draft every round, as transformers' assisted generation does), or the cost model that
-    `speculation="auto"` decides with: the given `CostModel`, or one estimated from the models and whether their
-    forwards are compiled (`draft` None: prompt lookup, whose drafts cost no forward)."""
-    if speculation is None or speculation == "always":
+def resolve_speculation(speculation, target, source: "DraftSource", *, compiled: bool, static: bool, rows: int,
+                        do_sample: bool) -> "CostModel | MeasuredCosts | None":
+    """What decides each round's draft length: None (draft every round, as transformers' assisted generation
+    does: `speculation="always"`, and the default at batch 1), a fixed `CostModel` (one the caller passed, e.g.
+    from `hf_batchspec.calibrate`), or for `"auto"` (the default at batch > 1: never slower than not drafting) a
+    prior estimated from the models and whether their forwards are compiled, corrected by this process's
+    measured rounds (`MeasuredCosts`, shared across calls with the same models and mode). Sampling keeps the
+    prior alone, so that a seeded run repeats."""
+    from .speculation import measured_costs
+
+    if speculation is None:
+        speculation = "auto" if rows > 1 else "always"
+    if speculation == "always":
         return None
     if isinstance(speculation, CostModel):
         return speculation
-    if speculation == "auto":
-        if draft is None:
-            return dataclasses.replace(CostModel.estimate(target, target, compiled), draft_call=0.0,
-                                       draft_token=0.0)
-        return CostModel.estimate(target, draft, compiled)
-    raise BatchSpecError(
-        f"speculation={speculation!r} is not supported; use 'always' (draft num_assistant_tokens every round, "
-        f"the default), 'auto' (draft only as much as pays, from a cost model estimated from the models), or "
-        f"a hf_batchspec.CostModel (e.g. from hf_batchspec.calibrate(target, draft))."
-    )
+    if speculation != "auto":
+        raise BatchSpecError(
+            f"speculation={speculation!r} is not supported; use 'auto' (draft only as much as pays, from the "
+            f"round costs measured in this process and each row's acceptance; the default at batch > 1), 'always' "
+            f"(draft num_assistant_tokens every round, as transformers does; the default at batch 1), or a "
+            f"hf_batchspec.CostModel (e.g. from hf_batchspec.calibrate(target, draft))."
+        )
+    draft = source.model
+    if draft is None:  # prompt lookup: its drafts cost no forward
+        prior = dataclasses.replace(CostModel.estimate(target, target, compiled), draft_call=0.0, draft_token=0.0)
+    else:
+        prior = CostModel.estimate(target, draft, compiled)
+    if do_sample:
+        return prior
+    return measured_costs(target, _source_key(target, source, compiled, static), prior)
+
+
+def _source_key(target, source: "DraftSource", compiled: bool, static: bool) -> tuple:
+    """What a round's cost depends on besides the target's identity: the draft source (its weights, by their first
+    tensor, and depth: an early exit shares the target's weights but not its depth; or prompt lookup), another
+    tokenizer, the forward mode, and where the target now is and in which dtype (a model moved or cast costs
+    otherwise)."""
+    from .runner import decoder_layers
+
+    model = source.model
+    weights = None if model is None else next(model.parameters(), None)
+    depth = None if model is None else decoder_layers(model.config)
+    kind = "lookup" if model is None else "other-tokenizer" if source.tokenizers is not None else "model"
+    dtype = getattr(next(target.parameters(), None), "dtype", None)
+    return (kind, None if weights is None else id(weights), depth, compiled, static, input_device(target).type,
+            str(dtype))
 
 
 def check_generator(generator) -> None:

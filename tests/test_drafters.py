@@ -103,7 +103,7 @@ def test_speculation_really_happens(source):
     prompts = [[5, 6, 7, 8] * 4, [9, 10, 11] * 5, [12, 13] * 6, [20, 21, 22, 23, 24] * 3]
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
-                          pad_token_id=0, return_dict_in_generate=True, **SOURCES[source](3))
+                          pad_token_id=0, speculation="always", return_dict_in_generate=True, **SOURCES[source](3))
     stats = out.spec_stats
     assert stats.accepted_tokens.sum() > 0 and stats.rounds < 23, stats.summary()
     for row, prompt in enumerate(prompts):

@@ -187,7 +187,7 @@ def test_self_draft_accepts_every_draft():
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=target, batch_spec="eqspec",
                           num_assistant_tokens=4, max_new_tokens=21, do_sample=False, eos_token_id=None,
-                          pad_token_id=0, return_dict_in_generate=True)
+                          pad_token_id=0, speculation="always", return_dict_in_generate=True)
     stats = out.spec_stats
     assert stats.accepted_tokens.tolist() == stats.drafted_tokens.tolist()
     assert stats.rounds == 4  # 1 token from the prefill, then 4 rounds of 5
@@ -217,7 +217,8 @@ def test_heuristic_grows_k_for_a_perfect_draft_and_carries_over():
     ids, mask = left_pad([[5, 6, 7], [8, 9]], 0)
     run = lambda: target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec",  # noqa
                                   num_assistant_tokens_schedule="heuristic", max_new_tokens=40, do_sample=False,
-                                  pad_token_id=0, eos_token_id=None, return_dict_in_generate=True, **kw)
+                                  pad_token_id=0, eos_token_id=None, speculation="always",
+                                  return_dict_in_generate=True, **kw)
     kw = dict(num_assistant_tokens=2)
     out = run()
     assert out.spec_stats.rounds < 40 / 3  # k grew beyond 2: fewer rounds than a constant k=2 needs

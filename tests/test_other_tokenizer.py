@@ -88,7 +88,8 @@ def run(kind, texts, max_new, strategy="exspec", eos=None, **kwargs):
     ids, mask = left_pad(prompts, pad)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, tokenizer=target_tok,
                           assistant_tokenizer=draft_tok, batch_spec=strategy, max_new_tokens=max_new, do_sample=False,
-                          eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True, **kwargs)
+                          eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True,
+                          **{"speculation": "always", **kwargs})
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, max_new, tuple(eos) if eos else None)
         got = out.sequences[row, ids.shape[1]:].tolist()

@@ -46,7 +46,7 @@ def check_rows(target, draft, prompts, max_new, k, eos, strategy="exspec", **kwa
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec=strategy,
                           num_assistant_tokens=k, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                          pad_token_id=0, return_dict_in_generate=True, **kwargs,
+                          pad_token_id=0, return_dict_in_generate=True, **{"speculation": "always", **kwargs},
                           **({"max_batch_size": 3} if strategy == "exspec" else {}))
     for row, prompt in enumerate(prompts):
         expected = alone(target, prompt, max_new, eos, **kwargs)

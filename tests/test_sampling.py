@@ -99,7 +99,7 @@ def speculative_samples(draft, settings: dict, strategy: str = "eqspec", **kwarg
     ids = torch.tensor([PROMPT] * ROWS)
     out = TARGET.generate(ids, assistant_model=draft, batch_spec=strategy, num_assistant_tokens=2,
                           max_new_tokens=NEW, do_sample=True, generator=torch.Generator().manual_seed(1234),
-                          return_dict_in_generate=True, **settings, **kwargs)
+                          return_dict_in_generate=True, **{"speculation": "always", **settings, **kwargs})
     assert out.spec_stats.rounds >= 1 and out.spec_stats.drafted_tokens.sum() > 0
     return out.sequences[:, len(PROMPT):]
 
@@ -157,7 +157,7 @@ def drafted_run(settings: dict, strategy: str, **kwargs):
         kwargs.setdefault("max_batch_size", 4096)  # the default 32 slots take ~1000 refills: minutes, not seconds
     out = TARGET.generate(torch.tensor([PROMPT] * ROWS), batch_spec=strategy, max_new_tokens=NEW, do_sample=True,
                           generator=torch.Generator().manual_seed(1234), return_dict_in_generate=True,
-                          **settings, **kwargs)
+                          **{"speculation": "always", **settings, **kwargs})
     drafted, accepted = out.spec_stats.drafted_tokens.sum().item(), out.spec_stats.accepted_tokens.sum().item()
     assert 0 < accepted < drafted, (accepted, drafted)
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from hypothesis import strategies as st
 
 import hf_batchspec
 from hf_batchspec import CostModel
-from hf_batchspec.speculation import Acceptance, best_draft_length, expected_tokens
+from hf_batchspec.speculation import (Acceptance, MeasuredCosts, SpeculationControl, best_draft_length,
+                                      expected_tokens)
 from tests.reference import left_pad, plain_greedy
 from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
 
@@ -113,18 +116,106 @@ def _generate(target, draft, prompts, speculation, max_new=40, **kwargs):
 PROMPTS = [[5, 6, 7], [9] * 11, [3, 4], list(range(10, 30))]
 
 
-def test_speculation_off_probes_every_eighth_round():
+def test_a_draft_that_never_pays_never_runs():
+    """NEVER_PAYS makes a probe round cost about a hundred plain ones: probes spaced to cost a few percent of the
+    time never come in 39 rounds, so the draft runs not one forward beyond its prefill, and every round is a
+    plain decoding step."""
     target = target_model("llama")
     draft = draft_model("llama", "perturbed")
     out = _generate(target, draft, PROMPTS, NEVER_PAYS, do_sample=False)
     stats = out.spec_stats
-    draft_steps = stats.draft_forward_calls - stats.draft_prefill_calls
-    assert draft_steps == stats.rounds // 8  # one single-token probe per 8 rounds, nothing else
-    assert (stats.row_rounds + stats.accepted_tokens == 39).all()  # beyond the prefill's: 1 + accepted a round
-    assert (stats.drafted_tokens == draft_steps).all()
+    assert stats.draft_forward_calls == stats.draft_prefill_calls
+    assert stats.draft_widths == [0] * stats.rounds and (stats.drafted_tokens == 0).all()
+    assert (stats.row_rounds == 39).all()  # one token a round beyond the prefill's
     width = max(len(p) for p in PROMPTS)
     for row, prompt in enumerate(PROMPTS):
         assert out.sequences[row, width:].tolist() == plain_greedy(target, prompt, 40, None)
+
+
+def test_probes_cost_a_bounded_share_and_back_off():
+    """While drafting is off, a probe (one draft per row) looks again; probes come every 8 rounds at most, spaced
+    so that their extra cost stays near 3% of the time, and twice as far apart after each fruitless one (up to
+    8 times): a draft that never agrees costs a few percent, not one round in eight."""
+    cost = CostModel(target_call=1.0, target_token=1.0, draft_call=0.5, draft_token=0.0)
+    control = SpeculationControl(cost)
+    control.acceptance.pooled_hits = 0.0  # nothing a probe sees changes it: a draft that never agrees
+    budgets, zeros = np.full(4, 5), np.zeros(4)
+    probes = [r for r in range(3000) if control.draft_lengths(budgets, zeros, zeros).max() > 0]
+    plain, probe = cost.round_cost(4, np.array([0, 1]))
+    first = max(8, math.ceil((probe / plain - 1) / 0.03))
+    assert first > 8  # the spacing, not the minimum, decides here
+    assert np.diff([-1] + probes).tolist()[:6] == [first, 2 * first, 4 * first, 8 * first, 8 * first, 8 * first]
+    assert len(probes) * (probe - plain) <= 0.03 * 3000 * plain
+    cheap = SpeculationControl(CostModel(target_call=1.0, target_token=0.0, draft_call=0.001, draft_token=0.0))
+    cheap.acceptance.pooled_hits = 0.0
+    assert best_draft_length(np.zeros(4), budgets, cheap.cost) == 0
+    gaps = np.diff([-1] + [r for r in range(40) if cheap.draft_lengths(budgets, zeros, zeros).max() > 0])
+    assert gaps.tolist()[:2] == [8, 16]  # a cheap probe: every 8 rounds, then backing off
+
+
+def test_measured_costs_correct_the_prior_by_width():
+    prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.2, draft_token=0.0)
+    costs = MeasuredCosts(prior)
+    assert np.allclose(costs.round_cost(8, np.array([0, 3])), prior.round_cost(8, np.array([0, 3])))
+    costs.observe(8, 3, 1000.0)  # a width's first round (a compile) is dropped
+    assert costs.samples(3) == 0
+    for seconds in (6.0, 6.2, 5.8):
+        costs.observe(8, 3, seconds * prior.round_cost(8, np.array([3]))[0])  # drafting costs 6x the prior
+    costs.observe(8, 3, 500 * prior.round_cost(8, np.array([3]))[0])  # far beyond: a recompile, dropped
+    assert costs.samples(3) == 3
+    assert costs.round_cost(8, np.array([3]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([3]))[0])
+    # another batch size scales through the prior; an unmeasured width takes the nearest measured one's ratio
+    assert costs.round_cost(32, np.array([3]))[0] == pytest.approx(6.0 * prior.round_cost(32, np.array([3]))[0])
+    assert costs.round_cost(8, np.array([0]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([0]))[0])
+    for _ in range(2):
+        costs.observe(8, 0, prior.round_cost(8, np.array([0]))[0])  # plain steps cost what the prior says
+    assert costs.round_cost(8, np.array([0]))[0] == pytest.approx(prior.round_cost(8, np.array([0]))[0])
+    # an unmeasured drafting width is priced like the nearest drafting width, not like a plain step
+    assert costs.round_cost(8, np.array([1]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([1]))[0])
+
+
+@pytest.mark.parametrize("drafting_costs", [1.0, 10.0])
+def test_measured_auto_weighs_drafting_rounds_against_plain_ones(drafting_costs):
+    """With measured costs the controller first drafts as the prior says, then runs plain steps until one is
+    measured (the first of each width is dropped), then decides by what the rounds cost: a draft whose rounds
+    cost 10x the prior's is turned off even at high acceptance, one that costs what the prior says stays on."""
+    prior = CostModel(target_call=1.0, target_token=0.05, draft_call=0.05, draft_token=0.0)
+    costs, budgets = MeasuredCosts(prior), np.full(4, 4)
+    control = SpeculationControl(costs)
+    control.acceptance.pooled_hits = 0.9 * control.acceptance.pooled_trials  # a draft that mostly agrees
+    widths = []
+    for _ in range(8):
+        k = int(control.draft_lengths(budgets, np.zeros(4), np.zeros(4)).max())
+        widths.append(k)
+        costs.observe(4, k, float(prior.round_cost(4, np.array([k]))[0]) * (drafting_costs if k else 1.0))
+    assert widths[:4] == [4, 4, 0, 0]
+    assert all(w == (4 if drafting_costs == 1.0 else 0) for w in widths[4:])
+
+
+def test_the_default_at_batch_above_one_turns_a_draft_that_rarely_agrees_off():
+    """No `speculation=`, batch > 1: a draft with unrelated weights (its drafts are almost never accepted) ends up
+    drafting in few rounds, and the output is plain greedy's."""
+    target = target_model("llama")
+    draft = draft_model("llama", "unrelated")
+    ids, mask = left_pad(PROMPTS, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=40, eos_token_id=None,
+                          pad_token_id=0, return_dict_in_generate=True)
+    stats = out.spec_stats
+    assert stats.strategy == "exspec" and stats.rounds > 20
+    assert np.mean(np.array(stats.draft_widths) > 0) < 0.35
+    for row, prompt in enumerate(PROMPTS):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 40, None)
+
+
+def test_the_default_at_batch_one_drafts_every_round():
+    """batch_spec at batch 1 with no `speculation=`: every round drafts, as transformers' assisted generation."""
+    target = target_model("llama")
+    draft = draft_model("llama", "unrelated")
+    ids, mask = left_pad(PROMPTS[:1], 0)
+    stats = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_new_tokens=20,
+                            num_assistant_tokens=3, eos_token_id=None, pad_token_id=0,
+                            return_dict_in_generate=True).spec_stats
+    assert all(width > 0 for width in stats.draft_widths[:-2])
 
 
 def test_free_drafts_make_auto_draft_every_round_like_always():
