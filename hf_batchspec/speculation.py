@@ -33,6 +33,7 @@ on the host.
 from __future__ import annotations
 
 import math
+import statistics
 import weakref
 from dataclasses import dataclass
 
@@ -115,54 +116,85 @@ class CostModel:
 
 
 class MeasuredCosts:
-    """Round costs corrected by the rounds this process ran: `round_cost(rows, K)` is the prior's cost times the
-    median measured/prior ratio of recent rounds with that verify width K (at this row count when there are
-    some, else at any; when K has none, the nearest measured width, a drafting one for K > 0 where there is one;
-    the prior itself before any round).
+    """Round costs from the rounds this process ran, in two parts: a plain step (K = 0) and what K drafts add.
 
-    A ratio, not raw seconds, so that a width measured at one batch size carries over to another (and to a
-    call's tail, where rows leave) through the prior's shape. The first round of each width is dropped: it pays
-    a compile (compiled rounds: one program per width) or first-call allocations; a later round far beyond the
-    estimate (`outlier` times) is dropped too, as a recompile's."""
+    `round_cost(rows, K)` = plain(rows) + scale_K x (prior(rows, K) - prior(rows, 0)): the plain step is the
+    prior's times the median measured/prior ratio of plain rounds; a drafting width's addition (its draft steps
+    and the wider verify) is the prior's addition times the median measured scale of that width's rounds, or of
+    every drafting round while the width has none. The prior carries a measurement to other batch sizes (and to a
+    call's tail, where rows leave); the addition is scaled apart from the plain step because that is what the prior
+    gets wrong most (a draft's per-call overhead, another tokenizer's text round trip). Before any plain round the
+    prior's plain step stands; before any drafting round, the plain step's ratio scales the addition too.
+
+    The first round of each width is dropped (it pays a compile, compiled rounds being one program per width, or
+    first-call allocations), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
+    It also carries the pooled acceptance (`acceptance`) from call to call, so that a later call starts from what
+    the draft was seen to accept, not from the prior."""
 
     def __init__(self, prior: CostModel, keep: int = 8, outlier: float = 20.0):
         self.prior, self.keep, self.outlier = prior, keep, outlier
-        self._ratios: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, measured / prior)
+        self.acceptance = Acceptance()
+        self._rounds: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, seconds)
         self._warmed: set[int] = set()
+        self._memo: dict[tuple, float] = {}  # estimates, until the next observation
 
     def samples(self, k: int) -> int:
         """Measured rounds of width k that count."""
-        return len(self._ratios.get(int(k), ()))
+        return len(self._rounds.get(int(k), ()))
 
     def observe(self, rows: int, k: int, seconds: float) -> None:
         """One round of width k over `rows` forward rows took `seconds` (wall, its host sync included)."""
-        k = int(k)
+        k, rows = int(k), int(rows)
         if k not in self._warmed:
             self._warmed.add(k)
             return
-        ratio = seconds / float(self.prior.round_cost(rows, np.array([k]))[0])
-        if not math.isfinite(ratio) or ratio <= 0:
+        if not math.isfinite(seconds) or seconds <= 0:
             return
-        if self.samples(k) and ratio > self.outlier * self._ratio(rows, k):
+        if self.samples(k) and seconds > self.outlier * self._cost(rows, k):
             return
-        kept = self._ratios.setdefault(k, [])
-        kept.append((int(rows), ratio))
+        kept = self._rounds.setdefault(k, [])
+        kept.append((rows, seconds))
         del kept[: -self.keep]
+        self._memo.clear()
 
-    def _ratio(self, rows: int, k: int) -> float:
-        if not self._ratios:
-            return 1.0
-        if k not in self._ratios:  # a drafting width is most like another drafting width
-            near = [width for width in self._ratios if (width > 0) == (k > 0)] or list(self._ratios)
-            k = min(near, key=lambda width: (abs(width - k), -width))
-        kept = self._ratios[k]
-        here = [ratio for r, ratio in kept if r == rows]
-        return float(np.median(here or [ratio for _, ratio in kept]))
+    def _cached(self, key: tuple, compute) -> float:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def _prior(self, rows: int, k: int) -> float:
+        """`prior.round_cost` for one width, in plain floats: a decision asks for it dozens of times."""
+        p = self.prior
+        drafting = k * (p.draft_call + p.draft_token * rows) + (k > 0) * p.draft_token * rows
+        return p.round_overhead + p.target_call + p.target_token * rows * (k + 1) + drafting
+
+    def plain(self, rows: int) -> float:
+        """Seconds of a round without drafts over `rows` rows."""
+        def compute():
+            kept = self._rounds.get(0, [])
+            ratios = [s / self._prior(r, 0) for r, s in kept if r == rows] or [s / self._prior(r, 0) for r, s in kept]
+            return self._prior(rows, 0) * (statistics.median(ratios) if ratios else 1.0)
+        return self._cached(("plain", rows), compute)
+
+    def _scale(self, k: int) -> float:
+        """What scales the prior's addition for width k (see the class docstring)."""
+        def compute():
+            widths = [k] if self.samples(k) else [w for w in self._rounds if w > 0]
+            scales = [(s - self.plain(r)) / (self._prior(r, w) - self._prior(r, 0))
+                      for w in widths for r, s in self._rounds[w]]
+            if not scales:  # no drafting round yet: as the plain step's ratio
+                return self.plain(1) / self._prior(1, 0)
+            return max(statistics.median(scales), 0.05)  # drafting never costs nothing
+        return self._cached(("scale", k), compute)
+
+    def _cost(self, rows: int, k: int) -> float:
+        if k == 0:
+            return self.plain(rows)
+        return self.plain(rows) + self._scale(k) * (self._prior(rows, k) - self._prior(rows, 0))
 
     def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:  # [K] -> [K] seconds
         k = np.asarray(k)
-        return self.prior.round_cost(rows, k) * np.array([self._ratio(rows, int(w)) for w in k.ravel()]).reshape(
-            k.shape)
+        return np.array([self._cost(int(rows), int(w)) for w in k.ravel()]).reshape(k.shape)
 
 
 # Measured costs by target (weakly: they go with the model) and (draft source, compile mode, device).
@@ -247,10 +279,12 @@ class SpeculationControl:
 
     def __init__(self, cost: CostModel | MeasuredCosts, probe_every: int = 8, probe_share: float = 0.03):
         self.cost, self.probe_every, self.probe_share = cost, probe_every, probe_share
-        self.acceptance = Acceptance()
+        # measured costs carry the pooled acceptance across calls; a fixed cost model starts each call afresh
+        self.acceptance = cost.acceptance if isinstance(cost, MeasuredCosts) else Acceptance()
         self.rounds_off = 0
         self.misses = 0  # probes in a row after which drafting still did not pay
         self._probed = False
+        self._interval = probe_every  # rounds off before the next probe (`probe_interval`, set on turning off)
 
     def probe_interval(self, rows: int) -> int:
         """Rounds off between two probes over `rows` rows."""
@@ -270,14 +304,23 @@ class SpeculationControl:
         marks the rows that decode a prompt (the others are static shapes' idle rows)."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
+        if 0 < self.rounds_off and self.rounds_off + 1 < self._interval:
+            # off until the next probe: no draft ran, so no acceptance moved; the costs drift too little to matter
+            self.rounds_off += 1
+            return np.zeros_like(budgets)
         k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live)
         probed, self._probed = self._probed, False
         if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):
             return np.zeros_like(budgets)  # measure a plain step, to weigh the measured drafting rounds against
         if k == 0:
             self.misses += probed
+            if self.rounds_off == 0:  # just turned off, or a probe left it off: when to look again
+                self._interval = self.probe_interval(len(budgets))
             self.rounds_off += 1
-            if self.rounds_off < self.probe_interval(len(budgets)) or not self.could_pay(budgets, widths, live):
+            if self.rounds_off < self._interval:
+                return np.zeros_like(budgets)
+            if not self.could_pay(budgets, widths, live):  # no acceptance could turn it on: do not probe
+                self.rounds_off = 0
                 return np.zeros_like(budgets)
             k, self._probed = 1, True
         else:

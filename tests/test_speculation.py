@@ -153,25 +153,29 @@ def test_probes_cost_a_bounded_share_and_back_off():
     assert gaps.tolist()[:2] == [8, 16]  # a cheap probe: every 8 rounds, then backing off
 
 
-def test_measured_costs_correct_the_prior_by_width():
+def test_measured_costs_correct_the_plain_step_and_what_drafts_add():
+    """A round's cost is a plain step (the prior's, scaled by measured plain rounds) plus what its drafts add
+    (the prior's addition, scaled by measured rounds of that width, else by every drafting round's)."""
     prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.2, draft_token=0.0)
+    p = lambda rows, k: float(prior.round_cost(rows, np.array([k]))[0])  # noqa: E731
     costs = MeasuredCosts(prior)
     assert np.allclose(costs.round_cost(8, np.array([0, 3])), prior.round_cost(8, np.array([0, 3])))
     costs.observe(8, 3, 1000.0)  # a width's first round (a compile) is dropped
     assert costs.samples(3) == 0
-    for seconds in (6.0, 6.2, 5.8):
-        costs.observe(8, 3, seconds * prior.round_cost(8, np.array([3]))[0])  # drafting costs 6x the prior
-    costs.observe(8, 3, 500 * prior.round_cost(8, np.array([3]))[0])  # far beyond: a recompile, dropped
+    for factor in (6.0, 6.2, 5.8):
+        costs.observe(8, 3, factor * p(8, 3))  # drafting rounds cost 6x the prior
+    costs.observe(8, 3, 500 * p(8, 3))  # far beyond: a recompile, dropped
     assert costs.samples(3) == 3
-    assert costs.round_cost(8, np.array([3]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([3]))[0])
-    # another batch size scales through the prior; an unmeasured width takes the nearest measured one's ratio
-    assert costs.round_cost(32, np.array([3]))[0] == pytest.approx(6.0 * prior.round_cost(32, np.array([3]))[0])
-    assert costs.round_cost(8, np.array([0]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([0]))[0])
-    for _ in range(2):
-        costs.observe(8, 0, prior.round_cost(8, np.array([0]))[0])  # plain steps cost what the prior says
-    assert costs.round_cost(8, np.array([0]))[0] == pytest.approx(prior.round_cost(8, np.array([0]))[0])
-    # an unmeasured drafting width is priced like the nearest drafting width, not like a plain step
-    assert costs.round_cost(8, np.array([1]))[0] == pytest.approx(6.0 * prior.round_cost(8, np.array([1]))[0])
+    assert costs.round_cost(8, np.array([3]))[0] == pytest.approx(6.0 * p(8, 3))
+    scale = (6.0 * p(8, 3) - p(8, 0)) / (p(8, 3) - p(8, 0))  # no plain round yet: the prior's plain step
+    # another batch size and an unmeasured drafting width: the prior's addition there, times the measured scale
+    assert costs.round_cost(32, np.array([3]))[0] == pytest.approx(p(32, 0) + scale * (p(32, 3) - p(32, 0)))
+    assert costs.round_cost(8, np.array([1]))[0] == pytest.approx(p(8, 0) + scale * (p(8, 1) - p(8, 0)))
+    for _ in range(3):
+        costs.observe(8, 0, 2.0 * p(8, 0))  # plain steps cost twice the prior (the first is dropped)
+    assert costs.samples(0) == 2 and costs.round_cost(8, np.array([0]))[0] == pytest.approx(2.0 * p(8, 0))
+    assert costs.round_cost(8, np.array([3]))[0] == pytest.approx(6.0 * p(8, 3))  # still what was measured
+    assert costs.round_cost(16, np.array([0]))[0] == pytest.approx(2.0 * p(16, 0))
 
 
 @pytest.mark.parametrize("drafting_costs", [1.0, 10.0])
