@@ -88,8 +88,8 @@ def calibrate(target: torch.nn.Module, draft: torch.nn.Module, rows: int = 32, c
     """Measure a `CostModel` on this machine: time forwards of each model at a few token counts (rows x 1,
     2 and 4 positions, over `context` cached tokens) and fit `call + token x n` by least squares.
 
-    Run it once per model pair and machine (it takes a few hundred forwards) and pass the result as
-    `speculation=`; generate itself never reads a clock. With `compile_config` (transformers' CompileConfig)
+    Optional: `speculation="auto"` measures its rounds as it goes. Pass the result as `speculation=` for fixed
+    costs (the same decisions in every run, sampling included). With `compile_config` (transformers' CompileConfig)
     it measures the compiled static-shape forwards that `generate(..., compile_config=...)` runs (all `rows`
     rows, widths 1, 2 and 4, attention over the whole cache), compiling them first; pass the same
     `compile_config` and `max_batch_size=rows` to generate.
