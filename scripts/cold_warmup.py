@@ -39,7 +39,8 @@ def main() -> None:
     def call():
         if args.method == "ours":
             return target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec",
-                                   max_batch_size=args.batch, num_assistant_tokens=args.k, **common)
+                                   max_batch_size=args.batch,
+                                   speculation="always", num_assistant_tokens=args.k, **common)
         return [target.generate(ids[i:i + args.batch], attention_mask=mask[i:i + args.batch],
                                 cache_implementation="static", **common) for i in range(0, len(ids), args.batch)]
 

@@ -26,7 +26,8 @@ def check(arch: str) -> tuple[int, int, int]:  # (exact rows, fused rounds, roun
     draft = perturbed(target, 0.05)
     ids, mask = left_pad(PROMPTS, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=MAX_NEW, do_sample=False,
-                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, num_assistant_tokens=3,
+                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+                          speculation="always", num_assistant_tokens=3,
                           max_batch_size=4, compile_config=CompileConfig())
     exact = sum(out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, MAX_NEW, None)
                 for row, prompt in enumerate(PROMPTS))

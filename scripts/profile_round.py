@@ -82,7 +82,8 @@ def main() -> None:
 
     def ours(max_new):
         def call():
-            out = target.generate(ids, assistant_model=draft, batch_spec="exspec", num_assistant_tokens=args.k,
+            out = target.generate(ids, assistant_model=draft, batch_spec="exspec",
+                                  speculation="always", num_assistant_tokens=args.k,
                                   max_new_tokens=max_new, return_dict_in_generate=True, **compiled, **common)
             return out.spec_stats.rounds
         return call

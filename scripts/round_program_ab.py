@@ -65,7 +65,8 @@ def main() -> None:
         one_program["on"] = on
         start = time.perf_counter()
         out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec",
-                              max_batch_size=args.batch, num_assistant_tokens=args.k, do_sample=False,
+                              max_batch_size=args.batch,
+                              speculation="always", num_assistant_tokens=args.k, do_sample=False,
                               pad_token_id=pad, max_new_tokens=args.max_new_tokens, compile_config=config,
                               return_dict_in_generate=True)
         if args.device.startswith("cuda"):

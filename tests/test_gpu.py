@@ -100,7 +100,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
         out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, max_new_tokens=max_new,
                               do_sample=False, pad_token_id=0, eos_token_id=None, num_assistant_tokens=3,
                               max_batch_size=4, batch_spec="exspec", cache_implementation="static",
-                              return_dict_in_generate=True)
+                              speculation="always", return_dict_in_generate=True)
         for row, prompt in enumerate(prompts):
             ours, ref = out.sequences[row, ids.shape[1]:].tolist(), greedy_alone(target, prompt, max_new)
             if ours != ref:
@@ -140,7 +140,7 @@ def test_one_host_sync_per_round(compiled):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, num_assistant_tokens=3,
                                   max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=None,
-                                  return_dict_in_generate=True, **static)
+                                  speculation="always", return_dict_in_generate=True, **static)
         names = [event.name for event in prof.events()]
         return sum(names.count(n) for n in ("cudaStreamSynchronize", "cudaDeviceSynchronize")), out.spec_stats.rounds
 
