@@ -21,7 +21,7 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .drafters import DraftOptions, DraftSource, greedy_steps
+from .drafters import DraftOptions, DraftSource, ModelDrafter, greedy_steps
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -432,11 +432,19 @@ class _Decoder:
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
-        if max_new > 1:
+        if max_new > 1 and self._defers_draft():
+            self.drafter.defer(slots)
+        elif max_new > 1:
             forwards = self.drafter.admit(prompts, positions, limits, width, cache_rows, ids, slots, lengths)
             stats.draft_forward_calls += forwards
             stats.draft_prefill_calls += forwards
         return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
+
+    def _defers_draft(self) -> bool:
+        """Whether an admission skips the draft model's prefill: while `speculation="auto"` has drafting off,
+        eager (see `ModelDrafter.defer`)."""
+        return (self.control is not None and self.control.off and not self.static
+                and isinstance(self.drafter, ModelDrafter))
 
     def _leave(self, free: np.ndarray) -> None:
         """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer).

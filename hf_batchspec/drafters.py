@@ -113,6 +113,13 @@ class ModelDrafter:
         self.cache.set_lengths(lengths, rows=slots)
         return 1
 
+    def defer(self, slots: np.ndarray) -> None:  # [n] cache rows (host)
+        """Admit prompts into cache rows `slots` without a forward: their rows hold nothing yet, so the next
+        draft step runs every token of them (the catch-up of `_first_step`). Worth it while drafting is off
+        (`speculation="auto"`): a prefill the draft may never use is not paid, and if drafting resumes the
+        catch-up costs about what the prefill would have. Eager only: a compiled first step has a few widths."""
+        self.cache.set_lengths(np.zeros(len(slots), dtype=np.int64), rows=slots)
+
     def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
         """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column
         of each row's pending token among them)."""

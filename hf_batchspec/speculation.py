@@ -286,6 +286,11 @@ class SpeculationControl:
         self._probed = False
         self._interval = probe_every  # rounds off before the next probe (`probe_interval`, set on turning off)
 
+    @property
+    def off(self) -> bool:
+        """Whether the last round drafted nothing by choice (speculation off until a probe)."""
+        return self.rounds_off > 0
+
     def probe_interval(self, rows: int) -> int:
         """Rounds off between two probes over `rows` rows."""
         plain, probe = self.cost.round_cost(rows, np.array([0, 1]))

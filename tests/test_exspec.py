@@ -117,7 +117,7 @@ def test_forward_timer_sees_every_forward_the_stats_count():
     with ForwardTimer(target, draft) as timer:
         out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
                               max_new_tokens=9, do_sample=False, pad_token_id=0, eos_token_id=None,
-                              return_dict_in_generate=True)
+                              speculation="always", return_dict_in_generate=True)
     stats = out.spec_stats
     assert timer.calls == stats.target_forward_calls + stats.draft_forward_calls
     assert 0.0 <= timer.forward_seconds <= timer.wall_seconds

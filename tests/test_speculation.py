@@ -211,6 +211,25 @@ def test_the_default_at_batch_above_one_turns_a_draft_that_rarely_agrees_off():
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 40, None)
 
 
+def test_admissions_while_drafting_is_off_skip_the_draft_prefill_and_catch_up_when_it_resumes():
+    """Off at first (a draft step costs 0.8 plain steps: no k pays at the prior's acceptance), exspec admits its
+    later prompts (20 rounds in) without the draft's prefill; a probe (27 rounds in) finds the self-draft always
+    right, drafting resumes, and the draft runs every token of those rows in one catch-up forward. Every row
+    equals plain greedy."""
+    target = target_model("llama")
+    cost = CostModel(target_call=1.0, target_token=0.0, draft_call=0.8, draft_token=0.0)
+    prompts = PROMPTS + [[40, 41, 42], list(range(50, 58))]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=target, batch_spec="exspec", max_batch_size=2,
+                          max_new_tokens=20, eos_token_id=None, pad_token_id=0, speculation=cost,
+                          return_dict_in_generate=True)
+    stats = out.spec_stats
+    assert stats.draft_prefill_calls < stats.target_prefill_calls
+    assert stats.draft_widths[0] == 0 and max(stats.draft_widths) > 1  # off, then on after a probe
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None)
+
+
 def test_the_default_at_batch_one_drafts_every_round():
     """batch_spec at batch 1 with no `speculation=`: every round drafts, as transformers' assisted generation."""
     target = target_model("llama")
