@@ -39,8 +39,9 @@ def test_prefill_forwards_stay_within_the_token_budget(monkeypatch, case):
         if int(kwargs["position_ids"].min()) == 0 else None, with_kwargs=True) for name, model in models.items()]
     ids, mask = left_pad(PROMPTS, 0)
     try:
+        # drafting every round: with auto a draft that is off skips its prefills (ModelDrafter.defer)
         out = target.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
-                              eos_token_id=None, **call)
+                              eos_token_id=None, speculation="always", **call)
     finally:
         for hook in hooks:
             hook.remove()
