@@ -193,6 +193,7 @@ class _Decoder:
                                                   self.k_buckets if self.static else None, rows.live_h)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
+        offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
         k_round = int(budget_h.max())
         if self._verify_greedy is not None and (k_round or len(self.k_buckets) == 1):
             # The verify's width: one compiled program per bucket. A constant k has one bucket, and a round where
@@ -211,8 +212,10 @@ class _Decoder:
         stats.draft_forward_calls += forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
+            # against what was offered: a row the drafter had nothing for (prompt lookup without a match) yields
+            # no draft token, and counting it as not having drafted would price lookup as if every row matched
             rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
-                                                                         budget_h)
+                                                                         offered_h)
         rows.advance(count_h, count)
         rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
         self.last_draft_lengths = rows.draft_len_h
