@@ -134,7 +134,8 @@ class BatchSpeculativeGenerationMixin:
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
                                                             draft, strategy)
         cost_model = validation.resolve_speculation(
-            speculation, self, source, compiled=compile_config is not None, static=static, rows=(batch_size or 1) * copies,
+            speculation, self, source, compiled=compile_config is not None, static=static,
+            rows=(batch_size or 1) * copies,
             do_sample=bool(validation.setting("do_sample", kwargs, generation_config, self.generation_config)))
         stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
                                                                           self.generation_config)

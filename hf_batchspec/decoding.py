@@ -93,8 +93,7 @@ class _Decoder:
         max_new = settings.max_new_tokens
         # The heuristic schedule grows a row's k by 2 per fully accepted round; the cap bounds the token
         # buffer's slack (k + 1 columns past a row's end) and the verify width (see HEURISTIC_MAX_DRAFT).
-        self.k_cap = settings.num_assistant_tokens if settings.schedule == "constant" else max(
-            HEURISTIC_MAX_DRAFT, settings.num_assistant_tokens)
+        self.k_cap = draft_cap(settings.num_assistant_tokens, settings.schedule)
         k = self.k_cap
         self.static = bool(settings.static_shapes)
         self.capacity = min(settings.max_batch_size, n_rows)  # prompts decoded at once
@@ -208,7 +207,7 @@ class _Decoder:
             self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
         stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
-                        len(rows), k_round)
+                        len(rows), width=k_round)
         stats.draft_forward_calls += forwards
         old_lengths = rows.lengths_h
         if self.control is not None:
@@ -555,6 +554,12 @@ def static_stop_ids(stop_ids: torch.Tensor | None, device) -> torch.Tensor:  # [
     ids = torch.empty(0, dtype=torch.long, device=device) if stop_ids is None else stop_ids.to(device).long()
     size = max(4, 1 << max(0, len(ids) - 1).bit_length())
     return torch.cat((ids, torch.full((size - len(ids),), -1, dtype=torch.long, device=device)))
+
+
+def draft_cap(num_assistant_tokens: int, schedule: str) -> int:
+    """The most drafts a row may offer in a round: k for a constant schedule; transformers' heuristic grows k, up
+    to `HEURISTIC_MAX_DRAFT` (or k, if larger)."""
+    return num_assistant_tokens if schedule == "constant" else max(HEURISTIC_MAX_DRAFT, num_assistant_tokens)
 
 
 def static_rows(capacity: int, limit: int) -> int:

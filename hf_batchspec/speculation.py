@@ -18,11 +18,12 @@ Where cost(K) comes from:
   shape, often wrong in scale, and blind to work outside forwards (a draft with another tokenizer converts text
   on the host every round; a compiled round's guards).
 - `MeasuredCosts`: the rounds of this process as they ran. The decoder hands over each round's wall time
-  (`profiling.RoundClock`, the one clock the loop reads); a draft width's cost is the prior's times the median
-  measured/prior ratio at that width, so one measurement corrects every batch size the prior scales to. The
-  first round of each width is dropped (a compile, first-call allocations), and the measurements are kept per
-  target, draft source and compile mode across calls (`measured_costs`), so a caller looping over batches pays the
-  exploration once: in a fresh process, two rounds without drafts after the first drafting rounds.
+  (`profiling.RoundClock`, the one clock the loop reads); a round's cost is a plain step plus what its drafts
+  add, each the prior's scaled by the measured rounds (see the class), so one measurement carries to every batch
+  size the prior scales to. The first round of each width is dropped (a compile, first-call allocations), and
+  the measurements and the pooled acceptance are kept per target, draft source, compile mode, device and dtype
+  across calls (`measured_costs`), so a caller looping over batches pays the exploration once: in a fresh
+  process, two rounds without drafts after the first drafting rounds.
 Greedy output never depends on these decisions. Sampling decides from the prior alone (no clock): the decision
 is then a deterministic function of what happened so far, so a seeded sampling run repeats.
 
@@ -79,9 +80,13 @@ class CostModel:
                              f"{self}.")
 
     def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:
-        """Cost of a round with draft length k (array) over `rows` rows. The first draft step re-feeds the
-        token before the pending one, so it carries twice the tokens of the later steps."""
-        k = np.asarray(k, dtype=np.float64)
+        """Cost of a round with draft length k (array) over `rows` rows."""
+        return self.width_cost(rows, np.asarray(k, dtype=np.float64))
+
+    def width_cost(self, rows: int, k):  # k: an int, or a float array
+        """`round_cost` without numpy's conversion, so that one width costs plain float arithmetic (a measured
+        decision asks for it dozens of times a round). The first draft step re-feeds the token before the pending
+        one, so it carries twice the tokens of the later steps."""
         verify = self.target_call + self.target_token * rows * (k + 1)
         drafting = k * (self.draft_call + self.draft_token * rows) + (k > 0) * self.draft_token * rows
         return self.round_overhead + verify + drafting
@@ -162,42 +167,37 @@ class MeasuredCosts:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def _prior(self, rows: int, k: int) -> float:
-        """`prior.round_cost` for one width, in plain floats: a decision asks for it dozens of times."""
-        p = self.prior
-        drafting = k * (p.draft_call + p.draft_token * rows) + (k > 0) * p.draft_token * rows
-        return p.round_overhead + p.target_call + p.target_token * rows * (k + 1) + drafting
-
     def plain(self, rows: int) -> float:
         """Seconds of a round without drafts over `rows` rows."""
         def compute():
-            kept = self._rounds.get(0, [])
-            ratios = [s / self._prior(r, 0) for r, s in kept if r == rows] or [s / self._prior(r, 0) for r, s in kept]
-            return self._prior(rows, 0) * (statistics.median(ratios) if ratios else 1.0)
+            ratios = [(r, s / self.prior.width_cost(r, 0)) for r, s in self._rounds.get(0, [])]
+            here = [ratio for r, ratio in ratios if r == rows] or [ratio for _, ratio in ratios]
+            return self.prior.width_cost(rows, 0) * (statistics.median(here) if here else 1.0)
         return self._cached(("plain", rows), compute)
 
     def _scale(self, k: int) -> float:
         """What scales the prior's addition for width k (see the class docstring)."""
         def compute():
             widths = [k] if self.samples(k) else [w for w in self._rounds if w > 0]
-            scales = [(s - self.plain(r)) / (self._prior(r, w) - self._prior(r, 0))
+            scales = [(s - self.plain(r)) / (self.prior.width_cost(r, w) - self.prior.width_cost(r, 0))
                       for w in widths for r, s in self._rounds[w]]
             if not scales:  # no drafting round yet: as the plain step's ratio
-                return self.plain(1) / self._prior(1, 0)
+                return self.plain(1) / self.prior.width_cost(1, 0)
             return max(statistics.median(scales), 0.05)  # drafting never costs nothing
         return self._cached(("scale", k), compute)
 
     def _cost(self, rows: int, k: int) -> float:
         if k == 0:
             return self.plain(rows)
-        return self.plain(rows) + self._scale(k) * (self._prior(rows, k) - self._prior(rows, 0))
+        added = self.prior.width_cost(rows, k) - self.prior.width_cost(rows, 0)
+        return self.plain(rows) + self._scale(k) * added
 
     def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:  # [K] -> [K] seconds
         k = np.asarray(k)
         return np.array([self._cost(int(rows), int(w)) for w in k.ravel()]).reshape(k.shape)
 
 
-# Measured costs by target (weakly: they go with the model) and (draft source, compile mode, device).
+# Measured costs by target (weakly: they go with the model) and (draft source, compile mode, device, dtype).
 _MEASURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 

@@ -52,12 +52,11 @@ class BatchSpecStats:
                 setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
 
     def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray,
-                  waiting: int = 0, forward_rows: int | None = None, width: int | None = None) -> None:
+                  waiting: int = 0, forward_rows: int | None = None, *, width: int) -> None:
         """Account one verify round for the active `rows` (original indices, unique), in a forward over
-        `forward_rows` rows (default: the active rows alone) with `width` drafts per row (default: the most any
-        row drafted)."""
+        `forward_rows` rows (default: the active rows alone) with `width` drafts per row."""
         self.rounds += 1
-        self.draft_widths.append(int(drafted.max(initial=0)) if width is None else int(width))
+        self.draft_widths.append(int(width))
         self.active_rows.append(len(rows))
         self.forward_rows.append(len(rows) if forward_rows is None else forward_rows)
         self.waiting_rows.append(waiting)

@@ -655,7 +655,7 @@ def resolve_speculation(speculation, target, source: "DraftSource", *, compiled:
                         do_sample: bool) -> "CostModel | MeasuredCosts | None":
     """What decides each round's draft length: None (draft every round, as transformers' assisted generation
     does: `speculation="always"`, and the default at batch 1), a fixed `CostModel` (one the caller passed, e.g.
-    from `hf_batchspec.calibrate`), or for `"auto"` (the default at batch > 1: never slower than not drafting) a
+    from `hf_batchspec.calibrate`), or for `"auto"` (the default at batch > 1: draft only where it pays) a
     prior estimated from the models and whether their forwards are compiled, corrected by this process's
     measured rounds (`MeasuredCosts`, shared across calls with the same models and mode). Sampling keeps the
     prior alone, so that a seeded run repeats."""

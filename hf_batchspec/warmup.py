@@ -29,7 +29,7 @@ from transformers import CompileConfig
 
 from . import validation
 from .api import BatchSpeculativeGenerationMixin
-from .decoding import HEURISTIC_MAX_DRAFT, draft_buckets, static_length, static_rows
+from .decoding import draft_buckets, draft_cap, static_length, static_rows
 from .errors import BatchSpecError
 from .profiling import ForwardTimer
 from .runner import add_warmed_length, input_device
@@ -182,7 +182,7 @@ def _draft_widths(target, draft, num_assistant_tokens, kwargs: dict) -> list[int
     k = kwargs.get("prompt_lookup_num_tokens") or validation.resolve_num_assistant_tokens(
         dict(kwargs, num_assistant_tokens=num_assistant_tokens), kwargs.get("generation_config"), settings)
     schedule, threshold = validation.resolve_draft_schedule(kwargs, settings)
-    cap = k if schedule == "constant" else max(HEURISTIC_MAX_DRAFT, k)
+    cap = draft_cap(k, schedule)
     # speculation unset may mean "auto" (the default at batch > 1): only "always" keeps one width
     varies = kwargs.get("speculation") != "always" or schedule != "constant" or bool(threshold)
     widths = [int(w) for w in draft_buckets(cap, all_lengths=varies)]

@@ -41,3 +41,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
         ids[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, width - len(prompt):] = 1
     return ids, mask
+
+
+def unique_graphs() -> int:
+    """Graphs dynamo has compiled in this process: a call that compiled nothing leaves it unchanged."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])

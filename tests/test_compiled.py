@@ -21,7 +21,7 @@ from hf_batchspec import BatchSpecError
 from hf_batchspec.decoding import draft_buckets, pad_drafts, static_length, static_rows
 from hf_batchspec.masks import build_masks
 from hf_batchspec.runner import ModelRunner
-from tests.reference import left_pad, plain_greedy
+from tests.reference import left_pad, plain_greedy, unique_graphs
 from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
 from tests.tiny_models import VOCAB, build, perturbed
 
@@ -103,10 +103,6 @@ def test_decode_forward_has_no_graph_break(arch):
 def compiled_pair():
     target = hf_batchspec.enable(build("llama", seed=11))
     return target, perturbed(target, 0.05, seed=12)
-
-
-def unique_graphs() -> int:
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 # a constant k (the default at batch > 1, speculation="auto", compiles a program per width it chooses)

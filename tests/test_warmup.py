@@ -17,15 +17,11 @@ from transformers import CompileConfig
 import hf_batchspec
 from hf_batchspec import BatchSpecError
 from hf_batchspec.warmup import _draft_widths
-from tests.reference import left_pad, plain_greedy
+from tests.reference import left_pad, plain_greedy, unique_graphs
 from tests.tiny_models import VOCAB, build, perturbed
 
 MAX_BATCH, MAX_LENGTH = 6, 100
 CALL = dict(compile_config=CompileConfig(), num_assistant_tokens=3, speculation="always")
-
-
-def unique_graphs() -> int:
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 @pytest.fixture(scope="module")
