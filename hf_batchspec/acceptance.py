@@ -24,6 +24,8 @@ def greedy_accept(
     budget: torch.Tensor,  # [B] drafts each row may use (<= k); the rest of its drafts are padding
 ) -> torch.Tensor:  # [B] accepted drafts per row
     k = draft_tokens.shape[1]
+    if k == 0:  # a plain step (speculation off): nothing to compare
+        return torch.zeros_like(budget)
     matches = draft_tokens == target_tokens[:, :k]  # [B, k]
     usable = torch.arange(k, device=budget.device) < budget.unsqueeze(1)  # [B, k]
     # length of the all-True prefix of each row: count positions before the first failure
@@ -40,6 +42,8 @@ def truncate_at_stop(
     completed stop string) inside an accepted block must not leak into the output."""
     if (stop_ids is None or stop_ids.numel() == 0) and stops is None:
         return count, torch.zeros_like(count, dtype=torch.bool)
+    if tokens.shape[1] == 1 and stops is None:  # a plain step: a stop is the row's one token, which it keeps
+        return count, torch.isin(tokens[:, 0], stop_ids) & (count > 0)
     cols = torch.arange(tokens.shape[1], device=tokens.device)  # [T]
     is_stop = torch.zeros_like(tokens, dtype=torch.bool) if stops is None else stops.clone()
     if stop_ids is not None and stop_ids.numel():

@@ -150,6 +150,9 @@ class _Decoder:
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
+        if self.control is not None:  # off from the start, when earlier calls measured that drafting does not pay
+            widths = self.k_buckets if self.static else None
+            self.control.begin(np.full(min(slots, n_rows), min(k, max_new - 1)), widths)
         self.clock = RoundClock() if isinstance(settings.cost_model, MeasuredCosts) else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)

@@ -133,12 +133,14 @@ class MeasuredCosts:
 
     The first round of each width is dropped (it pays a compile, compiled rounds being one program per width, or
     first-call allocations), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
-    It also carries the pooled acceptance (`acceptance`) from call to call, so that a later call starts from what
-    the draft was seen to accept, not from the prior."""
+    It also carries the pooled acceptance (`acceptance`) and the probes' backoff (`probe_misses`) from call to
+    call, so that a later call starts from what the draft was seen to accept, not from the prior, and a caller
+    looping over batches with a draft that does not pay is not probed afresh in every call."""
 
     def __init__(self, prior: CostModel, keep: int = 8, outlier: float = 20.0):
         self.prior, self.keep, self.outlier = prior, keep, outlier
         self.acceptance = Acceptance()
+        self.probe_misses = 0  # fruitless probes in a row, carried across calls as the acceptance is
         self._rounds: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, seconds)
         self._warmed: set[int] = set()
         self._memo: dict[tuple, float] = {}  # estimates, until the next observation
@@ -257,12 +259,13 @@ class Acceptance:
     def observe(self, hits: np.ndarray, trials: np.ndarray, accepted: np.ndarray, budgets: np.ndarray):
         """New (hits, trials) per row after a round; rows that drafted nothing keep theirs."""
         drafted = budgets > 0
+        if not drafted.any():  # a plain step: every row keeps its counts (the common round while speculation is off)
+            return hits, trials
         new_trials = accepted + (accepted < budgets)
         hits = np.where(drafted, self.decay * hits + accepted, hits)
         trials = np.where(drafted, self.decay * trials + new_trials, trials)
-        if drafted.any():
-            self.pooled_hits = self.decay * self.pooled_hits + accepted[drafted].sum()
-            self.pooled_trials = self.decay * self.pooled_trials + new_trials[drafted].sum()
+        self.pooled_hits = self.decay * self.pooled_hits + accepted[drafted].sum()
+        self.pooled_trials = self.decay * self.pooled_trials + new_trials[drafted].sum()
         return hits, trials
 
 
@@ -281,10 +284,23 @@ class SpeculationControl:
         self.cost, self.probe_every, self.probe_share = cost, probe_every, probe_share
         # measured costs carry the pooled acceptance across calls; a fixed cost model starts each call afresh
         self.acceptance = cost.acceptance if isinstance(cost, MeasuredCosts) else Acceptance()
+        self._shared = cost if isinstance(cost, MeasuredCosts) else None
         self.rounds_off = 0
-        self.misses = 0  # probes in a row after which drafting still did not pay
+        # probes in a row after which drafting still did not pay
+        self.misses = self._shared.probe_misses if self._shared is not None else 0
         self._probed = False
         self._interval = probe_every  # rounds off before the next probe (`probe_interval`, set on turning off)
+
+    def begin(self, budgets: np.ndarray, widths: np.ndarray | None = None) -> None:
+        """Before a call's first admission: start off when what earlier calls measured (the pooled acceptance and
+        round costs) already says that drafting does not pay, so that the call neither prefills the draft for
+        nothing (`ModelDrafter.defer`) nor pays a round to find out; the first probe comes as it would have."""
+        if self._shared is None or not self.cost.samples(0) or not len(budgets) or budgets.max() == 0:
+            return
+        unseen = np.zeros(len(budgets))
+        if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths) == 0:
+            self._interval = self.probe_interval(len(budgets))
+            self.rounds_off = 1
 
     @property
     def off(self) -> bool:
@@ -319,6 +335,8 @@ class SpeculationControl:
             return np.zeros_like(budgets)  # measure a plain step, to weigh the measured drafting rounds against
         if k == 0:
             self.misses += probed
+            if self._shared is not None:
+                self._shared.probe_misses = self.misses
             if self.rounds_off == 0:  # just turned off, or a probe left it off: when to look again
                 self._interval = self.probe_interval(len(budgets))
             self.rounds_off += 1
@@ -330,5 +348,7 @@ class SpeculationControl:
             k, self._probed = 1, True
         else:
             self.misses = 0
+            if self._shared is not None:
+                self._shared.probe_misses = 0
         self.rounds_off = 0
         return np.minimum(budgets, k)

@@ -16,6 +16,7 @@ from hf_batchspec.speculation import (Acceptance, MeasuredCosts, SpeculationCont
                                       expected_tokens)
 from tests.reference import left_pad, plain_greedy
 from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+from tests.tiny_models import build
 
 NEVER_PAYS = CostModel(target_call=1.0, target_token=0.0, draft_call=100.0, draft_token=0.0)
 FREE_DRAFTS = CostModel(target_call=1.0, target_token=0.0, draft_call=0.0, draft_token=0.0)
@@ -277,3 +278,44 @@ def test_bad_speculation_values_are_refused():
                         max_new_tokens=4)
     with pytest.raises(ValueError, match="non-negative"):
         CostModel(target_call=1.0, target_token=-1.0, draft_call=0.0, draft_token=0.0)
+
+
+def test_a_call_starts_off_where_earlier_calls_measured_that_drafting_does_not_pay():
+    """Measured costs carry across calls: once plain and drafting rounds are measured and the pooled acceptance is
+    near 0, a new call starts off (no round spent finding out, the first probe when it would come anyway), and the
+    probes' backoff goes on from where the last call left it."""
+    prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.3, draft_token=0.0)
+    costs, budgets, zeros = MeasuredCosts(prior), np.full(4, 4), np.zeros(4)
+    fresh = SpeculationControl(costs)
+    fresh.begin(budgets)
+    assert not fresh.off  # nothing measured yet: the first rounds decide
+    for k in (0, 0, 0, 1, 1, 1):
+        costs.observe(4, k, float(prior.round_cost(4, np.array([k]))[0]))
+    costs.acceptance.pooled_hits = 0.0  # every draft so far rejected
+    first = SpeculationControl(costs)
+    first.begin(budgets)
+    assert first.off
+    interval = first.probe_interval(4)
+    widths = [int(first.draft_lengths(budgets, zeros, zeros).max()) for _ in range(2 * interval)]
+    assert widths.index(1) == interval - 2  # the probe after `interval` rounds off, begin's counting as the first
+    assert costs.probe_misses == 1  # that probe was fruitless: the backoff is the measurements', not the call's
+    later = SpeculationControl(costs)
+    later.begin(budgets)
+    assert later.off and later.probe_interval(4) == 2 * interval
+
+
+def test_a_later_call_with_a_draft_that_does_not_pay_skips_its_prefill_and_drafts_nothing_before_a_probe():
+    """The default (auto) at batch > 1, twice with a draft that rarely agrees: the second call starts off, so its
+    admissions skip the draft's prefill and its first rounds are plain steps; both equal plain greedy."""
+    target = target_model("llama")
+    draft = build("gpt2", seed=321)  # fresh weights: measurements of their own (keyed by the draft's weights)
+    ids, mask = left_pad(PROMPTS, 0)
+    calls = [target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=40, eos_token_id=None,
+                             pad_token_id=0, return_dict_in_generate=True) for _ in range(2)]
+    first, second = (out.spec_stats for out in calls)
+    assert first.draft_prefill_calls > 0
+    assert second.draft_prefill_calls == 0
+    assert second.draft_widths[:8] == [0] * 8
+    for out in calls:
+        for row, prompt in enumerate(PROMPTS):
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 40, None)
