@@ -191,7 +191,7 @@ def _batch_spec_decode(
 ):
     """Called by transformers' generate() once it has prepared the call (see the module docstring)."""
     validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
-    validation.check_other_tokenizer(source, bool(generation_config.do_sample), bool(static_shapes), strategy)
+    validation.check_source(source, bool(generation_config.do_sample), bool(static_shapes), strategy)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
     attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
     if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:

@@ -2,7 +2,7 @@
 
 Outline of one round, for the B active rows at once:
   1. draft:   the drafter proposes up to k tokens per row (a draft model: k forwards of 1 token; prompt
-              lookup: copies of the row's own earlier tokens; see drafters.py)
+              lookup: copies of the row's own earlier tokens; see the drafters package)
   2. verify:  the target runs [pending, d_1..d_k] in one forward and scores each position
   3. accept:  keep the accepted prefix of drafts (greedy: equal to the target's argmax; sampling: speculative
               rejection sampling) plus the target's next token; cut at a stop
@@ -21,7 +21,7 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .drafters import DraftOptions, DraftSource, ModelDrafter, greedy_steps
+from .drafters import DraftOptions, DraftSource, VerifyOutputs, greedy_steps
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -157,7 +157,9 @@ class _Decoder:
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         self._verify_greedy = self._greedy_round = None
-        if fused:
+        # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
+        self._verify_outputs = self.drafter.verify_outputs
+        if fused and not self._verify_outputs:
             # a draft model's steps, the verify and acceptance in one program; the verify alone for a drafter
             # without steps to compile (prompt lookup)
             self._greedy_round = torch.compile(greedy_round, **settings.compile_config.to_dict())
@@ -242,7 +244,7 @@ class _Decoder:
             rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
             outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
                                          self._max_new)
-            self.drafter.cache.end()
+            self.drafter.after_fused_round()
             self.target.cache.end()
             self._write(outputs[1])
             self.stats.fused_rounds += 1
@@ -260,17 +262,24 @@ class _Decoder:
             self._write(candidates)
             self.stats.fused_rounds += 1
         else:
-            target_logits = self._verify(drafts)  # [B, k+1, V]
+            target_logits, hidden = self._verify(drafts)  # [B, k+1, V], [B, k+1, H] or None
             accepted, candidates = self._accept(drafts, draft_probs, target_logits, budget)  # [B], [B, k+1]
             count, finished = self._commit(candidates, accepted + 1)
+            if self._verify_outputs:
+                self.drafter.observe_verify(rows, VerifyOutputs(rows.lengths, accepted, count, hidden))
         return accepted, candidates, count, finished, budget, proposal.forwards
 
-    def _verify(self, drafts: torch.Tensor) -> torch.Tensor:  # [B, k+1, V] the target's logits
+    def _verify(self, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target's logits `[B, k+1, V]` over the pending token and the drafts, and its last hidden states there
+        `[B, k+1, H]` when the drafter asks for them (None otherwise)."""
         rows = self.rows
         tokens, positions = verify_input(self._pending(), drafts, rows.lengths)
         top = self.target.cache.top_slot(rows.lengths_h)
-        logits = self.target.forward(tokens, positions, rows.limits, top + drafts.shape[1], row_ids=rows.ids_h)
-        return logits.to(self.device)
+        hidden = "hidden_states" in self._verify_outputs
+        out = self.target.forward(tokens, positions, rows.limits, top + drafts.shape[1], row_ids=rows.ids_h,
+                                  hidden=hidden)
+        logits, states = out if hidden else (out, None)
+        return logits.to(self.device), states
 
     def _pending(self) -> torch.Tensor:  # [B, 1] each row's newest committed token, which the target has not run
         return self.tokens[self.rows.ids, self.rows.lengths - 1].unsqueeze(1)
@@ -446,10 +455,9 @@ class _Decoder:
         return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
 
     def _defers_draft(self) -> bool:
-        """Whether an admission skips the draft model's prefill: while `speculation="auto"` has drafting off,
-        eager (see `ModelDrafter.defer`)."""
-        return (self.control is not None and self.control.off and not self.static
-                and isinstance(self.drafter, ModelDrafter))
+        """Whether an admission skips the draft's prefill: while `speculation="auto"` has drafting off, eager, for a
+        drafter that can catch up later (`Drafter.defers`, see `ModelDrafter.defer`)."""
+        return self.control is not None and self.control.off and not self.static and self.drafter.defers
 
     def _leave(self, free: np.ndarray) -> None:
         """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer).

@@ -111,7 +111,8 @@ class ModelRunner:
         rows: torch.Tensor | None = None,  # [b] cache rows, when the forward covers only some rows
         row_ids=None,  # [b] host array: the original prompt index of each row (for `on_rows`)
         prefill: bool = False,  # a prompt's first forward: never compiled (its width varies with the prompts)
-    ) -> torch.Tensor:  # [b, kept, V]
+        hidden: bool = False,  # also return the last hidden states [b, q, H] (a drafter that reads the verify's)
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [b, kept, V] (and [b, q, H] with `hidden`)
         if self.on_rows is not None:
             self.on_rows(row_ids)
         tokens = tokens.to(self.device)
@@ -140,12 +141,15 @@ class ModelRunner:
             keep = keep.to(self.device)
         if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
+        if hidden:
+            kwargs["output_hidden_states"] = True
         if decode and self._decode_call is not self.model:
             masks = kwargs["attention_mask"]
             # the cache reads the slots from its plan (`begin`): an input of the graph too
             rows_dynamic(tokens, position_ids, slots, *(masks.values() if isinstance(masks, dict) else (masks,)), self)
-        logits = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs).logits
+        out = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs)
+        logits = out.logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits
             logits = logits[:, keep] if isinstance(keep, torch.Tensor) else logits
-        return logits
+        return (logits, out.hidden_states[-1]) if hidden else logits

@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 
 from . import compat
+from .drafters.registry import ASKED_BY
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
 from .processors import unsupported_processors
@@ -87,8 +88,8 @@ def check_pair(target: torch.nn.Module, draft) -> None:
         )
 
 
-# Where drafts come from, by the generate() argument that asks for it (transformers' names).
-DRAFT_SOURCES = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+# Where drafts come from, by the generate() argument that asks for it (transformers' names; `drafters.registry`).
+DRAFT_SOURCES = ASKED_BY
 _SOURCE_HINT = ("pass assistant_model=... (a small model with the target's tokenizer), prompt_lookup_num_tokens=... "
                 "(prompt lookup) or assistant_early_exit=... (the target's first layers draft)")
 
@@ -508,86 +509,33 @@ def check_generation_config(config: GenerationConfig, logits_processor, stopping
         raise BatchSpecError("Speculative decoding needs the KV cache: drop use_cache=False.")
 
 
-DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2  # transformers' default for prompt lookup
-
-
 def resolve_draft_source(sources: list[str], target, assistant_model, kwargs: dict, generation_config,
                          ) -> tuple[DraftSource, int | None]:
     """The call's drafter, and its draft length when the source fixes it (prompt lookup's
-    prompt_lookup_num_tokens; None: num_assistant_tokens decides). Settings of another source are refused."""
-    from .drafters import DraftSource, early_exit_model
+    prompt_lookup_num_tokens; None: num_assistant_tokens decides), from the source table (`drafters.registry`).
+    An argument that configures another source is refused."""
+    from .drafters import registry
 
     model_config = target.generation_config
-    source = sources[0] if sources else "assistant_model"
-    ngram = setting("max_matching_ngram_size", kwargs, generation_config, model_config)
-    if source != "prompt_lookup_num_tokens" and caller_setting("max_matching_ngram_size", kwargs, generation_config,
-                                                                 model_config) is not None:
-        raise BatchSpecError(f"max_matching_ngram_size configures prompt lookup, but this call drafts with {source}: "
-                             "drop it, or pass prompt_lookup_num_tokens=... instead of the other source.")
-    if source == "assistant_model":
-        if kwargs.get("assistant_tokenizer") is not None:
-            return _other_tokenizer_source(target, assistant_model, kwargs), None
-        check_pair(target, assistant_model)
-        return DraftSource(model=assistant_model), None
-    if source == "assistant_early_exit":
-        check_causal_lm(target, "target model")
-        layers = setting("assistant_early_exit", kwargs, generation_config, model_config)
-        try:
-            return DraftSource(model=early_exit_model(target, layers)), None
-        except UnsupportedModelError as error:
-            raise BatchSpecError(str(error)) from None
-    check_causal_lm(target, "target model")
-    k = setting("prompt_lookup_num_tokens", kwargs, generation_config, model_config)
-    ngram = DEFAULT_MAX_MATCHING_NGRAM_SIZE if ngram is None else ngram
-    for name, value in (("prompt_lookup_num_tokens", k), ("max_matching_ngram_size", ngram)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BatchSpecError(f"{name} must be a positive integer; got {value!r}.")
-    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
-        if kwargs.get(name) is not None:
-            raise BatchSpecError(f"`{name}` configures a draft model; prompt lookup drafts prompt_lookup_num_tokens "
-                                 f"copied tokens per round: drop `{name}`.")
-    return DraftSource(lookup_ngram=ngram), k
+    settings = registry.Settings(get=lambda name: setting(name, kwargs, generation_config, model_config),
+                                 given=lambda name: caller_setting(name, kwargs, generation_config, model_config),
+                                 kwargs=kwargs)
+    return registry.resolve(sources[0] if sources else "assistant_model", target, assistant_model, settings)
 
 
-def _other_tokenizer_source(target, draft, kwargs: dict) -> DraftSource:
-    """universal assisted decoding: a draft with a tokenizer of its own, and the target's tokenizer to convert."""
-    from .drafters import DraftSource
-
-    tokenizer, assistant_tokenizer = kwargs.get("tokenizer"), kwargs["assistant_tokenizer"]
-    if tokenizer is None:
-        raise BatchSpecError("assistant_tokenizer needs the target's tokenizer too, as in transformers: pass "
-                             "tokenizer=<the target's tokenizer>.")
-    for name, value in (("tokenizer", tokenizer), ("assistant_tokenizer", assistant_tokenizer)):
-        if not (callable(value) and hasattr(value, "batch_decode")):
-            raise BatchSpecError(f"{name} must be a transformers tokenizer; got {type(value).__name__}.")
-    check_causal_lm(target, "target model")
-    check_causal_lm(draft, "assistant_model")
-    return DraftSource(model=draft, tokenizers=(tokenizer, assistant_tokenizer))
-
-
-def check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
-    """What a draft with another tokenizer does not do (yet): refused before any forward."""
-    if source.tokenizers is None:
-        return
-    if do_sample:
-        raise BatchSpecError(
-            "Sampling with a draft of another tokenizer is not supported: the draft's distribution lives on another "
-            "vocabulary, and mapping it exactly (transformers' universal speculative decoding) is not implemented; "
-            "approximating it would change the output distribution. Use do_sample=False, or a draft with the "
-            "target's tokenizer (or prompt_lookup_num_tokens=...) for sampling.")
-    if static:
-        raise BatchSpecError("compile_config / cache_implementation='static' are not supported with a draft of "
-                             "another tokenizer (its text round trip runs on the host every round): drop them.")
-    if strategy == "eqspec-realign":
-        raise BatchSpecError("batch_spec='eqspec-realign' cannot realign a draft with positions of its own: use "
-                             "'eqspec' or 'exspec'.")
+def check_source(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+    """What the call's draft source refuses once the call's mode is known (its registry entry's `check`)."""
+    if source.spec.check is not None:
+        source.spec.check(source, do_sample, static, strategy)
 
 
 def without_draft_settings(kwargs: dict, generation_config):
     """Take the prompt lookup and early-exit settings out of the call (the drafter serves them), so that
     transformers' preparation does not set up its own batch-1 candidate generator."""
-    names = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "assistant_early_exit")
-    for name in names + ("assistant_tokenizer",):
+    from .drafters import registry
+
+    names = registry.taken_out()
+    for name in names:
         kwargs.pop(name, None)
     if generation_config is not None and any(getattr(generation_config, name, None) is not None for name in names):
         generation_config = copy.deepcopy(generation_config)
@@ -674,11 +622,7 @@ def resolve_speculation(speculation, target, source: "DraftSource", *, compiled:
             f"(draft num_assistant_tokens every round, as transformers does; the default at batch 1), or a "
             f"hf_batchspec.CostModel (e.g. from hf_batchspec.calibrate(target, draft))."
         )
-    draft = source.model
-    if draft is None:  # prompt lookup: its drafts cost no forward
-        prior = dataclasses.replace(CostModel.estimate(target, target, compiled), draft_call=0.0, draft_token=0.0)
-    else:
-        prior = CostModel.estimate(target, draft, compiled)
+    prior = source.spec.prior(target, source, compiled)
     if do_sample:
         return prior
     return measured_costs(target, _source_key(target, source, compiled, static), prior)
@@ -694,9 +638,8 @@ def _source_key(target, source: "DraftSource", compiled: bool, static: bool) -> 
     model = source.model
     weights = None if model is None else next(model.parameters(), None)
     depth = None if model is None else decoder_layers(model.config)
-    kind = "lookup" if model is None else "other-tokenizer" if source.tokenizers is not None else "model"
     dtype = getattr(next(target.parameters(), None), "dtype", None)
-    return (kind, None if weights is None else id(weights), depth, compiled, static, input_device(target).type,
+    return (source.kind, None if weights is None else id(weights), depth, compiled, static, input_device(target).type,
             str(dtype))
 
 

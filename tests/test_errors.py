@@ -254,6 +254,12 @@ LOOKUP_CASES = {
     "early_exit_all_layers": (dict(assistant_early_exit=2), "between 1 and 1 of the target's 2 decoder layers"),
     "early_exit_zero": (dict(assistant_early_exit=0), "between 1 and 1"),
     "both": (dict(prompt_lookup_num_tokens=3, assistant_early_exit=1), "two draft sources"),
+    # an argument of another source is refused, not dropped (`drafters.registry.resolve`)
+    "assistant_tokenizer_with_lookup": (dict(prompt_lookup_num_tokens=3, assistant_tokenizer=object()),
+                                        "assistant_tokenizer configures a draft with another tokenizer, but this "
+                                        "call drafts with prompt lookup"),
+    "assistant_tokenizer_with_early_exit": (dict(assistant_early_exit=1, assistant_tokenizer=object()),
+                                            "assistant_tokenizer configures a draft with another tokenizer"),
 }
 
 

@@ -1,0 +1,123 @@
+"""A draft model with a tokenizer of its own (`assistant_model=` with `assistant_tokenizer=` and `tokenizer=`):
+transformers' universal assisted decoding (`AssistedCandidateGeneratorDifferentTokenizers`), batched, greedy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import retokenize
+from ..masks import packed_positions
+from ..processors import ScoreProcessing
+from ..scheduling import ActiveRows, to_device
+from .base import DraftOptions, Drafter, Proposal
+from .model import ModelDrafter
+
+
+@dataclass
+class DraftRows:
+    """The batch's rows as a draft with its own tokens sees them: `ActiveRows`' fields, in draft positions."""
+
+    ids: torch.Tensor  # [B] token-buffer row of each slot (original prompt index)
+    ids_h: np.ndarray  # [B]
+    lengths: torch.Tensor  # [B] committed draft tokens of each row's text
+    lengths_h: np.ndarray  # [B]
+    live_h: np.ndarray  # [B]
+    limits: torch.Tensor  # [B] highest position id the draft may see
+
+    def __len__(self) -> int:
+        return len(self.ids_h)
+
+
+class OtherTokenizerDrafter(Drafter):
+    """A draft model with a tokenizer of its own (transformers' universal assisted decoding, batched; greedy).
+
+    Each round the rows' committed text is re-encoded in the draft's tokens (one batched tokenizer call);
+    the draft's cache keeps the longest prefix of what it already ran that still matches (by length, O(1)),
+    catches up on the rest and drafts k tokens, whose text is re-encoded as target tokens (`retokenize.py`).
+    Its cache rows are the target's slots, in the draft's own positions, sized from the prompts' text."""
+
+    stages = False  # per-slot text state (`ran`) that a staged row would have to carry
+    GROWTH = 8  # draft positions reserved per target position (a target token's text in draft tokens, at most)
+
+    def __init__(self, model, target_tokenizer, draft_tokenizer, slots: int, options: DraftOptions,
+                 prompts: torch.Tensor, prompt_lengths: np.ndarray, max_new: int, k: int):
+        self.target_tokenizer, self.draft_tokenizer = target_tokenizer, draft_tokenizer
+        # every prompt's draft ids, once: they size the cache here and are what admission prefills
+        self.prompt_ids, self.prompt_lengths = retokenize.pad(retokenize.draft_view(
+            target_tokenizer, draft_tokenizer, prompts.cpu().numpy(), prompt_lengths))  # [N, P_d], [N]
+        self.capacity = self.prompt_ids.shape[1] + self.GROWTH * (max_new + k + 1) + 2
+        options = dataclasses.replace(options, processing=ScoreProcessing([]))  # target-vocabulary processors
+        self.inner = ModelDrafter(model, slots, self.capacity, options)
+        self.device = self.inner.runner.device
+        limit = min(self.capacity, getattr(model.config.get_text_config(), "max_position_embeddings", None)
+                    or self.capacity) - 1
+        self.limits = torch.full((slots,), limit, dtype=torch.long, device=self.device)
+        self.tokens = torch.zeros((len(prompt_lengths) + 1, self.capacity), dtype=torch.long, device=self.device)
+        self.ran = np.zeros((slots, self.capacity), dtype=np.int64)  # draft ids in its cache, per slot
+
+    @property
+    def cache(self):
+        return self.inner.cache
+
+    def set_on_rows(self, on_rows) -> None:
+        self.inner.set_on_rows(on_rows)
+
+    def admit(self, prompts, positions, limits, width: int, cache_rows, ids: np.ndarray, slots: np.ndarray,
+              lengths: np.ndarray) -> int:
+        """Prefill the admitted prompts' draft ids (the target-space arguments are not its own)."""
+        draft_lengths = self.prompt_lengths[ids]
+        padded = self.prompt_ids[ids, : int(draft_lengths.max())]
+        prompts_d = to_device(padded, self.device)  # [n, P_d]
+        self.tokens[to_device(ids, self.device), : padded.shape[1]] = prompts_d
+        self.ran[slots, : padded.shape[1]] = padded
+        return self.inner.admit(prompts_d, packed_positions(len(ids), padded.shape[1], self.device),
+                                self.limits[: len(ids)], padded.shape[1], cache_rows, ids, slots, draft_lengths)
+
+    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> None:
+        return None  # no greedy draft steps to compile into the decoder's round
+
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+        if k == 0:
+            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=tokens.device), None, budget)
+        committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
+        padded, new_len = retokenize.pad(retokenize.draft_view(self.target_tokenizer, self.draft_tokenizer,
+                                                               committed, rows.lengths_h))
+        room = new_len <= self.capacity - k - 1  # a row whose text outgrew the draft's cache drafts nothing
+        new_len = np.minimum(new_len, self.capacity - k - 1)
+        padded = padded[:, : self.capacity]
+        kept = retokenize.common_prefix(self.ran, self.cache.lengths, padded, new_len)
+        self.cache.set_lengths(np.minimum(kept, new_len - 1))  # the last token runs again: its logits draft
+        self.ran[:, : padded.shape[1]] = padded
+        self.tokens[rows.ids, : padded.shape[1]] = to_device(padded, self.device)
+        view = DraftRows(rows.ids, rows.ids_h, to_device(new_len, self.device), new_len, rows.live_h, self.limits)
+        proposal = self.inner.propose(view, self.tokens, k, budget)
+        drafts = proposal.drafts.cpu().numpy()  # [B, k'] draft ids: a third host sync
+        steps = drafts.shape[1]
+        ran_cols = new_len[:, None] + np.arange(steps - 1)  # [B, k'-1] what the draft ran after the text
+        self.ran[np.arange(len(rows))[:, None], ran_cols] = drafts[:, : steps - 1]
+        self.cache.set_lengths(new_len + steps - 1)
+        target_ids, counts = retokenize.target_proposal(self.target_tokenizer, self.draft_tokenizer, committed,
+                                                        rows.lengths_h, padded, new_len, drafts, k)
+        counts = np.where(room & rows.live_h, counts, 0)
+        width = int(counts.max(initial=0))  # known on the host: the verify is only as wide as the longest proposal
+        return Proposal(to_device(target_ids[:, :width], self.device), None,
+                        torch.minimum(proposal.budget, to_device(counts, self.device)), proposal.forwards)
+
+    def rollback(self, *args) -> None:
+        pass  # the next round keeps the prefix of what the draft ran that the committed text still starts with
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.inner.select_rows(index)
+        self.ran = self.ran[index.cpu().numpy()]
+        self.limits = self.limits[: len(index)]
+
+    def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
+        self.inner.copy_rows(sources, targets)
+        self.ran[targets] = self.ran[sources]
+
+    def left_align(self, offsets: np.ndarray) -> None:
+        raise NotImplementedError("a draft with another tokenizer has positions of its own: no shared layout")

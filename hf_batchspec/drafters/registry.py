@@ -1,0 +1,213 @@
+"""The draft sources, one row each: which generate argument asks for a source, which arguments it owns, how the
+call's settings become its `DraftSource`, what it refuses once the call is known, its cost prior for
+`speculation="auto"`, and its drafter. `validation` and `api` read this table; the decode loop never does.
+
+Adding a source: a file in this package with its `Drafter` subclass, and a `SourceSpec` appended to `SOURCES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import BatchSpecError, UnsupportedModelError
+from ..speculation import CostModel
+from .base import Drafter, DraftOptions
+from .early_exit import early_exit_model
+from .lookup import LookupDrafter
+from .model import ModelDrafter
+from .other_tokenizer import OtherTokenizerDrafter
+
+
+@dataclass(frozen=True)
+class DraftSource:
+    """What drafts for a call: a registry entry (`kind`) and what it was resolved to: a draft model (`model`: an
+    `assistant_model`, or `early_exit_model(target, n)`), with `tokenizers` (target's, draft's) when it has a
+    tokenizer of its own; or prompt lookup with n-grams up to `lookup_ngram`."""
+
+    kind: str
+    model: torch.nn.Module | None = None
+    lookup_ngram: int | None = None
+    tokenizers: tuple | None = None
+
+    @property
+    def spec(self) -> "SourceSpec":
+        return SOURCES_BY_KIND[self.kind]
+
+    @property
+    def stages(self) -> bool:
+        """Whether its drafter can prefill a prompt into a staging row ahead of a free slot (`Drafter.stages`)."""
+        return self.spec.drafter.stages
+
+    def build(self, slots: int, cache_len: int, options: DraftOptions, compile_config=None, *, prompts=None,
+              prompt_lengths=None, max_new: int = 0, k: int = 0, staging: int = 0) -> Drafter:
+        """The call's drafter over `slots` cache rows (`staging` more for prompts admitted ahead). `prompts` [N, P]
+        right-packed target ids with `prompt_lengths` [N]: a drafter with another tokenizer sizes its cache from
+        their text."""
+        return self.spec.build(self, slots, cache_len, options, compile_config, prompts=prompts,
+                               prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A call's settings as transformers resolves them: `get(name)` the kwarg, else the call's generation config,
+    else the model's; `given(name)` only what the caller set (kwarg or the call's config)."""
+
+    get: Callable[[str], object]
+    given: Callable[[str], object]
+    kwargs: dict
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # the source's name (also what its measured costs are kept under)
+    label: str  # what it is, in messages
+    asked_by: str  # the generate argument that turns it on (transformers' name)
+    drafter: type  # its `Drafter` subclass
+    # the call's arguments it reads (besides `asked_by`): refused when set for another source, and taken out of the
+    # call before transformers prepares it (so that transformers builds no batch-1 candidate generator of its own)
+    owns: tuple[str, ...]
+    # (target, assistant_model, Settings) -> (DraftSource, the draft length the source fixes or None)
+    resolve: Callable
+    # (source, slots, cache_len, options, compile_config, **sizes) -> Drafter
+    build: Callable
+    requires: str | None = None  # chosen over another spec with the same `asked_by` when this argument is set
+    # (source, do_sample, static, strategy) -> None: what it refuses once the call's mode is known
+    check: Callable | None = None
+    model_drafts: bool = True  # its rounds run draft forwards (prompt lookup's cost none)
+    shared: tuple[str, ...] = ()  # arguments of `owns` that other parts of the call read too (never taken out)
+
+    def prior(self, target: torch.nn.Module, source: DraftSource, compiled: bool) -> CostModel:
+        """`speculation="auto"`'s prior for this source's rounds (see `CostModel.estimate`)."""
+        if not self.model_drafts:
+            return dataclasses.replace(CostModel.estimate(target, target, compiled), draft_call=0.0, draft_token=0.0)
+        return CostModel.estimate(target, source.model, compiled)
+
+
+# -- the sources ---------------------------------------------------------------------------------------------
+
+def _resolve_model(target, draft, settings: Settings):
+    from ..validation import check_pair
+
+    check_pair(target, draft)
+    return DraftSource("model", model=draft), None
+
+
+def _build_model(source, slots, cache_len, options, compile_config, *, staging, **_):
+    return ModelDrafter(source.model, slots, cache_len, options, compile_config, staging)
+
+
+def _resolve_other_tokenizer(target, draft, settings: Settings):
+    from ..validation import check_causal_lm
+
+    tokenizer, assistant_tokenizer = settings.kwargs.get("tokenizer"), settings.kwargs["assistant_tokenizer"]
+    if tokenizer is None:
+        raise BatchSpecError("assistant_tokenizer needs the target's tokenizer too, as in transformers: pass "
+                             "tokenizer=<the target's tokenizer>.")
+    for name, value in (("tokenizer", tokenizer), ("assistant_tokenizer", assistant_tokenizer)):
+        if not (callable(value) and hasattr(value, "batch_decode")):
+            raise BatchSpecError(f"{name} must be a transformers tokenizer; got {type(value).__name__}.")
+    check_causal_lm(target, "target model")
+    check_causal_lm(draft, "assistant_model")
+    return DraftSource("other-tokenizer", model=draft, tokenizers=(tokenizer, assistant_tokenizer)), None
+
+
+def _check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+    if do_sample:
+        raise BatchSpecError(
+            "Sampling with a draft of another tokenizer is not supported: the draft's distribution lives on another "
+            "vocabulary, and mapping it exactly (transformers' universal speculative decoding) is not implemented; "
+            "approximating it would change the output distribution. Use do_sample=False, or a draft with the "
+            "target's tokenizer (or prompt_lookup_num_tokens=...) for sampling.")
+    if static:
+        raise BatchSpecError("compile_config / cache_implementation='static' are not supported with a draft of "
+                             "another tokenizer (its text round trip runs on the host every round): drop them.")
+    if strategy == "eqspec-realign":
+        raise BatchSpecError("batch_spec='eqspec-realign' cannot realign a draft with positions of its own: use "
+                             "'eqspec' or 'exspec'.")
+
+
+def _build_other_tokenizer(source, slots, cache_len, options, compile_config, *, prompts, prompt_lengths, max_new,
+                           k, **_):
+    return OtherTokenizerDrafter(source.model, *source.tokenizers, slots, options, prompts, prompt_lengths,
+                                 max_new, k)
+
+
+def _resolve_early_exit(target, draft, settings: Settings):
+    from ..validation import check_causal_lm
+
+    check_causal_lm(target, "target model")
+    try:
+        return DraftSource("early-exit", model=early_exit_model(target, settings.get("assistant_early_exit"))), None
+    except UnsupportedModelError as error:
+        raise BatchSpecError(str(error)) from None
+
+
+DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2  # transformers' default for prompt lookup
+
+
+def _resolve_lookup(target, draft, settings: Settings):
+    from ..validation import check_causal_lm
+
+    check_causal_lm(target, "target model")
+    k, ngram = settings.get("prompt_lookup_num_tokens"), settings.get("max_matching_ngram_size")
+    ngram = DEFAULT_MAX_MATCHING_NGRAM_SIZE if ngram is None else ngram
+    for name, value in (("prompt_lookup_num_tokens", k), ("max_matching_ngram_size", ngram)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BatchSpecError(f"{name} must be a positive integer; got {value!r}.")
+    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
+        if settings.kwargs.get(name) is not None:
+            raise BatchSpecError(f"`{name}` configures a draft model; prompt lookup drafts prompt_lookup_num_tokens "
+                                 f"copied tokens per round: drop `{name}`.")
+    return DraftSource("lookup", lookup_ngram=ngram), k
+
+
+def _build_lookup(source, slots, cache_len, options, compile_config, **_):
+    return LookupDrafter(source.lookup_ngram, options.static)
+
+
+SOURCES: tuple[SourceSpec, ...] = (
+    SourceSpec("other-tokenizer", "a draft with another tokenizer", "assistant_model", OtherTokenizerDrafter,
+               owns=("assistant_tokenizer", "tokenizer"), shared=("tokenizer",), requires="assistant_tokenizer",
+               resolve=_resolve_other_tokenizer, build=_build_other_tokenizer, check=_check_other_tokenizer),
+    SourceSpec("model", "a draft model", "assistant_model", ModelDrafter, owns=(),
+               resolve=_resolve_model, build=_build_model),
+    SourceSpec("lookup", "prompt lookup", "prompt_lookup_num_tokens", LookupDrafter, owns=("max_matching_ngram_size",),
+               resolve=_resolve_lookup, build=_build_lookup, model_drafts=False),
+    SourceSpec("early-exit", "early exit (the target's first layers)", "assistant_early_exit", ModelDrafter, owns=(),
+               resolve=_resolve_early_exit, build=_build_model),
+)
+SOURCES_BY_KIND = {spec.kind: spec for spec in SOURCES}
+# The generate arguments that ask for a draft, in the order a call's sources are listed (transformers' names).
+ASKED_BY = tuple(dict.fromkeys(spec.asked_by for spec in SOURCES))
+
+
+def choose(asked_by: str, given: Callable[[str], object]) -> SourceSpec:
+    """The source a call's draft argument selects: among the specs it asks for, the first whose `requires`
+    argument the caller set, else the one that requires nothing."""
+    specs = [spec for spec in SOURCES if spec.asked_by == asked_by]
+    return next(spec for spec in specs if spec.requires is None or given(spec.requires) is not None)
+
+
+def resolve(asked_by: str, target, assistant_model, settings: Settings) -> tuple[DraftSource, int | None]:
+    """The call's `DraftSource` (and the draft length it fixes, or None): an argument another source owns, set
+    by the caller, is refused first, so that nothing a call passes is silently ignored."""
+    spec = choose(asked_by, settings.given)
+    for other in SOURCES:
+        for name in other.owns:
+            if name not in spec.owns and name not in other.shared and settings.given(name) is not None:
+                raise BatchSpecError(
+                    f"{name} configures {other.label}, but this call drafts with {spec.label}: drop {name}, or "
+                    f"pass {other.asked_by}=...{f' with {other.requires}=...' if other.requires else ''} instead "
+                    f"of the other source.")
+    return spec.resolve(target, assistant_model, settings)
+
+
+def taken_out() -> tuple[str, ...]:
+    """The draft arguments the decode loop serves and transformers' preparation must not see."""
+    names = [spec.asked_by for spec in SOURCES if spec.asked_by != "assistant_model"]
+    names += [name for spec in SOURCES for name in spec.owns if name not in spec.shared]
+    return tuple(dict.fromkeys(names))
