@@ -441,8 +441,10 @@ class _Decoder:
 
         # Target: only the columns some row ends on need logits (up to n of them instead of P).
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
-        logits = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
-                                     prefill=True)
+        hidden = "hidden_states" in self._verify_outputs and max_new > 1  # a drafter that reads the prompt's
+        out = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
+                                  prefill=True, hidden=hidden)
+        logits, states = out if hidden else (out, None)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
@@ -450,6 +452,8 @@ class _Decoder:
             self.drafter.defer(slots)
         elif max_new > 1:
             forwards = self.drafter.admit(prompts, positions, limits, width, cache_rows, ids, slots, lengths)
+            if hidden:
+                self.drafter.observe_prefill(prompts, lengths, slots, cache_rows, states)
             stats.draft_forward_calls += forwards
             stats.draft_prefill_calls += forwards
         return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)

@@ -135,7 +135,7 @@ def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None
 # Options of ours that only batch speculative decoding reads.
 OWN_OPTIONS = ("max_batch_size", "sort_by_length", "speculation", "generator")
 # transformers' draft sources that hf-batchspec does not batch; its assisted generation serves them at batch 1.
-HF_DRAFT_SOURCES = ("use_mtp",)
+HF_DRAFT_SOURCES: tuple[str, ...] = ()  # (none today: use_mtp is batched, `drafters.registry`)
 
 
 def check_routing(strategy: str | None, sources: list[str], rows: int | None, options: dict, kwargs: dict,
@@ -255,7 +255,6 @@ def setting(name: str, kwargs: dict, generation_config, model_config):
 _NOT_SERVED = {
     "prefix_allowed_tokens_fn": "its constraint reads the padded batch layout",
     "negative_prompt_ids": "classifier-free guidance needs a second, unconditional batch",
-    "use_mtp": "multi-token-prediction drafting is not batched yet",
     "speculation_type": "transformers' other speculation types are not batched",
     "assistant_ensemble_weight": "ensemble verification changes the output distribution; batch_spec is lossless",
     "cache_config": "batch_spec builds its own per-row caches",

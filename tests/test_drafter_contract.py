@@ -5,14 +5,19 @@ for."""
 
 from __future__ import annotations
 
+import tempfile
+from functools import lru_cache
+
 import numpy as np
 import pytest
 import torch
 
+import hf_batchspec
 from hf_batchspec import decoding
 from hf_batchspec.drafters import SOURCES, Drafter, ScriptedDrafter, ScriptedSource
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
+from tests.mtp_models import build as build_mtp
 from tests.reference import left_pad, plain_greedy
 from tests.test_drafters import target_model
 from tests.test_other_tokenizer import setup as other_tokenizer_setup
@@ -33,7 +38,14 @@ def _source_kwargs(kind: str, target):
         other_target, target_tok, draft, draft_tok = other_tokenizer_setup("chars")
         return other_target, dict(assistant_model=draft, tokenizer=target_tok, assistant_tokenizer=draft_tok,
                                   num_assistant_tokens=3)
+    if kind == "mtp":
+        return _mtp_target(), dict(use_mtp=True)
     raise AssertionError(f"the registry has a source this test does not know: {kind!r}; add its arguments here")
+
+
+@lru_cache(maxsize=None)
+def _mtp_target():
+    return hf_batchspec.enable(build_mtp("glm4_moe", 2, tempfile.mkdtemp(prefix="mtp_contract_")))
 
 
 @pytest.mark.parametrize("kind", [spec.kind for spec in SOURCES])
@@ -62,8 +74,8 @@ def test_every_registered_source_is_exact_through_every_hook(kind, call):
             return
         out = target.generate(ids, batch_spec="exspec", max_batch_size=3, **common)
     else:
-        if kind == "other-tokenizer":  # refused before any work, with its reason
-            with pytest.raises(BatchSpecError, match="cannot realign"):
+        if kind in ("other-tokenizer", "mtp"):  # refused before any work, with its reason
+            with pytest.raises(BatchSpecError, match="realign"):
                 target.generate(ids, batch_spec="eqspec-realign", **common)
             return
         out = target.generate(ids, batch_spec="eqspec-realign", **common)

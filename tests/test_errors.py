@@ -239,10 +239,10 @@ def test_our_options_at_batch_one_name_batch_spec(pair, no_forward, option):
     assert "eqspec decodes" not in message
 
 
-def test_an_unbatched_hf_draft_source_at_batch_above_one_gets_our_message(pair, batch, no_forward):
+def test_mtp_on_a_model_without_mtp_layers_is_refused_with_the_cause(pair, batch, no_forward):
     ids, mask = batch
-    message = refused(pair, no_forward, "use_mtp", ids, attention_mask=mask, max_new_tokens=4, use_mtp=True)
-    assert "batch 1 only" in message and "prompt_lookup_num_tokens" in message and "batch_size = 1" not in message
+    message = refused(pair, no_forward, "use_mtp=True", ids, attention_mask=mask, max_new_tokens=4, use_mtp=True)
+    assert "declares no multi-token-prediction layers" in message and "batch_size = 1" not in message
 
 
 LOOKUP_CASES = {

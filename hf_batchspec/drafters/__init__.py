@@ -6,6 +6,7 @@
 - `lookup.LookupDrafter`: prompt lookup (`prompt_lookup_num_tokens=k`): copies of each row's own earlier tokens.
 - `other_tokenizer.OtherTokenizerDrafter`: a draft with a tokenizer of its own (`assistant_tokenizer=`), its text
   converted on the host each round.
+- `mtp.MTPDrafter`: the target's multi-token-prediction layers (`use_mtp=True`), drafting from its hidden states.
 - `scripted.ScriptedDrafter`: drafts given in advance, for unit tests of the round.
 """
 
@@ -13,10 +14,11 @@ from .base import DraftOptions, Drafter, Proposal, VerifyOutputs
 from .early_exit import early_exit_model
 from .lookup import LookupDrafter
 from .model import ModelDrafter, greedy_steps
+from .mtp import MTPDrafter
 from .other_tokenizer import OtherTokenizerDrafter
 from .registry import SOURCES, DraftSource, SourceSpec
 from .scripted import ScriptedDrafter, ScriptedSource
 
-__all__ = ["DraftOptions", "DraftSource", "Drafter", "LookupDrafter", "ModelDrafter", "OtherTokenizerDrafter",
-           "Proposal", "SOURCES", "ScriptedDrafter", "ScriptedSource", "SourceSpec", "VerifyOutputs",
+__all__ = ["DraftOptions", "DraftSource", "Drafter", "LookupDrafter", "MTPDrafter", "ModelDrafter",
+           "OtherTokenizerDrafter", "Proposal", "SOURCES", "ScriptedDrafter", "ScriptedSource", "SourceSpec", "VerifyOutputs",
            "early_exit_model", "greedy_steps"]

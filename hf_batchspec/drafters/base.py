@@ -107,6 +107,11 @@ class Drafter:
     def after_fused_round(self) -> None:
         """A fused round ran this drafter's steps inside the round's program."""
 
+    def observe_prefill(self, prompts: torch.Tensor, lengths: np.ndarray, slots: np.ndarray, cache_rows,
+                        hidden_states: torch.Tensor) -> None:
+        """After `admit`, for a source that asks for hidden states (`verify_outputs`): the target's last hidden
+        states over the admitted prompts (`hidden_states` [n, P, H], `prompts` [n, P] right-packed)."""
+
     def observe_verify(self, rows: ActiveRows, outputs: VerifyOutputs) -> None:
         """The target's verify outputs of the round (asked for by `verify_outputs`), before `rollback`."""
 

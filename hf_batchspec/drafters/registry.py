@@ -8,6 +8,7 @@ Adding a source: a file in this package with its `Drafter` subclass, and a `Sour
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ from .base import Drafter, DraftOptions
 from .early_exit import early_exit_model
 from .lookup import LookupDrafter
 from .model import ModelDrafter
+from .mtp import MTPDrafter, mtp_layers
 from .other_tokenizer import OtherTokenizerDrafter
 
 
@@ -169,6 +171,52 @@ def _build_lookup(source, slots, cache_len, options, compile_config, **_):
     return LookupDrafter(source.lookup_ngram, options.static)
 
 
+# The MTP layers loaded for a target, by target (weakly): `MtpModel.from_pretrained` reads the checkpoint's files, which
+# a call should not pay again.
+_MTP_MODULES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def _resolve_mtp(target, draft, settings: Settings):
+    from transformers.modeling_layers import MtpModel
+
+    from ..validation import check_causal_lm
+
+    check_causal_lm(target, "target model")
+    if settings.get("use_mtp") is not True:
+        raise BatchSpecError(f"use_mtp must be True or False; got {settings.get('use_mtp')!r}.")
+    layers = mtp_layers(target)
+    if layers < 1:
+        raise BatchSpecError(f"use_mtp=True: {type(target).__name__}'s config declares no multi-token-prediction "
+                             "layers (num_mtp_layers): draft with assistant_model=... or prompt_lookup_num_tokens=... "
+                             "instead.")
+    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
+        if settings.kwargs.get(name) is not None:
+            raise BatchSpecError(f"`{name}` configures a draft model; use_mtp drafts one token per MTP layer "
+                                 f"({layers} per round): drop `{name}`.")
+    if target not in _MTP_MODULES:
+        device = next(target.get_decoder().layers[-1].parameters()).device  # transformers' choice: the last layer's
+        try:
+            _MTP_MODULES[target] = MtpModel.from_pretrained(target, device_map={"": device}).eval()
+        except (OSError, RuntimeError, ValueError, AttributeError, KeyError) as error:
+            raise BatchSpecError(
+                f"use_mtp=True: the MTP layers of {type(target).__name__} could not be loaded from its checkpoint "
+                f"({target.config.name_or_path!r}), as transformers loads them: {error}") from None
+    return DraftSource("mtp", model=_MTP_MODULES[target]), layers
+
+
+def _check_mtp(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+    if static:
+        raise BatchSpecError("compile_config / cache_implementation='static' are not served with use_mtp yet: its "
+                             "layers draft from the verify's hidden states, which the compiled round programs do not "
+                             "return. Drop them (the eager path serves use_mtp at any batch size).")
+    if strategy == "eqspec-realign":
+        raise BatchSpecError("batch_spec='eqspec-realign' does not realign MTP layers: use 'eqspec' or 'exspec'.")
+
+
+def _build_mtp(source, slots, cache_len, options, compile_config, *, staging, **_):
+    return MTPDrafter(source.model, slots, cache_len, options, staging)
+
+
 SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("other-tokenizer", "a draft with another tokenizer", "assistant_model", OtherTokenizerDrafter,
                owns=("assistant_tokenizer", "tokenizer"), shared=("tokenizer",), requires="assistant_tokenizer",
@@ -179,6 +227,8 @@ SOURCES: tuple[SourceSpec, ...] = (
                resolve=_resolve_lookup, build=_build_lookup, model_drafts=False),
     SourceSpec("early-exit", "early exit (the target's first layers)", "assistant_early_exit", ModelDrafter, owns=(),
                resolve=_resolve_early_exit, build=_build_model),
+    SourceSpec("mtp", "the target's multi-token-prediction layers", "use_mtp", MTPDrafter, owns=(),
+               resolve=_resolve_mtp, build=_build_mtp, check=_check_mtp),
 )
 SOURCES_BY_KIND = {spec.kind: spec for spec in SOURCES}
 # The generate arguments that ask for a draft, in the order a call's sources are listed (transformers' names).

@@ -1,0 +1,155 @@
+"""Multi-token prediction (`use_mtp=True`) batched: DeepSeek-V3-style and GLM-4-MoE-style targets whose checkpoints
+carry MTP layers (`tests/mtp_models.py`), loaded as transformers loads them. Greedy output equals plain greedy of
+each prompt alone; each round's drafts equal transformers' own MTP drafts for that row's prefix (its
+`MtpModel` run from scratch); drafts are accepted; sampling keeps the target's distribution."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from transformers.cache_utils import MtpCache
+from transformers.modeling_layers import MtpModel
+
+import hf_batchspec
+from hf_batchspec import decoding
+from hf_batchspec.drafters import DraftOptions, MTPDrafter, ScriptedSource
+from hf_batchspec.errors import BatchSpecError
+from hf_batchspec.processors import ScoreProcessing
+from hf_batchspec.stats import BatchSpecStats
+from tests.mtp_models import build
+from tests.reference import left_pad, plain_greedy
+from tests.test_sampling import chi_square_rejects
+
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [30, 31, 32], [40]]
+CASES = [("deepseek_v3", 1), ("deepseek_v3", 2), ("glm4_moe", 1), ("glm4_moe", 3)]
+_MODELS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    def get(arch: str, layers: int):
+        if (arch, layers) not in _MODELS:
+            directory = tmp_path_factory.mktemp(f"{arch}_{layers}")
+            _MODELS[arch, layers] = hf_batchspec.enable(build(arch, layers, directory))
+        return _MODELS[arch, layers]
+    return get
+
+
+@pytest.mark.parametrize("arch,layers", CASES)
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+def test_mtp_greedy_equals_plain_greedy(targets, arch, layers, strategy):
+    target = targets(arch, layers)
+    ids, mask = left_pad(PROMPTS, 0)
+    extra = dict(max_batch_size=2) if strategy == "exspec" else {}  # refills, staging rows, departures
+    out = target.generate(ids, attention_mask=mask, use_mtp=True, batch_spec=strategy, max_new_tokens=16,
+                          do_sample=False, eos_token_id=None, pad_token_id=0, speculation="always",
+                          return_dict_in_generate=True, **extra)
+    stats = out.spec_stats
+    assert stats.drafted_tokens.sum() > 0 and stats.num_assistant_tokens == layers  # k is the MTP depth
+    for row, prompt in enumerate(PROMPTS):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 16, None)
+    if arch == "glm4_moe":  # this pair's MTP layers agree with the target (DeepSeek's, built alike, lag a token)
+        assert stats.acceptance_rate > 0.5
+
+
+class Recording(MTPDrafter):
+    """The MTP drafter, keeping each round's rows, lengths and drafts."""
+
+    def propose(self, rows, tokens, k, budget):
+        proposal = super().propose(rows, tokens, k, budget)
+        self.seen.append((rows.ids_h.copy(), rows.lengths_h.copy(), proposal.drafts.clone()))
+        return proposal
+
+
+@pytest.mark.parametrize("arch,layers", CASES)
+@pytest.mark.parametrize("max_batch_size", [5, 2])
+def test_mtp_drafts_are_transformers_drafts(targets, arch, layers, max_batch_size):
+    """Each round, every row's drafts equal what transformers' MtpModel drafts from scratch for that row's
+    committed tokens (the target's hidden states over them, a fresh MtpCache): the ragged per-layer caches, the
+    window each layer recomputes and the ring of hidden states reproduce its definition, rows admitted, staged
+    and leaving included. Rounds that draft fewer than K (a row's last tokens) draft its first ones."""
+    target = targets(arch, layers)
+    mtp = MtpModel.from_pretrained(target, device_map={"": "cpu"}).eval()
+    max_new = 14
+    truth = [plain_greedy(target, p, max_new, None) for p in PROMPTS]
+    lengths = np.array([len(p) for p in PROMPTS])
+    packed = torch.zeros((len(PROMPTS), int(lengths.max())), dtype=torch.long)
+    for row, prompt in enumerate(PROMPTS):
+        packed[row, : len(prompt)] = torch.tensor(prompt)
+    options = DraftOptions(False, None, ScoreProcessing([]), None, False)
+    staging = 1 if max_batch_size < len(PROMPTS) else 0
+    drafter = Recording(mtp, max_batch_size, int(lengths.max()) + max_new, options, staging)
+    drafter.seen = []
+    result = decoding.speculative_decode(
+        target, ScriptedSource(drafter), packed, lengths,
+        decoding.DecodeSettings(max_new_tokens=max_new, num_assistant_tokens=layers, stop_ids=None,
+                                max_batch_size=max_batch_size), BatchSpecStats("exspec", layers, len(PROMPTS)))
+    assert [result.tokens[r, n: n + max_new].tolist() for r, n in enumerate(lengths)] == truth
+    checked = 0
+    with torch.no_grad():
+        for ids, row_lengths, drafts in drafter.seen:
+            for b, (prompt_id, length) in enumerate(zip(ids, row_lengths)):
+                sequence = PROMPTS[prompt_id] + truth[prompt_id]
+                pending = int(length) - 1  # position L of the row's pending token
+                hidden = target(torch.tensor([sequence[:pending]]), output_hidden_states=True).hidden_states[-1]
+                expected, _, _ = mtp(input_ids=torch.tensor([sequence[1: pending + 1]]), last_hidden_states=hidden,
+                                     attention_mask=None, position_ids=torch.arange(1, pending + 1)[None],
+                                     mtp_cache=MtpCache(config=target.config.get_mtp_config()))
+                assert drafts[b].tolist() == expected[0, : drafts.shape[1]].tolist(), (prompt_id, pending)
+                checked += 1
+    assert checked >= 20
+
+
+V, NEW, ROWS = 5, 3, 20000
+SAMPLE_PROMPT = [1, 3, 0, 2]
+
+
+def test_mtp_sampling_keeps_the_target_distribution(tmp_path):
+    """Sampled MTP drafts (from the MTP layers' processed distribution) verified by speculative sampling: the joint
+    law of the first tokens is the target's (chi-square against the enumerated exact joint)."""
+    target = hf_batchspec.enable(build("glm4_moe", 2, tmp_path, seed=3, vocab=V, head_scale=3.0))
+    ids = torch.tensor([SAMPLE_PROMPT] * ROWS)
+    out = target.generate(ids, attention_mask=torch.ones_like(ids), use_mtp=True, batch_spec="eqspec",
+                          max_new_tokens=NEW, do_sample=True, temperature=1.0, top_k=0,
+                          generator=torch.Generator().manual_seed(7), pad_token_id=0, eos_token_id=None,
+                          speculation="always", return_dict_in_generate=True)
+    stats = out.spec_stats
+    assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
+    continuations = list(itertools.product(range(V), repeat=NEW - 1))
+    with torch.no_grad():
+        logits = target(torch.tensor([SAMPLE_PROMPT + list(c) for c in continuations])).logits
+        probs = torch.softmax(logits[:, len(SAMPLE_PROMPT) - 1:].float(), -1)  # [V^(NEW-1), NEW, V]
+    joint = {}
+    for row, prefix in enumerate(continuations):
+        for last in range(V):
+            sequence = prefix + (last,)
+            joint[sequence] = float(np.prod([probs[row, i, t].item() for i, t in enumerate(sequence)]))
+    rejects, report = chi_square_rejects(out.sequences[:, len(SAMPLE_PROMPT):], joint)
+    assert not rejects, report
+
+
+def test_mtp_refusals(targets):
+    """What use_mtp does not serve is refused before any work, with what to do instead."""
+    target = targets("glm4_moe", 1)
+    ids, mask = left_pad(PROMPTS[:2], 0)
+    call = dict(attention_mask=mask, use_mtp=True, max_new_tokens=4, pad_token_id=0)
+    for extra, message in ((dict(num_assistant_tokens=3), "one token per MTP layer"),
+                           (dict(batch_spec="eqspec-realign"), "does not realign MTP layers"),
+                           (dict(cache_implementation="static"), "not served with use_mtp yet"),
+                           (dict(max_matching_ngram_size=2), "max_matching_ngram_size configures prompt lookup")):
+        with pytest.raises(BatchSpecError, match=message):
+            target.generate(ids, **call, **extra)
+    plain = hf_batchspec.enable(build_plain())
+    with pytest.raises(BatchSpecError, match="declares no multi-token-prediction layers"):
+        plain.generate(ids, attention_mask=mask, use_mtp=True, max_new_tokens=4, pad_token_id=0)
+
+
+def build_plain():
+    from tests.tiny_models import build as tiny
+
+    model = tiny("llama")
+    model.config.num_mtp_layers = 0
+    return model
