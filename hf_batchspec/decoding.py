@@ -134,7 +134,8 @@ class _Decoder:
         options = DraftOptions(settings.do_sample, settings.generator, self.processing,
                                settings.confidence_threshold, self.static, fused)
         self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
-                                    prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging)
+                                    prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging,
+                                    target=self.target)
         self.staging_rows = np.arange(slots, slots + staging)  # cache rows beyond the slots
         self.staged: list[tuple[int, int]] = []  # (prompt index, cache row) prefilled ahead, first come first
         self.target.on_rows = on_rows

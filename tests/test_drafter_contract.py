@@ -18,6 +18,8 @@ from hf_batchspec.drafters import SOURCES, Drafter, ScriptedDrafter, ScriptedSou
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
 from tests.mtp_models import build as build_mtp
+from tests.test_gemma4_assistant import PROMPTS as GEMMA4_PROMPTS
+from tests.test_gemma4_assistant import pair as gemma4_pair
 from tests.reference import left_pad, plain_greedy
 from tests.test_drafters import target_model
 from tests.test_other_tokenizer import setup as other_tokenizer_setup
@@ -40,6 +42,9 @@ def _source_kwargs(kind: str, target):
                                   num_assistant_tokens=3)
     if kind == "mtp":
         return _mtp_target(), dict(use_mtp=True)
+    if kind == "gemma4-assistant":
+        gemma, assistant = gemma4_pair(2)
+        return gemma, dict(assistant_model=assistant, num_assistant_tokens=3)
     raise AssertionError(f"the registry has a source this test does not know: {kind!r}; add its arguments here")
 
 
@@ -58,7 +63,8 @@ def test_every_registered_source_is_exact_through_every_hook(kind, call):
     target, kwargs = _source_kwargs(kind, target_model("llama"))
     spec = next(spec for spec in SOURCES if spec.kind == kind)
     assert issubclass(spec.drafter, Drafter) and spec.drafter.propose is not Drafter.propose
-    prompts = PROMPTS if kind != "other-tokenizer" else [[5, 6, 7, 8], [9] * 6, [10, 11], [12, 13, 14, 15, 16]]
+    prompts = {"other-tokenizer": [[5, 6, 7, 8], [9] * 6, [10, 11], [12, 13, 14, 15, 16]],
+               "gemma4-assistant": GEMMA4_PROMPTS}.get(kind, PROMPTS)
     ids, mask = left_pad(prompts, 0)
     common = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0,
                   speculation="always", return_dict_in_generate=True, **kwargs)
@@ -74,7 +80,7 @@ def test_every_registered_source_is_exact_through_every_hook(kind, call):
             return
         out = target.generate(ids, batch_spec="exspec", max_batch_size=3, **common)
     else:
-        if kind in ("other-tokenizer", "mtp"):  # refused before any work, with its reason
+        if kind in ("other-tokenizer", "mtp", "gemma4-assistant"):  # refused before any work, with its reason
             with pytest.raises(BatchSpecError, match="realign"):
                 target.generate(ids, batch_spec="eqspec-realign", **common)
             return

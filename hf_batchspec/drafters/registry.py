@@ -18,6 +18,7 @@ from ..errors import BatchSpecError, UnsupportedModelError
 from ..speculation import CostModel
 from .base import Drafter, DraftOptions
 from .early_exit import early_exit_model
+from .gemma4_assistant import Gemma4AssistantDrafter, is_gemma4_assistant, store_layers
 from .lookup import LookupDrafter
 from .model import ModelDrafter
 from .mtp import MTPDrafter, mtp_layers
@@ -45,12 +46,12 @@ class DraftSource:
         return self.spec.drafter.stages
 
     def build(self, slots: int, cache_len: int, options: DraftOptions, compile_config=None, *, prompts=None,
-              prompt_lengths=None, max_new: int = 0, k: int = 0, staging: int = 0) -> Drafter:
+              prompt_lengths=None, max_new: int = 0, k: int = 0, staging: int = 0, target=None) -> Drafter:
         """The call's drafter over `slots` cache rows (`staging` more for prompts admitted ahead). `prompts` [N, P]
         right-packed target ids with `prompt_lengths` [N]: a drafter with another tokenizer sizes its cache from
-        their text."""
+        their text. `target`: the target's `ModelRunner`, whose cache a drafter may read (never write)."""
         return self.spec.build(self, slots, cache_len, options, compile_config, prompts=prompts,
-                               prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging)
+                               prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging, target=target)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class SourceSpec:
     # (source, slots, cache_len, options, compile_config, **sizes) -> Drafter
     build: Callable
     requires: str | None = None  # chosen over another spec with the same `asked_by` when this argument is set
+    selects: Callable | None = None  # (assistant_model) -> bool: chosen over another spec when this says so
     # (source, do_sample, static, strategy) -> None: what it refuses once the call's mode is known
     check: Callable | None = None
     model_drafts: bool = True  # its rounds run draft forwards (prompt lookup's cost none)
@@ -217,10 +219,47 @@ def _build_mtp(source, slots, cache_len, options, compile_config, *, staging, **
     return MTPDrafter(source.model, slots, cache_len, options, staging)
 
 
+def _resolve_gemma4_assistant(target, assistant, settings: Settings):
+    from ..validation import check_pair
+
+    if not type(target).__name__.startswith("Gemma4"):
+        raise BatchSpecError(f"A Gemma 4 assistant drafts from a Gemma 4 target's keys, values and hidden states; the "
+                             f"target is {type(target).__name__}: pass a Gemma 4 target, or a draft model of its own "
+                             "kind as assistant_model.")
+    layers = store_layers(target.config)
+    if set(layers) != {"full_attention", "sliding_attention"}:
+        raise BatchSpecError(f"A Gemma 4 assistant reads one full and one sliding layer's keys and values of the "
+                             f"target; this target's config names {sorted(layers)} (kv_sharing_modes): it cannot be "
+                             "served.")
+    if assistant.config.backbone_hidden_size != target.config.get_text_config().hidden_size:
+        raise BatchSpecError(f"The assistant was made for a target of hidden size "
+                             f"{assistant.config.backbone_hidden_size}; this target's is "
+                             f"{target.config.get_text_config().hidden_size}: pass the assistant made for it.")
+    check_pair(target, assistant)
+    return DraftSource("gemma4-assistant", model=assistant), None
+
+
+def _check_gemma4_assistant(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+    if static:
+        raise BatchSpecError("compile_config / cache_implementation='static' are not served with a Gemma 4 assistant "
+                             "yet: it drafts from the verify's hidden states, which the compiled round programs do "
+                             "not return. Drop them.")
+    if strategy == "eqspec-realign":
+        raise BatchSpecError("batch_spec='eqspec-realign' does not realign a Gemma 4 assistant's view of the target's "
+                             "cache: use 'eqspec' or 'exspec'.")
+
+
+def _build_gemma4_assistant(source, slots, cache_len, options, compile_config, *, staging, target, **_):
+    return Gemma4AssistantDrafter(source.model, target, slots, options, staging)
+
+
 SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("other-tokenizer", "a draft with another tokenizer", "assistant_model", OtherTokenizerDrafter,
                owns=("assistant_tokenizer", "tokenizer"), shared=("tokenizer",), requires="assistant_tokenizer",
                resolve=_resolve_other_tokenizer, build=_build_other_tokenizer, check=_check_other_tokenizer),
+    SourceSpec("gemma4-assistant", "a Gemma 4 assistant", "assistant_model", Gemma4AssistantDrafter, owns=(),
+               selects=is_gemma4_assistant, resolve=_resolve_gemma4_assistant, build=_build_gemma4_assistant,
+               check=_check_gemma4_assistant),
     SourceSpec("model", "a draft model", "assistant_model", ModelDrafter, owns=(),
                resolve=_resolve_model, build=_build_model),
     SourceSpec("lookup", "prompt lookup", "prompt_lookup_num_tokens", LookupDrafter, owns=("max_matching_ngram_size",),
@@ -235,17 +274,19 @@ SOURCES_BY_KIND = {spec.kind: spec for spec in SOURCES}
 ASKED_BY = tuple(dict.fromkeys(spec.asked_by for spec in SOURCES))
 
 
-def choose(asked_by: str, given: Callable[[str], object]) -> SourceSpec:
+def choose(asked_by: str, given: Callable[[str], object], assistant_model=None) -> SourceSpec:
     """The source a call's draft argument selects: among the specs it asks for, the first whose `requires`
-    argument the caller set, else the one that requires nothing."""
+    argument the caller set or whose `selects` accepts the assistant, else the one that needs neither."""
     specs = [spec for spec in SOURCES if spec.asked_by == asked_by]
-    return next(spec for spec in specs if spec.requires is None or given(spec.requires) is not None)
+    return next(spec for spec in specs
+                if (spec.requires is None or given(spec.requires) is not None)
+                and (spec.selects is None or spec.selects(assistant_model)))
 
 
 def resolve(asked_by: str, target, assistant_model, settings: Settings) -> tuple[DraftSource, int | None]:
     """The call's `DraftSource` (and the draft length it fixes, or None): an argument another source owns, set
     by the caller, is refused first, so that nothing a call passes is silently ignored."""
-    spec = choose(asked_by, settings.given)
+    spec = choose(asked_by, settings.given, assistant_model)
     for other in SOURCES:
         for name in other.owns:
             if name not in spec.owns and name not in other.shared and settings.given(name) is not None:
