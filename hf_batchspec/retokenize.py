@@ -38,9 +38,16 @@ def pad(lists: list[list[int]], fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def draft_view(target_tokenizer, draft_tokenizer, committed: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
     """The draft's ids of each row's committed text (`committed` [B, T] target ids, row b valid up to
     `lengths[b]`). Special tokens of the target are dropped from the text; the draft's own (a BOS) are added
-    as its tokenizer adds them to any text."""
+    as its tokenizer adds them to any text. A text that encodes to nothing is the draft's BOS (else EOS, pad)."""
     texts = target_tokenizer.batch_decode([row[:n] for row, n in zip(committed, lengths)], skip_special_tokens=True)
-    return draft_tokenizer(texts, add_special_tokens=True)["input_ids"]
+    ids = draft_tokenizer(texts, add_special_tokens=True)["input_ids"]
+    if all(ids):
+        return ids
+    # a text the draft's tokenizer encodes to nothing (none of its characters in the draft's vocabulary, no BOS
+    # added): one special token of the draft's, so that it still has a position to draft from
+    filler = next((i for i in (draft_tokenizer.bos_token_id, draft_tokenizer.eos_token_id,
+                               draft_tokenizer.pad_token_id) if i is not None), 0)
+    return [row or [filler] for row in ids]
 
 
 def common_prefix(a: np.ndarray, a_len: np.ndarray, b: np.ndarray, b_len: np.ndarray) -> np.ndarray:  # [B]

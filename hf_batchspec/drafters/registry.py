@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .. import vocab_map
 from ..errors import BatchSpecError, UnsupportedModelError
 from ..speculation import CostModel
 from .base import Drafter, DraftOptions
@@ -120,12 +121,8 @@ def _resolve_other_tokenizer(target, draft, settings: Settings):
 
 
 def _check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
-    if do_sample:
-        raise BatchSpecError(
-            "Sampling with a draft of another tokenizer is not supported: the draft's distribution lives on another "
-            "vocabulary, and mapping it exactly (transformers' universal speculative decoding) is not implemented; "
-            "approximating it would change the output distribution. Use do_sample=False, or a draft with the "
-            "target's tokenizer (or prompt_lookup_num_tokens=...) for sampling.")
+    if do_sample:  # the draft samples shared tokens only (vocab_map.py): refuse a pair that shares too few
+        vocab_map.check_overlap(vocab_map.vocab_map(*source.tokenizers))
     if static:
         raise BatchSpecError("compile_config / cache_implementation='static' are not supported with a draft of "
                              "another tokenizer (its text round trip runs on the host every round): drop them.")
