@@ -46,3 +46,22 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 def unique_graphs() -> int:
     """Graphs dynamo has compiled in this process: a call that compiled nothing leaves it unchanged."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def enumerated_joint(model, prompt: list[int], new_tokens: int, vocab: int) -> dict[tuple, float]:
+    """P(t_1..t_n | prompt) of plain sampling from `model`'s raw logits (temperature 1, no warpers), for every
+    continuation of n = `new_tokens` tokens, by enumerating them (vocab^(n-1) forwards in one batch): the exact law
+    a sampling test compares its draws with."""
+    import itertools
+
+    prefixes = list(itertools.product(range(vocab), repeat=new_tokens - 1))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + list(p) for p in prefixes])).logits
+        probs = torch.softmax(logits[:, len(prompt) - 1:].float(), -1)  # [vocab^(n-1), n, vocab]
+    joint = {}
+    for row, prefix in enumerate(prefixes):
+        steps = probs[row, torch.arange(new_tokens - 1), torch.tensor(prefix, dtype=torch.long)].prod().item() \
+            if prefix else 1.0
+        for last in range(vocab):
+            joint[prefix + (last,)] = steps * probs[row, new_tokens - 1, last].item()
+    return joint

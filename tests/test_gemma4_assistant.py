@@ -6,7 +6,6 @@ refused before any work."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ from hf_batchspec import decoding
 from hf_batchspec.drafters import Gemma4AssistantDrafter
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
-from tests.reference import left_pad, plain_greedy
+from tests.reference import enumerated_joint, left_pad, plain_greedy
 from tests.test_sampling import chi_square_rejects
 
 V = 6  # a small vocabulary: a random assistant agrees with the target now and then
@@ -147,15 +146,7 @@ def test_assistant_sampling_keeps_the_target_distribution():
                           speculation="always", return_dict_in_generate=True)
     stats = out.spec_stats
     assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
-    continuations = list(itertools.product(range(V), repeat=NEW - 1))
-    with torch.no_grad():
-        logits = target(torch.tensor([SAMPLE_PROMPT + list(c) for c in continuations])).logits
-        probs = torch.softmax(logits[:, len(SAMPLE_PROMPT) - 1:].float(), -1)  # [V^(NEW-1), NEW, V]
-    joint = {}
-    for row, prefix in enumerate(continuations):
-        for last in range(V):
-            sequence = prefix + (last,)
-            joint[sequence] = float(np.prod([probs[row, i, t].item() for i, t in enumerate(sequence)]))
+    joint = enumerated_joint(target, SAMPLE_PROMPT, NEW, V)
     rejects, report = chi_square_rejects(out.sequences[:, len(SAMPLE_PROMPT):], joint)
     assert not rejects, report
 

@@ -5,7 +5,6 @@ each prompt alone; each round's drafts equal transformers' own MTP drafts for th
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.processors import ScoreProcessing
 from hf_batchspec.stats import BatchSpecStats
 from tests.mtp_models import build
-from tests.reference import left_pad, plain_greedy
+from tests.reference import enumerated_joint, left_pad, plain_greedy
 from tests.test_sampling import chi_square_rejects
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [30, 31, 32], [40]]
@@ -118,15 +117,7 @@ def test_mtp_sampling_keeps_the_target_distribution(tmp_path):
                           speculation="always", return_dict_in_generate=True)
     stats = out.spec_stats
     assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
-    continuations = list(itertools.product(range(V), repeat=NEW - 1))
-    with torch.no_grad():
-        logits = target(torch.tensor([SAMPLE_PROMPT + list(c) for c in continuations])).logits
-        probs = torch.softmax(logits[:, len(SAMPLE_PROMPT) - 1:].float(), -1)  # [V^(NEW-1), NEW, V]
-    joint = {}
-    for row, prefix in enumerate(continuations):
-        for last in range(V):
-            sequence = prefix + (last,)
-            joint[sequence] = float(np.prod([probs[row, i, t].item() for i, t in enumerate(sequence)]))
+    joint = enumerated_joint(target, SAMPLE_PROMPT, NEW, V)
     rejects, report = chi_square_rejects(out.sequences[:, len(SAMPLE_PROMPT):], joint)
     assert not rejects, report
 
@@ -137,7 +128,7 @@ def test_mtp_refusals(targets):
     ids, mask = left_pad(PROMPTS[:2], 0)
     call = dict(attention_mask=mask, use_mtp=True, max_new_tokens=4, pad_token_id=0)
     for extra, message in ((dict(num_assistant_tokens=3), "one token per MTP layer"),
-                           (dict(batch_spec="eqspec-realign"), "does not realign MTP layers"),
+                           (dict(batch_spec="eqspec-realign"), "does not realign use_mtp"),
                            (dict(cache_implementation="static"), "not served with use_mtp yet"),
                            (dict(max_matching_ngram_size=2), "max_matching_ngram_size configures prompt lookup")):
         with pytest.raises(BatchSpecError, match=message):

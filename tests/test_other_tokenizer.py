@@ -396,3 +396,19 @@ def test_the_vocabulary_map_swaps_the_leading_space_marker():
         for t in draft_tok.convert_ids_to_tokens(sorted(unpaired)))
     assert np.all(np.diff(mapping.draft_ids) > 0) and vocab_map.vocab_map(target_tok, draft_tok) is \
         vocab_map.vocab_map(target_tok, draft_tok)
+
+
+def test_sampling_with_a_target_whose_logits_are_wider_than_its_tokenizer():
+    """A padded vocabulary (the target's head has more rows than its tokenizer has ids, as many checkpoints do): q
+    spans the target's logits (it was as wide as the tokenizer's ids, and the first verify failed on the shapes),
+    so sampling runs and drafts are accepted."""
+    _, target_tok, draft, draft_tok = small_pair()
+    target = hf_batchspec.enable(tiny_llama(len(target_tok) + 9, 0))
+    prompts = target_tok(PROMPTS, add_special_tokens=False)["input_ids"]
+    ids, mask = left_pad(prompts * 20, target_tok.pad_token_id)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, tokenizer=target_tok,
+                          assistant_tokenizer=draft_tok, batch_spec="exspec", num_assistant_tokens=2,
+                          max_new_tokens=NEW, do_sample=True, pad_token_id=target_tok.pad_token_id,
+                          generator=torch.Generator().manual_seed(5), speculation="always",
+                          return_dict_in_generate=True)
+    assert out.spec_stats.accepted_tokens.sum() > 0

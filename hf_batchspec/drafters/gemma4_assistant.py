@@ -103,8 +103,8 @@ class Gemma4AssistantDrafter(Drafter):
         else:
             allowed[SLIDING] = allowed[FULL]
         minimum = torch.finfo(self.dtype).min
-        return {kind: torch.zeros(a.shape, dtype=self.dtype, device=self.device).masked_fill_(~a, minimum)[:, None, None]
-                for kind, a in allowed.items()}
+        return {kind: torch.zeros(a.shape, dtype=self.dtype, device=self.device).masked_fill_(~a, minimum)
+                .view(a.shape[0], 1, 1, kv_len) for kind, a in allowed.items()}
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.hidden = self.hidden[index.to(self.device)]

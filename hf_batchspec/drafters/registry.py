@@ -132,9 +132,12 @@ def _check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, s
 
 
 def _build_other_tokenizer(source, slots, cache_len, options, compile_config, *, prompts, prompt_lengths, max_new,
-                           k, **_):
+                           k, target=None, **_):
+    # q spans the target's logits, which a padded vocabulary makes wider than its tokenizer's ids
+    head = target.model.get_output_embeddings() if target is not None else None
+    width = int(head.weight.shape[0]) if head is not None else None
     return OtherTokenizerDrafter(source.model, *source.tokenizers, slots, options, prompts, prompt_lengths,
-                                 max_new, k)
+                                 max_new, k, target_vocab=width)
 
 
 def _resolve_early_exit(target, draft, settings: Settings):
@@ -203,13 +206,17 @@ def _resolve_mtp(target, draft, settings: Settings):
     return DraftSource("mtp", model=_MTP_MODULES[target]), layers
 
 
-def _check_mtp(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
-    if static:
-        raise BatchSpecError("compile_config / cache_implementation='static' are not served with use_mtp yet: its "
-                             "layers draft from the verify's hidden states, which the compiled round programs do not "
-                             "return. Drop them (the eager path serves use_mtp at any batch size).")
-    if strategy == "eqspec-realign":
-        raise BatchSpecError("batch_spec='eqspec-realign' does not realign MTP layers: use 'eqspec' or 'exspec'.")
+def _eager_only(what: str) -> Callable:
+    """The refusals of a source that drafts from the verify's hidden states: compiled rounds (their programs do not
+    return them) and the paper's realigned layout (its rows move every round)."""
+    def check(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+        if static:
+            raise BatchSpecError(f"compile_config / cache_implementation='static' are not served with {what} yet: it "
+                                 "drafts from the verify's hidden states, which the compiled round programs do not "
+                                 "return. Drop them (the eager path serves it at any batch size).")
+        if strategy == "eqspec-realign":
+            raise BatchSpecError(f"batch_spec='eqspec-realign' does not realign {what}: use 'eqspec' or 'exspec'.")
+    return check
 
 
 def _build_mtp(source, slots, cache_len, options, compile_config, *, staging, **_):
@@ -236,16 +243,6 @@ def _resolve_gemma4_assistant(target, assistant, settings: Settings):
     return DraftSource("gemma4-assistant", model=assistant), None
 
 
-def _check_gemma4_assistant(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
-    if static:
-        raise BatchSpecError("compile_config / cache_implementation='static' are not served with a Gemma 4 assistant "
-                             "yet: it drafts from the verify's hidden states, which the compiled round programs do "
-                             "not return. Drop them.")
-    if strategy == "eqspec-realign":
-        raise BatchSpecError("batch_spec='eqspec-realign' does not realign a Gemma 4 assistant's view of the target's "
-                             "cache: use 'eqspec' or 'exspec'.")
-
-
 def _build_gemma4_assistant(source, slots, cache_len, options, compile_config, *, staging, target, **_):
     return Gemma4AssistantDrafter(source.model, target, slots, options, staging)
 
@@ -256,7 +253,7 @@ SOURCES: tuple[SourceSpec, ...] = (
                resolve=_resolve_other_tokenizer, build=_build_other_tokenizer, check=_check_other_tokenizer),
     SourceSpec("gemma4-assistant", "a Gemma 4 assistant", "assistant_model", Gemma4AssistantDrafter, owns=(),
                selects=is_gemma4_assistant, resolve=_resolve_gemma4_assistant, build=_build_gemma4_assistant,
-               check=_check_gemma4_assistant),
+               check=_eager_only("a Gemma 4 assistant")),
     SourceSpec("model", "a draft model", "assistant_model", ModelDrafter, owns=(),
                resolve=_resolve_model, build=_build_model),
     SourceSpec("lookup", "prompt lookup", "prompt_lookup_num_tokens", LookupDrafter, owns=("max_matching_ngram_size",),
@@ -264,7 +261,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("early-exit", "early exit (the target's first layers)", "assistant_early_exit", ModelDrafter, owns=(),
                resolve=_resolve_early_exit, build=_build_model),
     SourceSpec("mtp", "the target's multi-token-prediction layers", "use_mtp", MTPDrafter, owns=(),
-               resolve=_resolve_mtp, build=_build_mtp, check=_check_mtp),
+               resolve=_resolve_mtp, build=_build_mtp, check=_eager_only("use_mtp")),
 )
 SOURCES_BY_KIND = {spec.kind: spec for spec in SOURCES}
 # The generate arguments that ask for a draft, in the order a call's sources are listed (transformers' names).
