@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import Gemma4AssistantConfig, Gemma4AssistantForCausalLM, Gemma4ForCausalLM, Gemma4TextConfig
 
 import hf_batchspec
@@ -164,3 +166,23 @@ def test_assistant_refusals():
     llama = hf_batchspec.enable(build("llama"))
     with pytest.raises(BatchSpecError, match="drafts from a Gemma 4 target"):
         llama.generate(ids, **call)
+
+
+@settings(max_examples=6)
+@given(prompts=st.lists(st.lists(st.integers(2, V - 1), min_size=1, max_size=12), min_size=1, max_size=6),
+       max_new=st.integers(1, 14), strategy=st.sampled_from(["eqspec", "exspec"]), pool=st.integers(1, 4),
+       shared=st.sampled_from([0, 2]), k=st.integers(1, 4), data=st.data())
+def test_assistant_property_equals_plain_greedy(prompts, max_new, strategy, pool, shared, k, data):
+    """Any prompts, budget, k, pool and EOS (drawn from the free run, so that rows stop inside accepted blocks):
+    each row equals plain greedy of its prompt alone, trimmed at EOS."""
+    target, assistant = pair(shared)
+    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
+    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))
+    ids, mask = left_pad(prompts, 0)
+    extra = dict(max_batch_size=pool) if strategy == "exspec" else {}
+    out = target.generate(ids, attention_mask=mask, assistant_model=assistant, batch_spec=strategy,
+                          num_assistant_tokens=k, max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=list(eos) or None, pad_token_id=0, speculation="always", **extra)
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, eos or None)
+        assert out[row, ids.shape[1]: ids.shape[1] + len(expected)].tolist() == expected

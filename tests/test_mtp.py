@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.cache_utils import MtpCache
 from transformers.modeling_layers import MtpModel
 
@@ -144,3 +146,31 @@ def build_plain():
     model = tiny("llama")
     model.config.num_mtp_layers = 0
     return model
+
+
+@st.composite
+def mtp_requests(draw):
+    """Prompts drawn as token lists (so a failure shrinks to a small prompt), a budget, a strategy and pool."""
+    prompts = draw(st.lists(st.lists(st.integers(2, 127), min_size=1, max_size=12), min_size=1, max_size=6))
+    return dict(prompts=prompts, max_new=draw(st.integers(1, 14)),
+                strategy=draw(st.sampled_from(["eqspec", "exspec"])), pool=draw(st.integers(1, 4)))
+
+
+@settings(max_examples=6)
+@given(req=mtp_requests(), data=st.data())
+def test_mtp_property_equals_plain_greedy(targets, req, data):
+    """Any prompts, budget, pool and EOS (drawn from the free run, so that rows stop inside accepted blocks): each
+    row equals plain greedy of its prompt alone, trimmed at EOS."""
+    arch, layers = data.draw(st.sampled_from(CASES), label="model")
+    target = targets(arch, layers)
+    prompts, max_new = req["prompts"], req["max_new"]
+    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
+    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))
+    ids, mask = left_pad(prompts, 0)
+    extra = dict(max_batch_size=req["pool"]) if req["strategy"] == "exspec" else {}
+    out = target.generate(ids, attention_mask=mask, use_mtp=True, batch_spec=req["strategy"], max_new_tokens=max_new,
+                          do_sample=False, eos_token_id=list(eos) or None, pad_token_id=0, speculation="always",
+                          **extra)
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, eos or None)
+        assert out[row, ids.shape[1]: ids.shape[1] + len(expected)].tolist() == expected
