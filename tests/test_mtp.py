@@ -148,6 +148,9 @@ def build_plain():
     return model
 
 
+COSTLY = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=0.8, draft_token=0.0)
+
+
 @st.composite
 def mtp_requests(draw):
     """Prompts drawn as token lists (so a failure shrinks to a small prompt), a budget, a strategy and pool."""
@@ -159,8 +162,9 @@ def mtp_requests(draw):
 @settings(max_examples=6)
 @given(req=mtp_requests(), data=st.data())
 def test_mtp_property_equals_plain_greedy(targets, req, data):
-    """Any prompts, budget, pool and EOS (drawn from the free run, so that rows stop inside accepted blocks): each
-    row equals plain greedy of its prompt alone, trimmed at EOS."""
+    """Any prompts, budget, pool, EOS (drawn from the free run, so that rows stop inside accepted blocks) and
+    speculation policy (a costly draft starts off and comes back after a probe: rows whose MTP layers skipped
+    positions): each row equals plain greedy of its prompt alone, trimmed at EOS."""
     arch, layers = data.draw(st.sampled_from(CASES), label="model")
     target = targets(arch, layers)
     prompts, max_new = req["prompts"], req["max_new"]
@@ -168,8 +172,9 @@ def test_mtp_property_equals_plain_greedy(targets, req, data):
     eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))
     ids, mask = left_pad(prompts, 0)
     extra = dict(max_batch_size=req["pool"]) if req["strategy"] == "exspec" else {}
+    speculation = data.draw(st.sampled_from(["always", "auto", COSTLY]), label="speculation")
     out = target.generate(ids, attention_mask=mask, use_mtp=True, batch_spec=req["strategy"], max_new_tokens=max_new,
-                          do_sample=False, eos_token_id=list(eos) or None, pad_token_id=0, speculation="always",
+                          do_sample=False, eos_token_id=list(eos) or None, pad_token_id=0, speculation=speculation,
                           **extra)
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, max_new, eos or None)
