@@ -33,7 +33,7 @@ class OurMethod(NamedTuple):
     name: str  # the --ours name
     row: str  # the method's name in the table and the JSON
     strategy: str  # batch_spec
-    source: str  # the draft source: "draft" (--draft), "lookup", "early-exit", "other" (--other-draft)
+    source: str  # the draft source: "draft" (--draft), "lookup", "early-exit", "other" (--other-draft), "mtp"
     speculation: str | None  # "always" (constant k), "auto", or None: not passed (the library's default)
     constant_k: bool  # num_assistant_tokens=--k passed (prompt lookup passes --lookup-tokens either way: HF needs it)
     compiled: bool  # --compile adds `<row>-compiled`, the same call with compile_config
@@ -52,6 +52,8 @@ OUR_TABLE = (
               "the target's first --early-exit layers draft"),
     OurMethod("exspec-other-tokenizer", "exspec-other-tokenizer", "exspec", "other", "always", True, False,
               "--other-draft, a draft with a tokenizer of its own"),
+    OurMethod("exspec-mtp", "exspec-mtp", "exspec", "mtp", "always", False, False,
+              "use_mtp=True: --target's own MTP layers draft, one token each (needs a checkpoint that has them)"),
     OurMethod("exspec-default", "exspec-default", "exspec", "draft", None, False, True,
               "the draft model with the library's defaults: no num_assistant_tokens, no speculation"),
     OurMethod("exspec-lookup-default", "exspec-lookup-default", "exspec", "lookup", None, False, False,
@@ -63,7 +65,8 @@ OUR_TABLE = (
 )
 OURS = {method.name: method for method in OUR_TABLE}  # by --ours name
 OUR_GROUPS = {"defaults": tuple(method.name for method in OUR_TABLE if method.speculation is None)}  # --ours aliases
-BASELINES = ("assisted", "lookup", "early-exit", "uad", "cb")  # the HF baselines --methods can add besides greedy
+# the HF baselines --methods can add besides greedy
+BASELINES = ("assisted", "lookup", "early-exit", "uad", "cb", "mtp")
 BUNDLED_OTHER_DRAFT = BUNDLED_PAIR / "draft_other_tokenizer"  # a draft with a tokenizer of its own
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -394,6 +397,8 @@ def plan_runs(args, bench: Bench, tokenizer, cost="auto", compiled_cost="auto", 
         plan.append(("hf-prompt-lookup-b1", 1, bench.hf_batch_one(prompt_lookup_num_tokens=args.lookup_tokens), False))
     if "early-exit" in args.methods:
         plan.append(("hf-early-exit-b1", 1, bench.hf_batch_one(assistant_early_exit=args.early_exit), False))
+    if "mtp" in args.methods:
+        plan.append(("hf-mtp-b1", 1, bench.hf_batch_one(use_mtp=True), False))
 
     def source(method: OurMethod) -> dict:
         """The draft source's generate kwargs: num_assistant_tokens=--k only on a constant-k row."""
@@ -401,6 +406,7 @@ def plan_runs(args, bench: Bench, tokenizer, cost="auto", compiled_cost="auto", 
         return {"draft": lambda: dict(assistant_model=bench.draft, **k),
                 "lookup": lambda: dict(prompt_lookup_num_tokens=args.lookup_tokens),  # HF needs it, defaults or not
                 "early-exit": lambda: dict(assistant_early_exit=args.early_exit, **k),
+                "mtp": lambda: dict(use_mtp=True),  # k is the number of MTP layers
                 "other": lambda: dict(**other, **k)}[method.source]()
 
     runnable = [m for m in ours if m.source != "other" or other is not None]
@@ -736,14 +742,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
     parser.add_argument("--k", type=positive_int, default=3, metavar="K",
                         help="num_assistant_tokens (k) for ours and for HF assisted: " + K_HELP)
-    parser.add_argument("--methods", type=name_list(BASELINES, "--methods"), default=",".join(BASELINES),
+    parser.add_argument("--methods", type=name_list(BASELINES, "--methods"),
+                        default=",".join(name for name in BASELINES if name != "mtp"),
                         metavar="NAME,...",
                         help="HF baselines to run besides greedy, comma-separated, '' for none: assisted (assisted "
                              "generation at batch 1, with HF's defaults and with k=--k), lookup (prompt lookup "
                              "decoding at batch 1), early-exit (early-exit self-speculation at batch 1), uad "
                              "(universal assisted decoding: a draft with another tokenizer, at batch 1), cb "
-                             "(continuous batching at each batch size)")
-    parser.add_argument("--ours", type=name_list(tuple(OURS), "--ours", OUR_GROUPS), default=",".join(OURS),
+                             "(continuous batching at each batch size), mtp (use_mtp=True at batch 1: a --target "
+                             "whose checkpoint has MTP layers; not in the default)")
+    # by default every row the bundled pair can run (exspec-mtp needs a --target whose checkpoint has MTP layers)
+    parser.add_argument("--ours", type=name_list(tuple(OURS), "--ours", OUR_GROUPS),
+                        default=",".join(name for name, method in OURS.items() if method.source != "mtp"),
                         metavar="NAME,...",
                         help="our methods to run, comma-separated: " + "; ".join(
                             f"{m.name} ({m.help})" for m in OUR_TABLE) + ". The -default rows make the call a user "

@@ -239,3 +239,32 @@ def test_random_draft_has_the_drafts_config_seeded_fresh_weights_and_rarely_agre
     # the trained pair gains ~2.8 tokens a round at k=3 here; a random draft's guesses are almost never the target's
     assert exspec.tokens_per_round < 1.5, exspec
     assert setup["draft_init"] == "random"
+
+
+def test_mtp_rows_ask_for_the_targets_mtp_layers_and_are_not_in_the_default_run():
+    """`--methods mtp` (transformers' use_mtp at batch 1) and `--ours exspec-mtp` call generate with use_mtp=True and
+    no num_assistant_tokens (k is the number of MTP layers); the default run has neither (the bundled target has no
+    MTP layers). Checked on the arguments each planned call passes to the target's `generate`."""
+    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
+
+    defaults = parse_args([])
+    assert "mtp" not in defaults.methods and "exspec-mtp" not in defaults.ours
+    args = parse_args(["--batch-sizes", "2", "--methods", "mtp", "--ours", "exspec-mtp"])
+    target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
+    bench = Bench(target, draft, [[5, 6, 7], [8, 9]], 4, args.k, "cpu")
+    calls = {}
+
+    def recording_generate(*positional, **kwargs):
+        calls[current] = kwargs
+        raise Recorded
+
+    target.generate = recording_generate
+    for current, _, fn, _ in plan_runs(args, bench, tokenizer):
+        try:
+            fn(bench.prompts, warmup=True)
+        except Recorded:
+            pass
+    assert calls["hf-mtp-b1"]["use_mtp"] is True and "batch_spec" not in calls["hf-mtp-b1"]
+    ours = calls["exspec-mtp"]
+    assert ours["use_mtp"] is True and ours["batch_spec"] == "exspec" and ours["speculation"] == "always"
+    assert "num_assistant_tokens" not in ours and "assistant_model" not in ours
