@@ -18,8 +18,9 @@ HEAD_TOKENS = (3, 7, 11, 20)  # the only ids the narrowed head scores: random we
 def config(arch: str, mtp_layers: int, vocab: int = VOCAB):
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
                   num_hidden_layers=2, num_attention_heads=4, n_routed_experts=4, n_shared_experts=1,
-                  num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1, max_position_embeddings=256, num_mtp_layers=mtp_layers,
-                  bos_token_id=0, eos_token_id=1, pad_token_id=0)
+                  num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+                  max_position_embeddings=256, num_mtp_layers=mtp_layers, bos_token_id=0, eos_token_id=1,
+                  pad_token_id=0)
     if arch == "deepseek_v3":
         return transformers.DeepseekV3Config(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32,
                                              qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, **common)

@@ -65,3 +65,21 @@ def enumerated_joint(model, prompt: list[int], new_tokens: int, vocab: int) -> d
         for last in range(vocab):
             joint[prefix + (last,)] = steps * probs[row, new_tokens - 1, last].item()
     return joint
+
+
+def check_sampling_law(model, prompt: list[int], rows: int, new_tokens: int, vocab: int, seed: int, **source) -> None:
+    """`rows` sampled continuations of `prompt` (temperature 1, no warpers), drafted by `source` (generate kwargs),
+    drafts both accepted and rejected, and their joint law the target's own (chi-square against
+    `enumerated_joint`)."""
+    from tests.test_sampling import chi_square_rejects
+
+    ids = torch.tensor([prompt] * rows)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), batch_spec="eqspec", max_new_tokens=new_tokens,
+                         do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                         generator=torch.Generator().manual_seed(seed), eos_token_id=None, pad_token_id=0,
+                         speculation="always", return_dict_in_generate=True, **source)
+    stats = out.spec_stats
+    assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
+    rejects, report = chi_square_rejects(out.sequences[:, len(prompt):], enumerated_joint(model, prompt, new_tokens,
+                                                                                          vocab))
+    assert not rejects, report

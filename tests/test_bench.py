@@ -169,29 +169,36 @@ class Recorded(Exception):
     """Raised by the recording generate below: the call's arguments are what is checked, not its output."""
 
 
+def planned_calls(argv: list[str]) -> tuple[list, dict, object]:
+    """The bench's plan for `argv` on the bundled pair, and the generate kwargs each planned call passes (the target's
+    `generate` records them and stops: nothing decodes, nor compiles)."""
+    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
+
+    args = parse_args(argv)
+    target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
+    bench = Bench(target, draft, [[5, 6, 7], [8, 9]], 4, args.k, "cpu")
+    calls, current = {}, [None]
+
+    def recording_generate(*positional, **kwargs):
+        calls[current[0]] = kwargs
+        raise Recorded
+
+    target.generate = recording_generate
+    plan = plan_runs(args, bench, tokenizer)
+    for current[0], _, fn, _ in plan:
+        try:
+            fn(bench.prompts, warmup=True)
+        except Recorded:
+            pass
+    return plan, calls, args
+
+
 def test_constant_k_rows_pass_speculation_and_k_and_default_rows_pass_neither(capsys):
     """The -default rows must be the call a user makes (no num_assistant_tokens, no speculation), so they follow
     the library's defaults when those change; every other row passes speculation (and k) explicitly, so it stays a
     constant-k (or auto) row then. Compiled rows likewise. Checked on the arguments each planned call passes to
     the target's real `generate` (stopped there: nothing needs to decode, nor compile)."""
-    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
-
-    args = parse_args(["--batch-sizes", "2", "--methods", "", "--compile", "--k", "4"])
-    target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
-    bench = Bench(target, draft, [[5, 6, 7], [8, 9]], 4, args.k, "cpu")
-    calls = {}
-
-    def recording_generate(*positional, **kwargs):
-        calls[current] = kwargs
-        raise Recorded
-
-    target.generate = recording_generate
-    plan = plan_runs(args, bench, tokenizer)
-    for current, _, fn, _ in plan:
-        try:
-            fn(bench.prompts, warmup=True)
-        except Recorded:
-            pass
+    plan, calls, args = planned_calls(["--batch-sizes", "2", "--methods", "", "--compile", "--k", "4"])
     compiled = ["exspec-compiled", "exspec-auto-compiled", "exspec-default-compiled"]
     assert [name for name, *_ in plan if "exspec" in name][-3:] == compiled
     unset = object()
@@ -245,25 +252,11 @@ def test_mtp_rows_ask_for_the_targets_mtp_layers_and_are_not_in_the_default_run(
     """`--methods mtp` (transformers' use_mtp at batch 1) and `--ours exspec-mtp` call generate with use_mtp=True and
     no num_assistant_tokens (k is the number of MTP layers); the default run has neither (the bundled target has no
     MTP layers). Checked on the arguments each planned call passes to the target's `generate`."""
-    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
+    from hf_batchspec.bench import parse_args
 
     defaults = parse_args([])
     assert "mtp" not in defaults.methods and "exspec-mtp" not in defaults.ours
-    args = parse_args(["--batch-sizes", "2", "--methods", "mtp", "--ours", "exspec-mtp"])
-    target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
-    bench = Bench(target, draft, [[5, 6, 7], [8, 9]], 4, args.k, "cpu")
-    calls = {}
-
-    def recording_generate(*positional, **kwargs):
-        calls[current] = kwargs
-        raise Recorded
-
-    target.generate = recording_generate
-    for current, _, fn, _ in plan_runs(args, bench, tokenizer):
-        try:
-            fn(bench.prompts, warmup=True)
-        except Recorded:
-            pass
+    _, calls, _ = planned_calls(["--batch-sizes", "2", "--methods", "mtp", "--ours", "exspec-mtp"])
     assert calls["hf-mtp-b1"]["use_mtp"] is True and "batch_spec" not in calls["hf-mtp-b1"]
     ours = calls["exspec-mtp"]
     assert ours["use_mtp"] is True and ours["batch_spec"] == "exspec" and ours["speculation"] == "always"

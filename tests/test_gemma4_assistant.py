@@ -20,8 +20,7 @@ from hf_batchspec import decoding
 from hf_batchspec.drafters import Gemma4AssistantDrafter
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
-from tests.reference import enumerated_joint, left_pad, plain_greedy
-from tests.test_sampling import chi_square_rejects
+from tests.reference import check_sampling_law, left_pad, plain_greedy
 
 V = 6  # a small vocabulary: a random assistant agrees with the target now and then
 PROMPTS = [[3, 4, 5, 3, 4, 5, 3], [5, 4], [3, 3, 4, 4, 5, 5], [4, 5, 3, 2, 3], [5]]
@@ -141,16 +140,7 @@ def test_assistant_sampling_keeps_the_target_distribution():
     """Deterministic drafts (argmax) verified by speculative sampling with a one-hot q: the joint law of the first
     tokens is the target's (chi-square against the enumerated exact joint)."""
     target, assistant = pair(0, seed=5, head_scale=3.0)
-    ids = torch.tensor([SAMPLE_PROMPT] * ROWS)
-    out = target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=assistant, batch_spec="eqspec",
-                          num_assistant_tokens=2, max_new_tokens=NEW, do_sample=True, temperature=1.0, top_k=0,
-                          top_p=1.0, generator=torch.Generator().manual_seed(3), eos_token_id=None, pad_token_id=0,
-                          speculation="always", return_dict_in_generate=True)
-    stats = out.spec_stats
-    assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
-    joint = enumerated_joint(target, SAMPLE_PROMPT, NEW, V)
-    rejects, report = chi_square_rejects(out.sequences[:, len(SAMPLE_PROMPT):], joint)
-    assert not rejects, report
+    check_sampling_law(target, SAMPLE_PROMPT, ROWS, NEW, V, 3, assistant_model=assistant, num_assistant_tokens=2)
 
 
 def test_assistant_refusals():

@@ -21,8 +21,7 @@ from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.processors import ScoreProcessing
 from hf_batchspec.stats import BatchSpecStats
 from tests.mtp_models import build
-from tests.reference import enumerated_joint, left_pad, plain_greedy
-from tests.test_sampling import chi_square_rejects
+from tests.reference import check_sampling_law, left_pad, plain_greedy
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [30, 31, 32], [40]]
 CASES = [("deepseek_v3", 1), ("deepseek_v3", 2), ("glm4_moe", 1), ("glm4_moe", 3)]
@@ -114,16 +113,7 @@ def test_mtp_sampling_keeps_the_target_distribution(tmp_path):
     """Sampled MTP drafts (from the MTP layers' processed distribution) verified by speculative sampling: the joint
     law of the first tokens is the target's (chi-square against the enumerated exact joint)."""
     target = hf_batchspec.enable(build("glm4_moe", 2, tmp_path, seed=3, vocab=V, head_scale=3.0))
-    ids = torch.tensor([SAMPLE_PROMPT] * ROWS)
-    out = target.generate(ids, attention_mask=torch.ones_like(ids), use_mtp=True, batch_spec="eqspec",
-                          max_new_tokens=NEW, do_sample=True, temperature=1.0, top_k=0,
-                          generator=torch.Generator().manual_seed(7), pad_token_id=0, eos_token_id=None,
-                          speculation="always", return_dict_in_generate=True)
-    stats = out.spec_stats
-    assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
-    joint = enumerated_joint(target, SAMPLE_PROMPT, NEW, V)
-    rejects, report = chi_square_rejects(out.sequences[:, len(SAMPLE_PROMPT):], joint)
-    assert not rejects, report
+    check_sampling_law(target, SAMPLE_PROMPT, ROWS, NEW, V, 7, use_mtp=True)
 
 
 def test_mtp_refusals(targets):
