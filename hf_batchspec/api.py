@@ -160,9 +160,23 @@ class BatchSpeculativeGenerationMixin:
             static_shapes=static and (static_row_limit or 1 << 62),
             compile_config=compile_config,
         )
-        return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
-                                        logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                                        custom_generate=decode, **kwargs)
+        handed_over = []  # set once transformers has prepared the call and hands it to the decode loop
+
+        @functools.wraps(decode)
+        def after_preparation(*args, **decode_kwargs):
+            handed_over.append(True)
+            return decode(*args, **decode_kwargs)
+
+        try:
+            return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
+                                            logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                                            custom_generate=after_preparation, **kwargs)
+        except (ValueError, TypeError) as error:
+            # transformers' own checks of the call (a processor's value, a setting's type) run while it prepares
+            # the call, before any forward: they are refusals too, in the library's error type, with its message
+            if handed_over or isinstance(error, validation.BatchSpecError):
+                raise
+            raise validation.BatchSpecError(f"transformers refused this call before any work: {error}") from error
 
 
 def _batch_spec_decode(
@@ -205,6 +219,8 @@ def _batch_spec_decode(
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
     validation.warn_past_positions(model, lengths, max_new)
+    validation.check_cache_memory(model, source.model, min(max_batch_size, input_ids.shape[0]), input_ids.shape[1],
+                                  max_new)
     eos_ids = _stop_ids(generation_config)
     settings = DecodeSettings(
         max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -128,7 +129,9 @@ def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None
             )
         return None
     if batch_spec is None:
-        return "exspec" if own_streamer or (rows is not None and rows > 1) else None
+        # transformers' own path serves a call of one row; inputs that are no batch of rows at all (no ids, 1-D or
+        # empty ids) come here too, so that our input checks name the cause instead of a failure deep inside
+        return None if rows == 1 and not own_streamer else "exspec"
     return batch_spec
 
 
@@ -424,6 +427,48 @@ def warn_past_positions(model, lengths: torch.Tensor, max_new: int) -> None:  # 
             f"prompt has {longest} tokens, and {max_new} new tokens take it to {longest + max_new}. Depending on the "
             "model, you may observe exceptions, performance degradation, or nothing at all (as transformers warns)."
         )
+
+
+def _kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token takes in a model's cache, from its config (kv heads x head dim per layer);
+    0 where the config does not say."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    layers = getattr(config, "num_hidden_layers", None)
+    if not (head_dim and kv_heads and layers):
+        return 0
+    size = next(model.parameters()).element_size() if next(model.parameters(), None) is not None else 4
+    return 2 * int(layers) * int(kv_heads) * int(head_dim) * max(size, 2)
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Total memory of the device the caches would live on (None where unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_cache_memory(target, draft, rows: int, width: int, max_new: int) -> None:
+    """The per-row caches are preallocated for each row's prompt and whole budget (transformers' cache grows and stops
+    with the rows): a budget whose caches could not fit the device's memory even once is refused, with the numbers,
+    before anything is allocated."""
+    per_token = _kv_bytes_per_token(target) + (_kv_bytes_per_token(draft) if draft is not None else 0) + 8
+    needed = per_token * rows * (width + max_new)
+    memory = _device_memory(input_device(target))
+    if memory is not None and needed > memory:
+        raise BatchSpecError(
+            f"max_new_tokens={max_new}: this call's caches are preallocated for every row's whole budget "
+            f"({rows} rows x {width + max_new} positions, about {needed / 2**30:.3g} GiB), more than the device's "
+            f"{memory / 2**30:.3g} GiB. Pass the max_new_tokens the call needs (rows stop at EOS), or fewer rows "
+            "at once (max_batch_size with batch_spec='exspec').")
 
 
 def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:  # [B, W] bool

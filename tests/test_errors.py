@@ -379,3 +379,29 @@ def test_mixin_on_an_encoder_decoder_class_is_refused_at_construction():
         hf_batchspec.enable(transformers.T5ForConditionalGeneration(config))
     assert str(built.value) == str(enabled.value).replace("T5ForConditionalGeneration", "MyT5")
     assert "encoder-decoder" in str(built.value)
+
+
+def test_a_budget_whose_caches_cannot_fit_is_refused_with_the_numbers(pair, batch, no_forward):
+    ids, mask = batch
+    message = refused(pair, no_forward, "preallocated", ids, attention_mask=mask, assistant_model=pair[1],
+                      batch_spec="exspec", max_new_tokens=10**12, pad_token_id=0)
+    assert "GiB" in message and "max_new_tokens" in message
+
+
+def test_transformers_own_refusals_while_preparing_come_as_ours(pair, batch, no_forward):
+    """A processor's value that transformers checks while it prepares the call (before any forward) is refused in
+    the library's error type, with transformers' message."""
+    ids, mask = batch
+    message = refused(pair, no_forward, "transformers refused this call before any work", ids, attention_mask=mask,
+                      assistant_model=pair[1], batch_spec="exspec", max_new_tokens=4, do_sample=True,
+                      temperature=-1.0, pad_token_id=0)
+    assert "temperature" in message
+
+
+@pytest.mark.parametrize("ids, message", [(torch.tensor([5, 6, 7]), r"\[batch, length\]"),
+                                          (torch.zeros((0, 3), dtype=torch.long), "empty")],
+                         ids=["1d", "no_rows"])
+def test_ids_that_are_no_batch_get_our_message_without_batch_spec(pair, no_forward, ids, message):
+    """Without batch_spec, a call of one row is transformers' own; ids that are no batch of rows at all come to our
+    checks, which name the cause (transformers would fail deep inside)."""
+    refused(pair, no_forward, message, ids, assistant_model=pair[1], max_new_tokens=4)
