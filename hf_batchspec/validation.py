@@ -431,14 +431,17 @@ def warn_past_positions(model, lengths: torch.Tensor, max_new: int) -> None:  # 
 
 def _kv_bytes_per_token(model) -> int:
     """Bytes of keys and values one token takes in a model's cache, from its config (kv heads x head dim per layer);
-    0 where the config does not say."""
+    0 where the config does not say plainly (a config whose head sizes vary by layer refuses global reads)."""
     config = model.config.get_text_config()
-    heads = getattr(config, "num_attention_heads", None)
-    hidden = getattr(config, "hidden_size", None)
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    layers = getattr(config, "num_hidden_layers", None)
-    if not (head_dim and kv_heads and layers):
+    try:
+        heads = getattr(config, "num_attention_heads", None)
+        hidden = getattr(config, "hidden_size", None)
+        head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        layers = getattr(config, "num_hidden_layers", None)
+    except Exception:  # noqa: BLE001 - transformers' per-layer configs raise their own error type on global reads
+        return 0
+    if not all(isinstance(v, int) and v > 0 for v in (head_dim, kv_heads, layers)):
         return 0
     size = next(model.parameters()).element_size() if next(model.parameters(), None) is not None else 4
     return 2 * int(layers) * int(kv_heads) * int(head_dim) * max(size, 2)

@@ -65,7 +65,8 @@ class Gemma4AssistantDrafter(Drafter):
         batch = torch.arange(states.shape[0], device=states.device)
         self.hidden[: states.shape[0]] = states[batch, outputs.accepted.to(states.device)].to(self.device, self.dtype)
 
-    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int,
+                budget: torch.Tensor) -> Proposal:  # tokens [N+1, T], budget [B] -> drafts [B, k]
         B, device = len(rows), tokens.device
         if k == 0:
             return Proposal(torch.empty((B, 0), dtype=torch.long, device=device), None, budget)

@@ -92,7 +92,8 @@ class MTPDrafter(Drafter):
         self.ring[batch, slot] = torch.where(committed, hidden, self.ring[batch, slot])
 
     # -- drafting ----------------------------------------------------------------------------------------------
-    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int,
+                budget: torch.Tensor) -> Proposal:  # tokens [N+1, T], budget [B] -> drafts [B, k]
         """Drafts 1..k (k <= K) from layers 0..k-1, each over its window of K + 1 positions."""
         B, device = len(rows), tokens.device
         if k == 0:

@@ -31,7 +31,8 @@ class ScriptedDrafter(Drafter):
         self.calls: list[tuple[str, tuple]] = []
         self.verified: list[VerifyOutputs] = []
 
-    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
+    def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int,
+                budget: torch.Tensor) -> Proposal:  # tokens [N+1, T], budget [B] -> drafts [B, k]
         self.calls.append(("propose", (rows.ids_h.copy(), rows.lengths_h.copy(), k)))
         generated = rows.lengths_h - self.prompt_lengths[rows.ids_h]  # [B] committed new tokens, the pending one too
         columns = np.minimum(generated[:, None] + np.arange(k), self.script.shape[1] - 1)  # [B, k]
