@@ -429,22 +429,21 @@ def warn_past_positions(model, lengths: torch.Tensor, max_new: int) -> None:  # 
         )
 
 
-def _kv_bytes_per_token(model) -> int:
-    """Bytes of keys and values one token takes in a model's cache, from its config (kv heads x head dim per layer);
-    0 where the config does not say plainly (a config whose head sizes vary by layer refuses global reads)."""
+def _key_bytes_per_token(model) -> int:
+    """Bytes of one layer's keys (or values) per token in a model's cache, from its config (kv heads x head dim); 0
+    where the config does not say plainly (a config whose head sizes vary by layer refuses global reads)."""
     config = model.config.get_text_config()
     try:
         heads = getattr(config, "num_attention_heads", None)
         hidden = getattr(config, "hidden_size", None)
         head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        layers = getattr(config, "num_hidden_layers", None)
     except Exception:  # noqa: BLE001 - transformers' per-layer configs raise their own error type on global reads
         return 0
-    if not all(isinstance(v, int) and v > 0 for v in (head_dim, kv_heads, layers)):
+    if not all(isinstance(v, int) and v > 0 for v in (head_dim, kv_heads)):
         return 0
-    size = next(model.parameters()).element_size() if next(model.parameters(), None) is not None else 4
-    return 2 * int(layers) * int(kv_heads) * int(head_dim) * max(size, 2)
+    parameter = next(model.parameters(), None)
+    return int(kv_heads) * int(head_dim) * (parameter.element_size() if parameter is not None else 4)
 
 
 def _device_memory(device: torch.device) -> int | None:
@@ -460,18 +459,18 @@ def _device_memory(device: torch.device) -> int | None:
 
 
 def check_cache_memory(target, draft, rows: int, width: int, max_new: int) -> None:
-    """The per-row caches are preallocated for each row's prompt and whole budget (transformers' cache grows and stops
-    with the rows): a budget whose caches could not fit the device's memory even once is refused, with the numbers,
-    before anything is allocated."""
-    per_token = _kv_bytes_per_token(target) + (_kv_bytes_per_token(draft) if draft is not None else 0) + 8
-    needed = per_token * rows * (width + max_new)
+    """The caches and the token buffer are preallocated for each row's prompt and whole budget (transformers' cache
+    grows and stops with the rows): a budget for which one of those tensors alone is larger than the device's memory
+    could never be allocated, and is refused with the numbers before anything is."""
+    positions = rows * (width + max_new)
+    largest = positions * max([8] + [_key_bytes_per_token(m) for m in (target, draft) if m is not None])
     memory = _device_memory(input_device(target))
-    if memory is not None and needed > memory:
+    if memory is not None and largest > memory:
         raise BatchSpecError(
             f"max_new_tokens={max_new}: this call's caches are preallocated for every row's whole budget "
-            f"({rows} rows x {width + max_new} positions, about {needed / 2**30:.3g} GiB), more than the device's "
-            f"{memory / 2**30:.3g} GiB. Pass the max_new_tokens the call needs (rows stop at EOS), or fewer rows "
-            "at once (max_batch_size with batch_spec='exspec').")
+            f"({rows} rows x {width + max_new} positions): one of their tensors alone would take about "
+            f"{largest / 2**30:.3g} GiB, more than the device's {memory / 2**30:.3g} GiB. Pass the max_new_tokens the "
+            "call needs (rows stop at EOS), or fewer rows at once (max_batch_size with batch_spec='exspec').")
 
 
 def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:  # [B, W] bool
