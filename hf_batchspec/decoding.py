@@ -21,7 +21,7 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .drafters import DraftOptions, DraftSource, VerifyOutputs, greedy_steps
+from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs, greedy_steps
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
@@ -250,7 +250,9 @@ class _Decoder:
             self._write(outputs[1])
             self.stats.fused_rounds += 1
             return (*outputs, budget, max(k, 1))
-        proposal = self.drafter.propose(rows, self.tokens, k, budget)
+        # a plain step (k = 0) asks the drafter for nothing: every source's answer would be no drafts
+        proposal = (self.drafter.propose(rows, self.tokens, k, budget) if k else
+                    Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget))
         drafts, draft_probs, budget = proposal.drafts, proposal.probs, proposal.budget  # [B, k], [B, k, V], [B]
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from typing import TYPE_CHECKING
 
@@ -99,7 +98,8 @@ def draft_sources(assistant_model, kwargs: dict, generation_config, model_config
     """The draft sources the call asks for, as transformers resolves its settings (the kwarg, else the call's
     config, else the model's)."""
     given = ["assistant_model"] if assistant_model is not None else []
-    return given + [name for name in DRAFT_SOURCES[1:] if asks_for(name, kwargs, generation_config, model_config)]
+    return given + [name for name in DRAFT_SOURCES
+                    if name != "assistant_model" and asks_for(name, kwargs, generation_config, model_config)]
 
 
 def asks_for(name: str, kwargs: dict, generation_config, model_config) -> bool:
@@ -137,8 +137,6 @@ def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None
 
 # Options of ours that only batch speculative decoding reads.
 OWN_OPTIONS = ("max_batch_size", "sort_by_length", "speculation", "generator")
-# transformers' draft sources that hf-batchspec does not batch; its assisted generation serves them at batch 1.
-HF_DRAFT_SOURCES: tuple[str, ...] = ()  # (none today: use_mtp is batched, `drafters.registry`)
 
 
 def check_routing(strategy: str | None, sources: list[str], rows: int | None, options: dict, kwargs: dict,
@@ -168,15 +166,6 @@ def check_routing(strategy: str | None, sources: list[str], rows: int | None, op
                 raise BatchSpecError(
                     f"`{name}` applies to batch_spec='exspec' only (a pool of slots refilled from a queue); "
                     f"batch_spec={strategy!r} decodes every prompt at once: drop `{name}` or use batch_spec='exspec'."
-                )
-    if strategy is None and not sources and rows is not None and rows > 1:
-        for name in HF_DRAFT_SOURCES:
-            if asks_for(name, kwargs, generation_config, model_config):
-                raise BatchSpecError(
-                    f"`{name}` drafts at batch 1 only (transformers' assisted generation), and hf-batchspec does "
-                    f"not batch this draft source yet; this call has {rows} rows (prompts x "
-                    f"num_return_sequences): call generate once per row, or draft with a source that batches: "
-                    f"{_SOURCE_HINT}."
                 )
     if strategy is not None and len(sources) > 1:
         raise BatchSpecError(f"{sources[0]} and {sources[1]} are two draft sources; a call drafts from one: drop one "

@@ -83,8 +83,9 @@ class Drafter:
     verify_outputs: frozenset = frozenset()
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
-        """Up to k drafts per row (`budget` [B] caps each row; `tokens` [N+1, T] is the loop's token buffer, row
-        `rows.ids[b]` holding slot b's committed tokens, the last one pending). With k = 0: `[B, 0]` drafts."""
+        """Up to k >= 1 drafts per row (`budget` [B] caps each row; `tokens` [N+1, T] is the loop's token buffer, row
+        `rows.ids[b]` holding slot b's committed tokens, the last one pending). A round without drafts (k = 0) does
+        not call it."""
         raise NotImplementedError
 
     def set_on_rows(self, on_rows) -> None:

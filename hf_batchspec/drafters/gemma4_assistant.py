@@ -68,8 +68,6 @@ class Gemma4AssistantDrafter(Drafter):
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int,
                 budget: torch.Tensor) -> Proposal:  # tokens [N+1, T], budget [B] -> drafts [B, k]
         B, device = len(rows), tokens.device
-        if k == 0:
-            return Proposal(torch.empty((B, 0), dtype=torch.long, device=device), None, budget)
         pending_h = rows.lengths_h - 1  # [B] position L of each row's pending token; slots < L hold its keys
         kv_len = int(pending_h.max(initial=0))
         position = to_device(pending_h, self.device).unsqueeze(1)  # [B, 1]

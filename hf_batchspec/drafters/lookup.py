@@ -19,8 +19,6 @@ class LookupDrafter(Drafter):
         self.max_ngram, self.static = max_ngram, static
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
-        if k == 0:  # a plain step (speculation off): no search, and no host sync for the verify's width
-            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=tokens.device), None, budget)
         drafts, counts = ngram_drafts(tokens, rows.ids, rows.lengths, k, self.max_ngram, budget)  # [B, k], [B]
         if not self.static:
             # The verify is only as wide as the longest match, not k: a second host sync in the round, which on

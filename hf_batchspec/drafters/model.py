@@ -94,8 +94,6 @@ class ModelDrafter(Drafter):
         """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k
         columns when every row stopped early). `tokens` [N+1, T] is the loop's token buffer."""
         device = tokens.device
-        if k == 0:
-            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=device), None, budget)
         threshold = self.options.confidence_threshold
         top = self.cache.top_slot(rows.lengths_h)
         step_input, positions, kv_len, keep, pick = self._first_step(rows, tokens)

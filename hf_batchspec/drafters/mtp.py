@@ -96,8 +96,6 @@ class MTPDrafter(Drafter):
                 budget: torch.Tensor) -> Proposal:  # tokens [N+1, T], budget [B] -> drafts [B, k]
         """Drafts 1..k (k <= K) from layers 0..k-1, each over its window of K + 1 positions."""
         B, device = len(rows), tokens.device
-        if k == 0:
-            return Proposal(torch.empty((B, 0), dtype=torch.long, device=device), None, budget)
         k = min(k, self.K)
         W = self.K + 1
         pending_h = rows.lengths_h - 1  # [B] position L of each row's pending token

@@ -126,8 +126,6 @@ class OtherTokenizerDrafter(Drafter):
         return None  # no greedy draft steps to compile into the decoder's round
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
-        if k == 0:
-            return Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=tokens.device), None, budget)
         committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
         padded, new_len = retokenize.pad(retokenize.draft_view(self.target_tokenizer, self.draft_tokenizer,
                                                                committed, rows.lengths_h))

@@ -150,6 +150,13 @@ def _resolve_early_exit(target, draft, settings: Settings):
         raise BatchSpecError(str(error)) from None
 
 
+def _refuse_draft_model_settings(settings: Settings, why: str) -> None:
+    """A source whose draft length is fixed refuses the draft model's knobs, saying `why` it has no use for them."""
+    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
+        if settings.kwargs.get(name) is not None:
+            raise BatchSpecError(f"`{name}` configures a draft model; {why}: drop `{name}`.")
+
+
 DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2  # transformers' default for prompt lookup
 
 
@@ -162,10 +169,7 @@ def _resolve_lookup(target, draft, settings: Settings):
     for name, value in (("prompt_lookup_num_tokens", k), ("max_matching_ngram_size", ngram)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BatchSpecError(f"{name} must be a positive integer; got {value!r}.")
-    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
-        if settings.kwargs.get(name) is not None:
-            raise BatchSpecError(f"`{name}` configures a draft model; prompt lookup drafts prompt_lookup_num_tokens "
-                                 f"copied tokens per round: drop `{name}`.")
+    _refuse_draft_model_settings(settings, "prompt lookup drafts prompt_lookup_num_tokens copied tokens per round")
     return DraftSource("lookup", lookup_ngram=ngram), k
 
 
@@ -191,10 +195,7 @@ def _resolve_mtp(target, draft, settings: Settings):
         raise BatchSpecError(f"use_mtp=True: {type(target).__name__}'s config declares no multi-token-prediction "
                              "layers (num_mtp_layers): draft with assistant_model=... or prompt_lookup_num_tokens=... "
                              "instead.")
-    for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
-        if settings.kwargs.get(name) is not None:
-            raise BatchSpecError(f"`{name}` configures a draft model; use_mtp drafts one token per MTP layer "
-                                 f"({layers} per round): drop `{name}`.")
+    _refuse_draft_model_settings(settings, f"use_mtp drafts one token per MTP layer ({layers} per round)")
     if target not in _MTP_MODULES:
         device = next(target.get_decoder().layers[-1].parameters()).device  # transformers' choice: the last layer's
         try:
