@@ -14,10 +14,12 @@ import inspect
 import numpy as np
 import torch
 from transformers import GenerationMixin
+from transformers.generation.utils import GenerateEncoderDecoderOutput
 
-from . import validation
+from . import encoder_decoder, validation
 from .decoding import DecodeResult, DecodeSettings, speculative_decode
 from .drafters import DraftSource
+from .encoder_decoder import EncoderSide
 from .masks import right_pack
 from .peft_support import row_adapters
 from .processors import ScoreProcessing
@@ -81,8 +83,10 @@ class BatchSpeculativeGenerationMixin:
         speculation: str | CostModel | None = None,
         **kwargs,
     ):
-        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        batch_size = validation.batch_size_of(input_ids, kwargs.get("inputs_embeds"))
+        seq2seq = encoder_decoder.is_encoder_decoder(self)  # Whisper: the inputs are the encoder's features
+        features = (inputs if inputs is not None else kwargs.get("input_features")) if seq2seq else None
+        input_ids = None if seq2seq else inputs if inputs is not None else kwargs.get("input_ids")
+        batch_size = validation.batch_size_of(input_ids if not seq2seq else features, kwargs.get("inputs_embeds"))
         sources = validation.draft_sources(assistant_model, kwargs, generation_config, self.generation_config)
         copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
         rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode
@@ -94,15 +98,17 @@ class BatchSpeculativeGenerationMixin:
             kwargs, generation_config, self.generation_config,
         )
         if strategy is None:
+            # what the caller passed, as passed: Whisper's generate reads `"assistant_model" in kwargs`, and its
+            # synced_gpus defaults to False
+            given = dict(synced_gpus=synced_gpus, assistant_model=assistant_model, streamer=streamer)
             return super().generate(
-                inputs=inputs,
+                # by position: an encoder-decoder model's generate names it after its inputs (or they are in kwargs)
+                *([] if inputs is None else [inputs]),
                 generation_config=generation_config,
                 logits_processor=logits_processor,
                 stopping_criteria=stopping_criteria,
                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-                synced_gpus=synced_gpus,
-                assistant_model=assistant_model,
-                streamer=streamer,
+                **{name: value for name, value in given.items() if value is not None},
                 **kwargs,
             )
 
@@ -115,12 +121,18 @@ class BatchSpeculativeGenerationMixin:
         pad_token_id = kwargs.get("pad_token_id")
         if pad_token_id is None:
             pad_token_id = (generation_config or self.generation_config).pad_token_id
-        validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
-                                validation.vocab_size(self, *[m for m in (draft,) if m is not None and
-                                                              source.tokenizers is None]),
-                                kwargs.get("inputs_embeds"),
-                                validation.setting("eos_token_id", kwargs, generation_config, self.generation_config),
-                                kwargs.get("position_ids"))  # the caller's: transformers prepares its own later
+        if seq2seq:
+            encoder_decoder.check_source(source, self)
+            encoder_decoder.check_call(self, features, kwargs, generation_config, streamer=streamer,
+                                       logits_processor=logits_processor)
+        else:
+            validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
+                                    validation.vocab_size(self, *[m for m in (draft,) if m is not None and
+                                                                  source.tokenizers is None]),
+                                    kwargs.get("inputs_embeds"),
+                                    validation.setting("eos_token_id", kwargs, generation_config,
+                                                       self.generation_config),
+                                    kwargs.get("position_ids"))  # the caller's: transformers prepares its own later
         # static shapes: rows are padded to a power of two, never past what the caller allowed at once
         static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
         max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
@@ -133,6 +145,8 @@ class BatchSpeculativeGenerationMixin:
         validation.check_generator(generator)
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
                                                             draft, strategy)
+        if seq2seq:
+            encoder_decoder.check_static(static)
         cost_model = validation.resolve_speculation(
             speculation, self, source, compiled=compile_config is not None, static=static,
             rows=(batch_size or 1) * copies,
@@ -156,21 +170,28 @@ class BatchSpeculativeGenerationMixin:
             cost_model=cost_model,
             streamer=streamer,
             stop_strings=stop_strings,
-            raw_attention_mask=kwargs.get("attention_mask"),
+            raw_attention_mask=None if seq2seq else kwargs.get("attention_mask"),
             static_shapes=static and (static_row_limit or 1 << 62),
             compile_config=compile_config,
         )
         handed_over = []  # set once transformers has prepared the call and hands it to the decode loop
+        recording = encoder_decoder.recording_encoder_inputs(self) if seq2seq else contextlib.nullcontext()
 
         @functools.wraps(decode)
         def after_preparation(*args, **decode_kwargs):
             handed_over.append(True)
-            return decode(*args, **decode_kwargs)
+            return decode(*args, encoder_inputs=encoder_inputs, **decode_kwargs)
 
         try:
-            return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
+            with recording as encoder_inputs:
+                if seq2seq:  # the model's own generate (Whisper's builds the prompt and processors), draft left out
+                    return super().generate(*([] if inputs is None else [inputs]), generation_config=generation_config,
                                             logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                                             custom_generate=after_preparation, **kwargs)
+                return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
+                                                logits_processor=logits_processor,
+                                                stopping_criteria=stopping_criteria,
+                                                custom_generate=after_preparation, **kwargs)
         except (ValueError, TypeError) as error:
             # transformers' own checks of the call (a processor's value, a setting's type) run while it prepares
             # the call, before any forward: they are refusals too, in the library's error type, with its message
@@ -201,9 +222,18 @@ def _batch_spec_decode(
     raw_attention_mask: torch.Tensor | None,
     static_shapes: int,
     compile_config,
+    encoder_inputs: list | None = None,
     **model_kwargs,
 ):
-    """Called by transformers' generate() once it has prepared the call (see the module docstring)."""
+    """Called by transformers' generate() once it has prepared the call (see the module docstring). For an
+    encoder-decoder model (`encoder_inputs`: what its encoder was called with), `input_ids` are the decoder prompts
+    and `model_kwargs` hold the encoder's output, which the decode loop reads by row."""
+    encoder = None
+    if encoder_inputs is not None:
+        encoder_mask = model_kwargs.pop("attention_mask", None)  # the encoder's (Whisper's reads none)
+        encoder = EncoderSide(model, model_kwargs.pop("encoder_outputs")[0], encoder_inputs[-1] if encoder_inputs
+                              else None, mask=None if model.config.model_type == "whisper" else encoder_mask)
+        raw_attention_mask = model_kwargs.pop("decoder_attention_mask", None)  # left-padded decoder prompts
     validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
     validation.check_source(source, bool(generation_config.do_sample), bool(static_shapes), strategy)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
@@ -227,10 +257,11 @@ def _batch_spec_decode(
         do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
         confidence_threshold=confidence_threshold, cost_model=cost_model,
         realign_every_round=strategy == "eqspec-realign", static_shapes=static_shapes, compile_config=compile_config,
-        processing=ScoreProcessing(logits_processor),
+        processing=ScoreProcessing(logits_processor, max_new),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
         copies=generation_config.num_return_sequences or 1,
+        encoder=encoder,
     )
     stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
@@ -239,7 +270,7 @@ def _batch_spec_decode(
         raise validation.BatchSpecError("Per-row LoRA adapters (adapter_names=) are not supported with static "
                                         "shapes yet: drop compile_config / cache_implementation='static'.")
     on_tokens = token_sink(streamer, input_ids)
-    with adapters or contextlib.nullcontext():
+    with adapters or contextlib.nullcontext(), contextlib.closing(encoder) if encoder else contextlib.nullcontext():
         result = speculative_decode(model, source, prompts, lengths.cpu().numpy(), settings, stats,
                                     on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
     if streamer is not None:
@@ -249,6 +280,11 @@ def _batch_spec_decode(
         # as transformers does: the heuristic's state carries over to the next call through the draft's config
         assistant_model.generation_config.num_assistant_tokens = int(round(float(result.draft_lengths.mean())))
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
+    # also where a model's own generate post-processes the output (Whisper returns no BatchSpecGenerateOutput)
+    model.batch_spec_stats = stats
+    if generation_config.return_dict_in_generate and encoder is not None:
+        # the layout an encoder-decoder model's own generate post-processes (Whisper splits it by row)
+        return GenerateEncoderDecoderOutput(sequences=sequences, scores=result.scores, logits=result.logits)
     if generation_config.return_dict_in_generate:
         return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,
                                        spec_stats=stats)

@@ -11,6 +11,7 @@ machine other processes only ever add time); time inside model forwards comes fr
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import re
 import textwrap
@@ -792,6 +793,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plot", help="write a PNG (throughput vs batch size; time breakdown); needs matplotlib: "
                                        'pip install -e ".[bench]"')
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--whisper", action="store_true",
+                        help="bench Whisper instead (batched speculative transcription; `--whisper -h` for its "
+                             "options)")
     parser.add_argument("--from-json", help="print (and --plot) a saved run instead of running one; reads files "
                                             "with a setup and the older ones without")
     args = parser.parse_args(argv)
@@ -801,6 +805,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--whisper" in argv:  # speech: its own rows and table (`whisper_bench`)
+        from .whisper_bench import main as whisper_main
+
+        return whisper_main([arg for arg in argv if arg != "--whisper"])
     args = parse_args(argv)
     if args.from_json:
         setup, results = read_json(args.from_json)

@@ -62,10 +62,12 @@ class _ForwardPlan:
         self.slots: torch.Tensor | None = None  # [b, q] slot of each query token
         self.rows: torch.Tensor | None = None  # [b] cache rows the forward touches; None = all rows in order
         self.kv_len = 0
+        self.batch = 0  # rows of the current forward
         self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def set(self, slots: torch.Tensor | None, kv_len: int, rows: torch.Tensor | None) -> None:
         self.slots, self.rows, self.kv_len = slots, rows, kv_len
+        self.batch = 0 if slots is None else int(slots.shape[0])
         self._per_device = {} if slots is None else {slots.device: (slots, rows)}
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -187,6 +189,10 @@ class RaggedCache(Cache):
         # Slot of each row's position 0. None: slot = position (the ragged layout, the normal case). Set by
         # `left_align` only, to reproduce the paper's left-padded layout for comparison.
         self.offsets: np.ndarray | None = None
+        # An encoder-decoder model's cross-attention keys and values per row (`cross_cache.CrossStore`), which move
+        # with the rows (`copy_rows`, `select_rows`) and are never rolled back; None for a decoder-only model.
+        self.cross = None
+        self.static_addresses = static_addresses
 
     @property
     def batch_size(self) -> int:
@@ -217,6 +223,8 @@ class RaggedCache(Cache):
                 src, dst = index[device]
                 layer.keys[dst] = layer.keys[src]
                 layer.values[dst] = layer.values[src]
+        if self.cross is not None:
+            self.cross.copy_rows(sources, targets)
         self.set_lengths(self.lengths_of(sources), rows=targets)
 
     def lengths_of(self, rows: np.ndarray) -> np.ndarray:  # [n] valid slots of cache rows, staging rows included
@@ -250,6 +258,8 @@ class RaggedCache(Cache):
         idx = torch.as_tensor(indices, dtype=torch.long)
         for layer in self.layers:
             layer.select_rows(idx)
+        if self.cross is not None:
+            self.cross.select_rows(idx, self.static_addresses)
         kept = idx.cpu().numpy()
         self.lengths = self.lengths[kept]
         if self.offsets is not None:

@@ -69,6 +69,8 @@ class DecodeSettings:
     static_shapes: int = 0
     compile_config: object | None = None  # transformers' CompileConfig: compile the decode forwards (static shapes)
     copies: int = 1  # num_return_sequences: consecutive rows that are copies of one prompt
+    # an encoder-decoder target (Whisper): the encoder outputs by input (`encoder_decoder.EncoderSide`), else None
+    encoder: object | None = None
 
 
 @dataclass
@@ -123,7 +125,8 @@ class _Decoder:
         staging = max(1, slots // 4) if self.static else min(n_rows - self.capacity, max(1, self.capacity // 4))
         # (not with num_return_sequences: a staged copy of a prompt would be prefilled again for its other copies)
         staging = staging if source.stages and settings.copies == 1 else 0
-        self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static, staging)
+        self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static, staging,
+                                  encoder=settings.encoder)
         self.processing = settings.processing or ScoreProcessing([])
         # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
         # stopping criteria beyond stop ids, recorded scores or per-row adapters): the draft's k steps and
@@ -132,7 +135,7 @@ class _Decoder:
                  and not settings.criteria and not settings.output_scores and not settings.output_logits
                  and on_rows is None)
         options = DraftOptions(settings.do_sample, settings.generator, self.processing,
-                               settings.confidence_threshold, self.static, fused)
+                               settings.confidence_threshold, self.static, fused, settings.encoder)
         self.drafter = source.build(slots, cache_len, options, settings.compile_config, prompts=prompts,
                                     prompt_lengths=prompt_lengths, max_new=max_new, k=k, staging=staging,
                                     target=self.target)

@@ -16,6 +16,7 @@ Processors whose meaning depends on the padded batch layout or on the batch inde
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +27,15 @@ ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarpe
              lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
              lp.InfNanRemoveLogitsProcessor)
 LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor)
+# Rules that count from a begin index, the first generated position (Whisper's: tokens suppressed there, timestamp
+# rules): transformers gives them the padded prompt width; each row's own is its prompt length.
+BEGIN_INDEXED = (lp.SuppressTokensAtBeginLogitsProcessor, lp.WhisperTimeStampLogitsProcessor)
+# EOS forced at the last position a row may take: transformers' max_length is the padded width's; each row's own is
+# its prompt length + max_new_tokens (its batch-1 max_length)
+PER_ROW_LIMIT = (lp.ForcedEOSTokenLogitsProcessor,)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
                   lp.SequenceBiasLogitsProcessor, lp.SuppressTokensLogitsProcessor,
-                  lp.ForcedBOSTokenLogitsProcessor)
+                  lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED + PER_ROW_LIMIT
 SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS
 
 
@@ -49,8 +56,9 @@ class Prefixes:
 class ScoreProcessing:
     """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
 
-    def __init__(self, processors):
+    def __init__(self, processors, max_new_tokens: int | None = None):
         self.steps = list(processors or [])
+        self.max_new_tokens = max_new_tokens  # each row's budget (a per-row limit rule reads it)
         self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
         self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
 
@@ -62,7 +70,7 @@ class ScoreProcessing:
             elif isinstance(step, LENGTH_RULES):
                 scores = self._length_rule(step, scores, prefixes)
             else:
-                scores = _by_prefix_length(step, scores, prefixes)
+                scores = _by_prefix_length(step, scores, prefixes, self.max_new_tokens)
         return scores
 
     def draft(self, logits: torch.Tensor) -> torch.Tensor:
@@ -92,29 +100,43 @@ def _row_local(step, scores: torch.Tensor) -> torch.Tensor:
     return step(no_ids, flat).reshape(shape)
 
 
-def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
-    """Call `step` once per distinct prefix length, each time on the exact prefixes of those positions."""
+def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes, max_new_tokens: int | None = None
+                      ) -> torch.Tensor:
+    """Call `step` once per distinct prefix length (and, for a rule with a begin index, prompt length), each time
+    on the exact prefixes of those positions."""
     batch, positions, vocab = scores.shape
     lengths = (prefixes.lengths[:, None] + np.arange(positions)).reshape(-1)  # [B*T]
     rows = np.repeat(prefixes.ids, positions)  # [B*T] original row of each flat position
     prompts = np.repeat(prefixes.prompt_lengths, positions)
     flat = scores.reshape(-1, vocab).clone()
-    for length in np.unique(lengths):
-        where = np.flatnonzero(lengths == length)
+    # one group per prefix length, or per (prefix length, prompt length) for a begin-indexed rule
+    per_prompt = isinstance(step, BEGIN_INDEXED + PER_ROW_LIMIT)
+    keys = lengths * (int(prompts.max(initial=0)) + 1) + prompts if per_prompt else lengths
+    for key in np.unique(keys):
+        where = np.flatnonzero(keys == key)
+        length = lengths[where[0]]
         index = torch.as_tensor(where, device=flat.device)
         input_ids = prefixes.tokens[torch.as_tensor(rows[where], device=prefixes.tokens.device), :length]
-        flat[index] = _for_rows(step, prompts[where])(input_ids.to(flat.device), flat[index])
+        flat[index] = _for_rows(step, prompts[where], max_new_tokens)(input_ids.to(flat.device), flat[index])
     return flat.reshape(batch, positions, vocab)
 
 
-def _for_rows(step, prompt_lengths: np.ndarray):
+def _for_rows(step, prompt_lengths: np.ndarray, max_new_tokens: int | None = None):
     """The processor as it applies to these rows alone.
 
     transformers gives the repetition penalty each row's left-padding length (`prompt_ignore_length` as a
     tensor over the padded batch) so that pads are not penalised; our prefixes carry no padding, so that
     becomes None. An int `prompt_ignore_length` (the documented "skip the prompt") becomes each row's own
-    prompt length.
+    prompt length. A begin-indexed rule counts from the rows' own prompt length (all equal in a group).
     """
+    if isinstance(step, BEGIN_INDEXED):
+        step = copy.copy(step)
+        step.set_begin_index(int(prompt_lengths[0]))
+        return step
+    if isinstance(step, PER_ROW_LIMIT) and max_new_tokens is not None:
+        step = copy.copy(step)
+        step.max_length = int(prompt_lengths[0]) + max_new_tokens
+        return step
     if isinstance(step, lp.RepetitionPenaltyLogitsProcessor) and step.prompt_ignore_length is not None:
         ignore = None
         if isinstance(step.prompt_ignore_length, int):

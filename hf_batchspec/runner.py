@@ -16,6 +16,8 @@ from .masks import attention_layout, build_masks
 
 
 def decoder_layers(config) -> int:
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "model_type", None) == "whisper":
+        return int(config.decoder_layers)  # an encoder-decoder config's num_hidden_layers names the encoder's
     return int(config.get_text_config().num_hidden_layers)
 
 
@@ -75,7 +77,7 @@ class ModelRunner:
     forwards run through transformers' `get_compiled_call` (prefills, whose widths vary, stay eager)."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, max_cache_len: int, compile_config=None,
-                 static: bool = False, staging: int = 0):
+                 static: bool = False, staging: int = 0, encoder=None):
         self.model = model
         self.layout = attention_layout(model.config)
         self.static = static or compile_config is not None
@@ -88,6 +90,13 @@ class ModelRunner:
         self._keeps_logits = compat.accepts(model, "logits_to_keep")
         self.on_rows = None  # called with each forward's original row indices (per-row LoRA adapters)
         self._cache_rows_marked = False
+        # an encoder-decoder model (or a draft that reads an encoder output): its per-row cross-attention store and
+        # decoder keywords (`encoder_decoder.Seq2SeqBinding`); None for a decoder-only model
+        self.seq2seq = None
+        if encoder is not None:
+            from .encoder_decoder import Seq2SeqBinding
+
+            self.seq2seq = Seq2SeqBinding(model, encoder, self.cache)
 
     def mark_cache_rows_dynamic(self) -> None:
         """Dim 0 (R = slots + staging rows) of the cache's keys and values `[R, H, S, D]`, inputs of every compiled
@@ -128,6 +137,9 @@ class ModelRunner:
         decode = rows is None and not prefill
         kv_len = self.cache.num_slots if self.static and decode else min(kv_len, self.cache.num_slots)
         self.cache.begin(slots, kv_len, rows)
+        if prefill and self.seq2seq is not None:  # admitted inputs: their cross keys and values into their rows
+            cache_rows = rows if rows is not None else torch.arange(len(tokens), device=self.device)
+            self.seq2seq.admit(row_ids, cache_rows)
         # Padding queries (beyond a row's budget) may sit past the row's last real position; their output is
         # discarded, but an absolute-position model must not see ids it was never trained on.
         position_ids = torch.minimum(positions, position_limit.to(self.device).unsqueeze(1))
@@ -147,7 +159,11 @@ class ModelRunner:
             masks = kwargs["attention_mask"]
             # the cache reads the slots from its plan (`begin`): an input of the graph too
             rows_dynamic(tokens, position_ids, slots, *(masks.values() if isinstance(masks, dict) else (masks,)), self)
-        out = (self._decode_call if decode else self.model)(input_ids=tokens, **kwargs)
+        if self.seq2seq is None:
+            kwargs["input_ids"] = tokens
+        else:  # the same inputs under an encoder-decoder model's names, with its cross-attention store
+            kwargs = self.seq2seq.forward_kwargs(kwargs, tokens, self._cache_kwarg, self.dtype)
+        out = (self._decode_call if decode else self.model)(**kwargs)
         logits = out.logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits

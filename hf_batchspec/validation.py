@@ -13,7 +13,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from transformers.utils import logging
 
 
-from . import compat
+from . import compat, encoder_decoder
 from .drafters.registry import ASKED_BY
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
@@ -51,7 +51,8 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
             "load it with AutoModelForCausalLM."
         )
     check_decoder_only(type(model), config, role)
-    for name in ("attention_mask", "position_ids"):
+    # an encoder-decoder model takes them under the decoder's names (`encoder_decoder.Seq2SeqBinding`)
+    for name in () if encoder_decoder.reads_encoder(model) else ("attention_mask", "position_ids"):
         if not compat.accepts(model, name):
             raise UnsupportedModelError(f"The {role}'s forward does not take `{name}`, which per-row decoding needs.")
     implementation = getattr(config, "_attn_implementation", None) or "sdpa"
@@ -64,20 +65,19 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
 
 
 def check_decoder_only(model_class: type, config, role: str = "model") -> None:
-    """Encoder-decoder models are not served (yet): refused by `enable` and when a class with the mixin is built,
-    with the same message."""
-    if getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"The {role} ({model_class.__name__}) is an encoder-decoder model; hf-batchspec supports decoder-only "
-            "causal LMs."
-        )
+    """Encoder-decoder models other than those served (`encoder_decoder.SERVED`) are refused by `enable` and when a
+    class with the mixin is built, with the same message: even plain generate would break on such a class."""
+    encoder_decoder.check_served(model_class, config, role)
 
 
 def check_pair(target: torch.nn.Module, draft) -> None:
     if draft is None:
         raise BatchSpecError("batch_spec needs a draft model: pass assistant_model=...")
     check_causal_lm(target, "target model")
+    if encoder_decoder.reads_encoder(target):  # first: it names what an encoder-decoder target's draft must be
+        encoder_decoder.check_pair(target, draft)
     check_causal_lm(draft, "assistant_model")
+    encoder_decoder.check_pair(target, draft)
     vocab_t = target.config.get_text_config().vocab_size
     vocab_d = draft.config.get_text_config().vocab_size
     if vocab_t != vocab_d:

@@ -30,6 +30,8 @@ PROCESSOR_SETTINGS = {
     "sequence_bias": dict(sequence_bias={(11,): 4.0, (12, 13): -3.0}),
     "suppress_tokens": dict(suppress_tokens=[4, 5, 6]),
     "forced_bos": dict(forced_bos_token_id=1),
+    # at each row's own first generated position (transformers' begin index is the padded width)
+    "begin_suppress_tokens": dict(begin_suppress_tokens=[3, 7, 11, 20]),
     "combined": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=3),
 }
 

@@ -49,6 +49,7 @@ class DraftOptions:
     confidence_threshold: float | None  # a model drafter stops a row after a draft less likely than this
     static: bool  # every forward in a few fixed shapes (compiled)
     fused: bool = False  # with a compile config: a greedy draft's k steps compile into one program
+    encoder: object | None = None  # an encoder-decoder target's encoder outputs (`encoder_decoder.EncoderSide`)
 
 
 @dataclass

@@ -23,7 +23,10 @@ class ModelDrafter(Drafter):
     def __init__(self, model: torch.nn.Module, slots: int, cache_len: int, options: DraftOptions, compile_config=None,
                  staging: int = 0):
         self.options = options
-        self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static, staging)
+        self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static, staging,
+                                  encoder=options.encoder)
+        # a row admitted without a forward would have no cross-attention store: encoder-decoder drafts prefill
+        self.defers = options.encoder is None
         # A greedy draft without a confidence threshold decides nothing on the host between its steps, so the
         # decoder compiles its k steps into the round's program (`greedy_steps` inside `decoding.greedy_round`):
         # one call (one CUDA graph) per round, the steps' masks, gathers and argmaxes inside it.

@@ -1,0 +1,348 @@
+"""Encoder-decoder models (Whisper, BART, mBART, Marian): which are served, what a call's encoder gives each model, and a decoder forward
+on the ragged cache.
+
+The decode loop is the decoder-only one: the decoder's self-attention is the ragged cache, a verify is k+1 tokens
+per row at that row's own positions. What an encoder-decoder model adds is per row and constant:
+- the encoder runs once per input, batched, before decoding (transformers runs the target's while it prepares the
+  call; a draft with an encoder of its own runs it here on the same inputs, `EncoderSide.states_for`);
+- each row's cross-attention keys and values are projected once, when its input is admitted to a cache row
+  (`cross_cache.CrossStore`), and move with the row;
+- a decoder forward gets per-row positions and the additive self-attention mask under the decoder's names, and a
+  placeholder encoder output (`Seq2SeqBinding.forward_kwargs`).
+
+Which decoders can take per-row positions (docs/notes_whisper.md §3): Whisper's learned position table is read at
+the `decoder_position_ids` / `position_ids` it is given, so rows at different positions in one forward are exact.
+BART, mBART and Marian compute positions from one length shared by the batch (the cache's) and look them up in a
+table: for them the lookup's output is replaced, for the call, by the table at each row's own positions
+(`PerRowPositions`), and each row's encoder mask goes with its cross store. T5 and its kin compute a relative bias
+from one shared query offset, and others (M2M100, LED, ProphetNet, ...) positions of their own kind: refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import BatchSpecError, UnsupportedModelError
+
+# model_type of the encoder-decoder models served: Whisper's decoder reads per-row position ids; the others' position
+# table is read at per-row positions by `PerRowPositions`
+SERVED = ("whisper", "bart", "mbart", "marian")
+POSITION_TABLES = ("bart", "mbart", "marian")
+
+
+def is_encoder_decoder(model) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def reads_encoder(model) -> bool:
+    """A model whose decoder cross-attends to an encoder output: an encoder-decoder model, or a decoder-only draft
+    made for one (`WhisperForCausalLM`, distil-whisper's kind, which reads the target's encoder output)."""
+    return is_encoder_decoder(model) or getattr(getattr(model, "config", None), "model_type", None) == "whisper"
+
+
+def check_served(model_class: type, config, role: str = "model") -> None:
+    """Refuse an encoder-decoder model whose decoder cannot take rows at different positions in one forward."""
+    if not getattr(config, "is_encoder_decoder", False):
+        return
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SERVED:
+        raise UnsupportedModelError(
+            f"The {role} ({model_class.__name__}) is an encoder-decoder model of type {model_type!r}, whose decoder "
+            "computes positions (or a relative position bias) from one length shared by the batch in a way "
+            "hf-batchspec cannot give per row, so rows of different lengths cannot decode in one forward. "
+            f"hf-batchspec serves decoder-only causal LMs and these encoder-decoder models: {', '.join(SERVED)}; "
+            "call without batch_spec and assistant_model for transformers' own generate.")
+
+
+class PerRowPositions:
+    """A decoder's position table read at each row's own positions: the output of its `embed_positions` lookup (made
+    from one length shared by the batch) is replaced by `table[positions + offset]` `[b, q, D]`, for the forwards of
+    one call (`close` removes the hook). `positions` is set before each forward."""
+
+    def __init__(self, table: torch.nn.Module):
+        self.positions: torch.Tensor | None = None  # [b, q]
+        self._handle = table.register_forward_hook(self._lookup)
+
+    def _lookup(self, module, args, output):
+        if self.positions is None:
+            return output
+        ids = self.positions.to(module.weight.device) + getattr(module, "offset", 0)
+        return torch.nn.functional.embedding(ids, module.weight).to(output.dtype)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def decoder_of(model) -> torch.nn.Module:
+    decoder = model.get_decoder()
+    return getattr(decoder, "decoder", decoder)  # WhisperForCausalLM wraps its decoder once more
+
+
+def cross_projections(model) -> list:
+    """Per decoder layer, `states [n, S, E] -> (keys, values) [n, H, S, D]`: what its cross-attention computes from
+    an encoder output on a row's first forward in transformers."""
+    def projection(attention):
+        def project(states):
+            n, s, _ = states.shape
+            keys = attention.k_proj(states).view(n, s, -1, attention.head_dim).transpose(1, 2)
+            values = attention.v_proj(states).view(n, s, -1, attention.head_dim).transpose(1, 2)
+            return keys, values
+        return project
+    return [projection(layer.encoder_attn) for layer in decoder_of(model).layers]
+
+
+def encoder_width(model) -> int:
+    return int(model.config.d_model)
+
+
+@dataclass
+class EncoderSide:
+    """A call's encoder outputs, by input (row ids of the decode loop index them): the target's, and those of each
+    draft with an encoder of its own, computed once on the inputs the target's encoder read."""
+
+    target: torch.nn.Module
+    states: torch.Tensor  # [N, S, E] the target's encoder output for each input
+    inputs: tuple | None = None  # (args, kwargs) the target's encoder was called with, for a draft's own encoder
+    mask: torch.Tensor | None = None  # [N, S] 1 where an input's encoder output is real (padded inputs: BART)
+    _own: dict = field(default_factory=dict)
+    _hooks: list = field(default_factory=list)
+
+    def close(self) -> None:
+        """The call is over: the position hooks it put on decoders go."""
+        for hook in self._hooks:
+            hook.close()
+        self._hooks.clear()
+
+    def states_for(self, model) -> torch.Tensor:  # [N, S, E]
+        if model is self.target or not is_encoder_decoder(model):
+            return self.states  # a decoder-only draft reads the target's encoder output, as in transformers
+        key = id(model)
+        if key not in self._own:
+            if self.inputs is None:
+                raise BatchSpecError("The draft has an encoder of its own, but the inputs of the target's encoder "
+                                     "were not recorded; call generate on the target.")
+            args, kwargs = self.inputs
+            device = model.get_encoder().parameters().__next__().device
+            args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+            kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            self._own[key] = model.get_encoder()(*args, **kwargs).last_hidden_state
+        return self._own[key]
+
+
+class Seq2SeqBinding:
+    """One model's view of a call's encoder side: its cross-attention store (on its runner's cache) and the keywords
+    of its decoder forward."""
+
+    def __init__(self, model, encoder: EncoderSide, cache):
+        from transformers.cache_utils import EncoderDecoderCache
+
+        from .cross_cache import CrossStore
+
+        self.model = model
+        self.encoder = encoder
+        self.conditional = is_encoder_decoder(model)  # decoder_* keywords; else a decoder-only draft's own names
+        self.projections = cross_projections(model)
+        # as many rows as the self-attention side: the slots and the staging rows
+        cache.cross = CrossStore(len(self.projections), cache.layers[0].batch_size, cache._plan,
+                                 cache.static_addresses)
+        self.cache = cache
+        self.wrapped = EncoderDecoderCache(cache, cache.cross)
+        self.wrapped.is_updated = {layer: True for layer in range(len(self.projections))}
+        self._width = encoder_width(model)
+        self.positions = None
+        if model.config.model_type in POSITION_TABLES:
+            self.positions = PerRowPositions(decoder_of(model).embed_positions)
+            encoder._hooks.append(self.positions)
+
+    def admit(self, row_ids, cache_rows: torch.Tensor) -> None:  # [n] inputs, [n] the cache rows they take
+        """Project the admitted inputs' encoder outputs into their rows' cross store (one matmul pair per layer)."""
+        states = self.encoder.states_for(self.model)
+        index = torch.as_tensor(row_ids, device=states.device)
+        mask = None if self.encoder.mask is None else self.encoder.mask[index.to(self.encoder.mask.device)]
+        self.cache.cross.admit(self.projections, states[index], cache_rows, mask)
+
+    def forward_kwargs(self, kwargs: dict, tokens: torch.Tensor, cache_kwarg: str,
+                       dtype: torch.dtype) -> dict:  # tokens: [b, q]
+        """`ModelRunner.forward`'s keywords (a decoder-only model's) under this model's names, with the cross store."""
+        self.wrapped.is_updated = {layer: True for layer in range(len(self.projections))}
+        out = dict(kwargs)
+        out[cache_kwarg] = self.wrapped
+        # never read: every layer reads the cross store (`is_updated`); only its width and row count matter
+        out["encoder_outputs"] = (tokens.new_zeros((tokens.shape[0], 1, self._width), dtype=dtype),)
+        if not self.conditional:  # a decoder-only draft (WhisperForCausalLM) takes a causal LM's names
+            out["input_ids"] = tokens
+            return out
+        out["decoder_input_ids"] = tokens
+        out["decoder_attention_mask"] = out.pop("attention_mask")
+        positions = out.pop("position_ids")
+        if self.positions is not None:  # the position table, read at each row's positions for this forward
+            self.positions.positions = positions
+        else:
+            out["decoder_position_ids"] = positions
+        encoder_mask = self._encoder_mask(tokens.shape[1], dtype, tokens.device)
+        if encoder_mask is not None:
+            out["attention_mask"] = encoder_mask
+        return out
+
+    def _encoder_mask(self, queries: int, dtype, device) -> torch.Tensor | None:  # [b, 1, q, S] additive
+        """The rows' encoder padding as an additive mask, which transformers passes through as is (None when the
+        encoder output has no padding: Whisper's)."""
+        rows_mask = self.cache.cross.row_mask()  # [b, S]
+        if rows_mask is None:
+            return None
+        blocked = (rows_mask == 0).to(device)[:, None, None, :].expand(-1, 1, queries, -1)
+        return torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
+
+
+def check_pair(target, draft) -> None:
+    """A draft of an encoder-decoder target: an encoder-decoder model of the same kind (its own encoder reads the
+    same inputs) or a decoder-only draft made for it, whose cross-attention reads the target's encoder output."""
+    if not reads_encoder(target):
+        if reads_encoder(draft):
+            raise BatchSpecError(f"The assistant_model ({type(draft).__name__}) reads an encoder output, but the "
+                                 f"target ({type(target).__name__}) has no encoder: pass a causal LM draft.")
+        return
+    whisper = target.config.model_type == "whisper"
+    if not reads_encoder(draft) or (not is_encoder_decoder(draft) and not whisper):
+        kinds = (f"a smaller {type(target).__name__}, or a decoder-only draft made for it (WhisperForCausalLM, "
+                 "distil-whisper's kind)") if whisper else (f"a smaller {type(target).__name__} (an encoder-decoder "
+                                                            "model; decoder-only drafts are served for Whisper only)")
+        raise BatchSpecError(f"The target ({type(target).__name__}) is an encoder-decoder model; its draft must read "
+                             f"an encoder output too: {kinds}. Got {type(draft).__name__}.")
+    if draft.config.model_type != target.config.model_type:
+        raise BatchSpecError(f"The draft is a {draft.config.model_type} model and the target a "
+                             f"{target.config.model_type} model: pass a draft of the target's kind.")
+    if is_encoder_decoder(draft):
+        for name in ("num_mel_bins", "max_source_positions"):
+            if getattr(draft.config, name, None) != getattr(target.config, name, None):
+                raise BatchSpecError(
+                    f"The draft's encoder reads other inputs than the target's ({name}: "
+                    f"{getattr(draft.config, name, None)} against {getattr(target.config, name, None)}): pass a draft "
+                    "whose encoder takes the target's input features.")
+    elif encoder_width(draft) != encoder_width(target):
+        raise BatchSpecError(
+            f"The decoder-only draft cross-attends to the target's encoder output, {encoder_width(target)} wide, but "
+            f"its d_model is {encoder_width(draft)}: pass a draft made for this target (or one with an encoder of its "
+            "own).")
+
+
+# The draft sources an encoder-decoder target serves: a draft model, or prompt lookup (which needs no model)
+SOURCE_KINDS = ("model", "lookup")
+
+
+def check_source(source, target) -> None:
+    if is_encoder_decoder(target) and source.kind not in SOURCE_KINDS:
+        raise BatchSpecError(
+            f"{source.spec.label} is not served for an encoder-decoder target ({type(target).__name__}): pass "
+            "assistant_model=... (a smaller model of the target's kind, or a decoder-only draft made for it) or "
+            "prompt_lookup_num_tokens=...")
+
+
+# Whisper's generate settings the batch speculative path does not serve: why, and what to do instead
+NOT_SERVED = {
+    "return_token_timestamps": "token timestamps read the cross-attention weights of alignment heads",
+    "no_speech_threshold": "no-speech detection runs a forward of its own over the padded batch",
+    "logprob_threshold": "its fallback reads every step's scores of the padded batch",
+    "decoder_input_ids": "the decoder prompt is built from language, task and prompt_ids",
+}
+
+
+def check_static(static: bool) -> None:
+    if static:
+        raise BatchSpecError("compile_config / cache_implementation='static' are not supported for encoder-decoder "
+                             "models yet: drop them (the eager rounds are served).")
+
+
+def check_call(model, features, kwargs: dict, generation_config, *, streamer, logits_processor=None) -> None:
+    """What an encoder-decoder call is refused before any work: options not served, features that the encoder
+    cannot read, long-form audio without what makes it exact, and streaming (not served yet). What transformers' preparation
+    would refuse later (after running the encoder) is refused here."""
+    from .processors import unsupported_processors
+
+    unsupported = unsupported_processors(logits_processor)
+    if unsupported:
+        raise BatchSpecError(f"These logits processors are not supported with batch_spec: "
+                             f"{', '.join(type(p).__name__ for p in unsupported)}: remove them.")
+    config = generation_config if generation_config is not None else model.generation_config
+    whisper = model.config.model_type == "whisper"
+    for name, why in NOT_SERVED.items() if whisper else [("decoder_input_ids", NOT_SERVED["decoder_input_ids"])]:
+        value = kwargs.get(name, getattr(config, name, None) if name != "decoder_input_ids" else None)
+        if value is not None and value is not False:
+            raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
+                                 "assistant_model for transformers' own generate.")
+    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1))
+    if beams is not None and beams > 1:  # (decoder-only calls are refused so after preparation, still before any
+        # forward; here the encoder would have run)
+        raise BatchSpecError(f"Beam search (num_beams={beams}) is not supported with batch_spec; use num_beams=1 "
+                             "(transformers' speech-recognition pipeline defaults to num_beams=5: pass "
+                             "generate_kwargs={'num_beams': 1}).")
+    if streamer is not None:
+        raise BatchSpecError("streamer is not supported with batch_spec for encoder-decoder models yet: drop it.")
+    if not whisper:
+        return check_source_ids(model, features, kwargs.get("attention_mask"))
+    if not isinstance(features, torch.Tensor):
+        raise BatchSpecError(f"input_features must be a tensor [batch, {model.config.num_mel_bins}, frames] of log-mel "
+                             f"features (a WhisperProcessor's output); got {type(features).__name__}.")
+    bins = model.config.num_mel_bins
+    if features.dim() != 3 or features.shape[1] != bins or features.shape[0] == 0 or features.shape[2] == 0:
+        raise BatchSpecError(f"input_features must be [batch, {bins}, frames] (this model reads {bins} mel bins); "
+                             f"got shape {tuple(features.shape)}.")
+    dtype = model.get_encoder().conv1.weight.dtype
+    if features.dtype != dtype:
+        raise BatchSpecError(f"input_features are {features.dtype} but the model computes in {dtype}: pass "
+                             f"input_features.to({dtype}).")
+    window = 2 * model.config.max_source_positions  # mel frames of one 30 s window
+    mask = kwargs.get("attention_mask")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (features.shape[0],
+                                                                                          features.shape[2])):
+        raise BatchSpecError(f"attention_mask must be the features' frame mask [batch, frames] = "
+                             f"{(features.shape[0], features.shape[2])}; got {getattr(mask, 'shape', mask)}.")
+    if features.shape[2] > window:
+        # Long-form: Whisper's own window loop calls the decode loop once per window over the files still running.
+        if features.shape[0] > 1 and mask is None:
+            raise BatchSpecError(
+                f"input_features of {features.shape[2]} frames are long-form audio (over {window} frames, 30 s), "
+                "and a batch of them needs the frame mask (as Whisper's own batched long-form decoding does): pass "
+                "the feature extractor's attention_mask (return_attention_mask=True).")
+        if kwargs.get("condition_on_prev_tokens", getattr(config, "condition_on_prev_tokens", None)):
+            raise BatchSpecError(
+                "condition_on_prev_tokens is not supported with batch_spec: transformers' batched long-form "
+                "decoding gives each window a token budget from the batch's padded prompt width, so a row would "
+                "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
+
+
+def check_source_ids(model, input_ids, attention_mask) -> None:
+    """A text encoder's inputs: integer ids `[batch, width]` inside the vocabulary, and a 0/1 mask of their shape
+    (either padding side: the encoder reads every row whole, and each row's padding is masked in cross-attention)."""
+    vocab = int(model.config.vocab_size)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or 0 in input_ids.shape:
+        raise BatchSpecError("input_ids must be a non-empty [batch, width] tensor of the encoder's token ids; got "
+                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}.")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise BatchSpecError(f"input_ids must be int64 (or int32) token ids; got {input_ids.dtype}.")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise BatchSpecError(f"input_ids hold {low if low < 0 else high}, outside the vocabulary [0, {vocab}).")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise BatchSpecError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}; got "
+                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}.")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()) or not bool((attention_mask.sum(-1) > 0).all()):
+        raise BatchSpecError("attention_mask must be 0/1 with at least one 1 per row.")
+
+
+@contextlib.contextmanager
+def recording_encoder_inputs(model):
+    """Record what the model's encoder is called with while generate runs (`EncoderSide.inputs`): a draft with an
+    encoder of its own runs it on the very same inputs (Whisper pads features to a window before its encoder)."""
+    calls: list = []
+    handle = model.get_encoder().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((args, dict(kwargs))), with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -1,0 +1,102 @@
+"""BART, mBART and Marian at batch > 1 with a draft: every row equals the model's own greedy generate of that source
+alone, with sources of different lengths (each row's encoder padding masked in its cross-attention) and rows at
+different decoder positions in one forward (their position tables read per row); and the models that cannot be
+served are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from hf_batchspec import BatchSpecError, UnsupportedModelError
+from tests import seq2seq_models as S
+
+
+@pytest.fixture(scope="module", params=sorted(S.CLASSES))
+def pair(request):
+    target = hf_batchspec.enable(S.target(request.param))
+    return target, S.draft(target)
+
+
+def trimmed(row: torch.Tensor) -> list[int]:
+    """The generated ids after the decoder start, through the first EOS (excluded)."""
+    ids = row.tolist()[1:]
+    return ids[: ids.index(S.EOS)] if S.EOS in ids else ids
+
+
+def alone(target, ids, mask, **call) -> list[list[int]]:
+    return [trimmed(target.generate(ids[i:i + 1, : int(mask[i].sum())], do_sample=False, **call)[0])
+            for i in range(len(ids))]
+
+
+@settings(max_examples=6, deadline=None)
+@given(lengths=st.lists(st.integers(3, 20), min_size=1, max_size=6), max_new=st.integers(1, 20),
+       k=st.integers(1, 5), strategy=st.sampled_from(["eqspec", "exspec"]), seed=st.integers(0, 100))
+def test_every_row_equals_its_greedy_alone(pair, lengths, max_new, k, strategy, seed):
+    target, draft = pair
+    ids, mask = S.sources(lengths, seed)
+    extra = dict(max_batch_size=2) if strategy == "exspec" else {}
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec=strategy, do_sample=False,
+                          num_assistant_tokens=k, speculation="always", max_new_tokens=max_new, **extra)
+    assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=max_new)
+
+
+def test_drafts_are_accepted(pair):
+    target, draft = pair
+    ids, mask = S.sources([5, 12, 8, 17], seed=3)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
+                          num_assistant_tokens=4, speculation="always", max_new_tokens=16, do_sample=False)
+    stats = target.batch_spec_stats
+    assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=16)
+    assert 0 < stats.accepted_tokens.sum() <= stats.drafted_tokens.sum()
+
+
+def test_position_hooks_leave_with_the_call(pair):
+    """The per-row position lookup is the call's: afterwards the model's own generate and forward are unchanged."""
+    target, draft = pair
+    ids, mask = S.sources([6, 9], seed=1)
+    before = target.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=8,
+                    do_sample=False)
+    table = target.model.decoder.embed_positions
+    assert not table._forward_hooks
+    assert torch.equal(target.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), before)
+
+
+def test_bad_source_ids_refused_before_any_forward(pair):
+    target, draft = pair
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in (target, draft)]
+    handles.append(target.get_encoder().register_forward_pre_hook(lambda *a: calls.append(1)))
+    ids, mask = S.sources([4, 6])
+    try:
+        for bad, message in ((ids + S.VOCAB, "outside the vocabulary"), (ids.float(), "int64"),
+                             (ids[0], r"\[batch, width\]")):
+            with pytest.raises(BatchSpecError, match=message):
+                target.generate(bad, assistant_model=draft, batch_spec="eqspec", max_new_tokens=4)
+        with pytest.raises(BatchSpecError, match="attention_mask"):
+            target.generate(ids, attention_mask=mask[:, :2], assistant_model=draft, batch_spec="eqspec",
+                            max_new_tokens=4)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert not calls
+
+
+def test_decoder_only_draft_refused_for_text_models(pair):
+    target, _ = pair
+    causal = transformers.BartForCausalLM(S.config("bart", decoder_layers=1)).eval()
+    ids, mask = S.sources([4, 6])
+    with pytest.raises(BatchSpecError, match="served for Whisper only"):
+        target.generate(ids, attention_mask=mask, assistant_model=causal, batch_spec="eqspec", max_new_tokens=4)
+
+
+def test_t5_refused_with_the_reason():
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    with pytest.raises(UnsupportedModelError, match="one length shared by the batch"):
+        hf_batchspec.enable(t5)

@@ -1,0 +1,287 @@
+"""Whisper at batch > 1 with a draft: every row equals Whisper's own generate of that input alone (no draft, the same
+settings), for both draft kinds transformers accepts (a decoder-only draft reading the target's encoder output, and
+an encoder-decoder draft with its own encoder), EQSPEC and EXSPEC with refills; the encoder runs once per input;
+sampling keeps the target's law; and what is not served is refused before any forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hf_batchspec
+from hf_batchspec import BatchSpecError, UnsupportedModelError
+from tests import whisper_models as W
+from tests.test_sampling import chi_square_rejects
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = hf_batchspec.enable(W.target())
+    return dict(target=target, decoder=W.decoder_draft(target), encoder_decoder=W.encoder_decoder_draft(target),
+                own_encoder=W.encoder_decoder_draft(target, own_encoder_seed=3))
+
+
+def trimmed(row: torch.Tensor) -> list[int]:
+    """A transcription's token ids through its end: Whisper's output drops the prompt and the final EOS, and a
+    batch pads shorter rows with pad (= EOS here)."""
+    ids = row.tolist()
+    return ids[: ids.index(W.EOS)] if W.EOS in ids else ids
+
+
+def alone(target, features, **call) -> list[list[int]]:
+    return [trimmed(target.generate(features[i:i + 1], **call)[0]) for i in range(len(features))]
+
+
+SETTINGS = {
+    "en_transcribe": dict(language="en", task="transcribe"),
+    "fr_translate": dict(language="fr", task="translate"),
+    "languages_per_row": None,  # a language per input, drawn below
+    "detected_language": dict(),
+    "timestamps": dict(language="en", return_timestamps=True),
+    "prompt_ids": dict(language="en", prompt_ids=torch.tensor([W.SOPREV, 30, 31])),
+    "no_begin_suppress": dict(language="en", begin_suppress_tokens=None),
+}
+
+
+@st.composite
+def calls(draw):
+    n = draw(st.integers(1, 6))
+    frames = [draw(st.integers(4, W.FRAMES)) for _ in range(n)]
+    seeds = [draw(st.integers(0, 1000)) for _ in range(n)]
+    name = draw(st.sampled_from(sorted(SETTINGS)))
+    setting = SETTINGS[name]
+    if setting is None:
+        setting = dict(language=[draw(st.sampled_from(["en", "fr"])) for _ in range(n)])
+    return dict(frames=frames, seeds=seeds, setting=setting, max_new=draw(st.integers(1, 24)),
+                k=draw(st.integers(1, 6)), draft=draw(st.sampled_from(["decoder", "encoder_decoder", "own_encoder"])),
+                strategy=draw(st.sampled_from(["eqspec", "exspec"])), slots=draw(st.integers(1, 4)),
+                stop=draw(st.sampled_from([None, 100, 164])))
+
+
+def features_of(frames, seeds) -> torch.Tensor:  # [n, MEL_BINS, FRAMES]: each input zero-padded to 30 s, as a processor does
+    batch = torch.zeros(len(frames), W.MEL_BINS, W.FRAMES)
+    for row, (length, seed) in enumerate(zip(frames, seeds)):
+        batch[row, :, :length] = W.features(1, length, seed)[0]
+    return batch
+
+
+@settings(max_examples=12, deadline=None)
+@given(call=calls())
+def test_every_row_equals_whisper_alone(models, call):
+    target = models["target"]
+    features = features_of(call["frames"], call["seeds"])
+    eos = W.EOS if call["stop"] is None else [W.EOS, call["stop"]]
+    common = dict(max_new_tokens=call["max_new"], eos_token_id=eos, **call["setting"])
+    expected = []
+    for row in range(len(features)):  # each input alone: its own language when they differ
+        own = dict(common)
+        if isinstance(own.get("language"), list):
+            own["language"] = own["language"][row]
+        expected += alone(target, features[row:row + 1], **own)
+    extra = dict(max_batch_size=call["slots"]) if call["strategy"] == "exspec" else {}
+    out = target.generate(features, assistant_model=models[call["draft"]], batch_spec=call["strategy"],
+                          num_assistant_tokens=call["k"], speculation="always", **extra, **common)
+    assert [trimmed(row) for row in out] == expected
+    assert target.batch_spec_stats.rounds >= 0 and target.batch_spec_stats.new_tokens.sum() >= len(features)
+
+
+def test_drafts_are_accepted_and_rows_refill(models):
+    """A decoding whose drafts mostly agree (the draft is the target's first layers), with more inputs than slots:
+    several tokens per round, and the queued inputs admitted into freed slots."""
+    target = models["target"]
+    features = W.features(6, seed=4)
+    out = target.generate(features, assistant_model=models["decoder"], batch_spec="exspec", max_batch_size=2,
+                          num_assistant_tokens=4, speculation="always", max_new_tokens=20, language="en")
+    stats = target.batch_spec_stats
+    assert [trimmed(row) for row in out] == alone(target, features, max_new_tokens=20, language="en")
+    assert stats.accepted_tokens.sum() > stats.drafted_tokens.sum() / 2
+    assert stats.cache_rows <= 2 + 1  # two slots and a staging row, however many inputs wait
+
+
+@pytest.mark.parametrize("draft", ["decoder", "encoder_decoder"])
+def test_each_encoder_runs_once_per_input(models, draft):
+    """The target's encoder over each input once (transformers runs it while preparing the call, batched); a draft
+    with an encoder of its own runs it once per input too; the decoder-only draft runs none."""
+    target, assistant = models["target"], models[draft]
+    rows = {"target": 0, "draft": 0}
+    hooks = [target.get_encoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows.__setitem__("target", rows["target"] + len(kwargs.get(
+            "input_features", args[0] if args else None))), with_kwargs=True)]
+    if draft == "encoder_decoder":
+        hooks.append(assistant.get_encoder().register_forward_pre_hook(
+            lambda module, args, kwargs: rows.__setitem__("draft", rows["draft"] + len(kwargs.get(
+                "input_features", args[0] if args else None))), with_kwargs=True))
+    try:
+        target.generate(W.features(5, seed=2), assistant_model=assistant, batch_spec="exspec", max_batch_size=2,
+                        max_new_tokens=12, language="en")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert rows == {"target": 5, "draft": 5 if draft == "encoder_decoder" else 0}
+
+
+def enumerated_first_two(target, features, prompt: list[int], temperature: float) -> dict[tuple, float]:
+    """The exact law of the first two generated tokens of Whisper's sampling of one input: its processors
+    (suppress_tokens everywhere, begin_suppress_tokens at the first position) on the raw logits, then the
+    temperature."""
+    config = target.generation_config
+    vocab = target.config.vocab_size
+    with torch.no_grad():
+        encoded = target.get_encoder()(features).last_hidden_state
+        ids = torch.tensor([prompt + [t] for t in range(vocab)])
+        logits = target(encoder_outputs=(encoded.expand(vocab, -1, -1),), decoder_input_ids=ids).logits.float()
+    suppressed = torch.tensor(config.suppress_tokens)
+    first, second = logits[0, len(prompt) - 1].clone(), logits[:, len(prompt)].clone()
+    first[suppressed] = second[:, suppressed] = -float("inf")
+    first[torch.tensor(config.begin_suppress_tokens)] = -float("inf")
+    p1 = torch.softmax(first / temperature, -1)
+    p2 = torch.softmax(second / temperature, -1)
+    return {(a, b): (p1[a] * p2[a, b]).item() for a in range(vocab) for b in range(vocab) if p1[a] > 1e-9}
+
+
+def test_sampling_keeps_whispers_law(models):
+    """Whisper samples when temperature > 0: the first two tokens of many samples of one input, drafted by the
+    decoder-only draft (drafts accepted and rejected), follow the target's processed law (chi-square). The third
+    token lets the round after the first token draft two."""
+    target = models["target"]
+    features = W.features(1, seed=5)
+    rows, temperature = 3000, 0.7
+    prompt = [W.SOT, W.EN, W.TRANSCRIBE, W.NOTS]
+    out = target.generate(features.expand(rows, -1, -1), assistant_model=models["decoder"], batch_spec="eqspec",
+                          num_assistant_tokens=2, speculation="always", max_new_tokens=3, language="en",
+                          temperature=temperature, generator=torch.Generator().manual_seed(7))
+    stats = target.batch_spec_stats
+    assert 0 < stats.accepted_tokens.sum() < stats.drafted_tokens.sum()
+    samples = torch.tensor([(row.tolist() + [W.EOS, W.EOS])[:2] for row in out])
+    rejects, report = chi_square_rejects(samples, enumerated_first_two(target, features, prompt, temperature))
+    assert not rejects, report
+
+
+@pytest.mark.parametrize("draft", ["decoder", "own_encoder"])
+def test_long_form_equals_whisper_alone(models, draft):
+    """Audio over 30 s: Whisper's own window loop (timestamps, seek) calls ours once per window over the files still
+    running; every file's transcription equals Whisper's long-form decoding of that file alone."""
+    target = models["target"]
+    frames = [45, 80, 3 * W.FRAMES + 7]
+    features = torch.zeros(len(frames), W.MEL_BINS, max(frames))
+    mask = torch.zeros(len(frames), max(frames), dtype=torch.long)
+    for row, length in enumerate(frames):
+        features[row, :, :length] = W.features(1, length, seed=10 + row)[0]
+        mask[row, :length] = 1
+    call = dict(language="en", max_new_tokens=12)
+    expected = [trimmed(target.generate(features[i:i + 1, :, :length], **call)[0]) for i, length in enumerate(frames)]
+    out = target.generate(features, attention_mask=mask, assistant_model=models[draft], batch_spec="exspec",
+                          max_batch_size=2, speculation="always", **call)
+    assert [trimmed(row) for row in out] == expected
+    assert len(expected[2]) > 12  # several windows' tokens
+
+
+REFUSED = {
+    "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
+    "no_speech": (dict(no_speech_threshold=0.6), "no_speech_threshold"),
+    "logprob_fallback": (dict(logprob_threshold=-1.0), "logprob_threshold"),
+    "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
+    "compiled": (dict(compile_config=transformers.CompileConfig()), "compile_config"),
+    "beams": (dict(num_beams=2), "num_beams"),
+    "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
+    "condition_on_prev_tokens": (dict(condition_on_prev_tokens=True, attention_mask=torch.ones(2, 3 * W.FRAMES),
+                                      features=W.features(2, frames=3 * W.FRAMES)), "condition_on_prev_tokens"),
+    "frame_mask_shape": (dict(attention_mask=torch.ones(2, 5)), "frame mask"),
+}
+
+
+@pytest.fixture
+def no_forward(models):
+    calls = []
+    handles = [model.register_forward_pre_hook(lambda *a: calls.append(1)) for model in models.values()]
+    handles += [model.get_encoder().register_forward_pre_hook(lambda *a: calls.append(1))
+                for model in (models["target"], models["encoder_decoder"])]
+    yield calls
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_before_any_forward(models, no_forward, case):
+    kwargs, message = dict(REFUSED[case][0]), REFUSED[case][1]
+    features = kwargs.pop("features", W.features(2))
+    call = dict(assistant_model=models["decoder"], batch_spec="exspec", max_new_tokens=4, language="en")
+    call.update(kwargs)
+    with pytest.raises(BatchSpecError, match=message):
+        models["target"].generate(features, **call)
+    assert not no_forward
+
+
+BAD_FEATURES = {
+    "float64": (W.features(2).double(), "float64"),
+    "wrong_bins": (torch.randn(2, 40, W.FRAMES), "mel bins"),
+    "two_dims": (torch.randn(2, W.FRAMES), r"\[batch, 80, frames\]"),
+    "long_form_without_mask": (W.features(2, frames=3 * W.FRAMES), "frame mask"),
+    "ids_not_features": (torch.ones(2, 80, W.FRAMES, dtype=torch.long), "int64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FEATURES))
+def test_bad_features_refused_before_any_forward(models, no_forward, case):
+    features, message = BAD_FEATURES[case]
+    with pytest.raises(BatchSpecError, match=message):
+        models["target"].generate(features, assistant_model=models["decoder"], batch_spec="exspec",
+                                  max_new_tokens=4, language="en")
+    assert not no_forward
+
+
+def test_drafts_that_cannot_read_the_encoder_refused(models, no_forward):
+    target = models["target"]
+    narrow = W.decoder_draft(target)
+    wide_config = W.config(decoder_layers=1, d_model=32)
+    narrow = transformers.WhisperForCausalLM(wide_config).eval()
+    with pytest.raises(BatchSpecError, match="d_model is 32"):
+        target.generate(W.features(2), assistant_model=narrow, batch_spec="exspec", max_new_tokens=4, language="en")
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=W.VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)).eval()
+    with pytest.raises(BatchSpecError, match="must read an encoder output"):
+        target.generate(W.features(2), assistant_model=llama, batch_spec="exspec", max_new_tokens=4, language="en")
+    assert not no_forward
+
+
+def test_other_encoder_decoder_models_refused():
+    """A decoder whose positions come from its input ids and one shared cache length (M2M100, NLLB) cannot decode
+    rows of different lengths in one forward: refused when enabled, with the reason (tests/test_seq2seq.py: T5)."""
+    m2m = transformers.M2M100ForConditionalGeneration(transformers.M2M100Config(
+        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
+    with pytest.raises(UnsupportedModelError, match="one length shared by the batch"):
+        hf_batchspec.enable(m2m)
+
+
+def test_batch_one_and_no_draft_stay_whispers(models):
+    """Without a draft, or at batch 1 without batch_spec, the call is Whisper's own generate, unchanged."""
+    target = models["target"]
+    features = W.features(3, seed=6)
+    plain = target.generate(features, max_new_tokens=10, language="en")
+    assert [trimmed(row) for row in plain] == alone(target, features, max_new_tokens=10, language="en")
+    one = target.generate(features[:1], assistant_model=models["decoder"], max_new_tokens=10, language="en")
+    assert trimmed(one[0]) == alone(target, features[:1], max_new_tokens=10, language="en")[0]
+
+
+def test_speech_recognition_pipeline_batched(models):
+    """transformers' ASR pipeline with the draft and batch_size=B: the texts of the plain pipeline (no draft, one
+    input at a time), batches served by batch_spec (its default at batch > 1)."""
+    import numpy as np
+
+    target = models["target"]
+    tokenizer, extractor = W.tokenizer(), W.feature_extractor()
+    audio = [np.random.default_rng(i).standard_normal(400 + 300 * i).astype(np.float32) for i in range(5)]
+    call = dict(generate_kwargs=dict(language="en", max_new_tokens=12, num_beams=1))
+    plain = transformers.pipeline("automatic-speech-recognition", model=target, tokenizer=tokenizer,
+                                  feature_extractor=extractor, device="cpu")
+    ours = transformers.pipeline("automatic-speech-recognition", model=target, tokenizer=tokenizer,
+                                 feature_extractor=extractor, assistant_model=models["decoder"], device="cpu")
+    expected = [plain(x, **call)["text"] for x in audio]
+    target.batch_spec_stats = None
+    assert [r["text"] for r in ours(audio, batch_size=4, **call)] == expected
+    assert target.batch_spec_stats is not None and target.batch_spec_stats.num_rows == 4  # the batch of 4 was ours
+    assert len(set(expected)) > 1
