@@ -42,8 +42,10 @@ class CrossLayer(CacheLayerMixin):
         self.static_addresses = static_addresses
 
     def allocate(self, rows: int, keys: torch.Tensor, values: torch.Tensor) -> None:  # [n, H, S, D] each
-        self.store_k = keys.new_zeros((rows, *keys.shape[1:]))
-        self.store_v = values.new_zeros((rows, *values.shape[1:]))
+        # not zero-filled (for Whisper large, 246 MB per row): a row is written at admission before any forward
+        # reads it as live; an idle row's outputs are discarded, and rows never mix in attention
+        self.store_k = keys.new_empty((rows, *keys.shape[1:]))
+        self.store_v = values.new_empty((rows, *values.shape[1:]))
         self.device = keys.device
         self.is_initialized = True
         if self.static_addresses and not torch.compiler.is_compiling():

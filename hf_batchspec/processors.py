@@ -25,17 +25,19 @@ from transformers.generation import logits_process as lp
 
 ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
              lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
-             lp.InfNanRemoveLogitsProcessor)
-LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor)
-# Rules that count from a begin index, the first generated position (Whisper's: tokens suppressed there, timestamp
-# rules): transformers gives them the padded prompt width; each row's own is its prompt length.
-BEGIN_INDEXED = (lp.SuppressTokensAtBeginLogitsProcessor, lp.WhisperTimeStampLogitsProcessor)
+             lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor)
+# Rules that read a position's prefix length only (and its row's prompt length): vectorised. Suppressing tokens at
+# the begin index (the first generated position: transformers gives the padded prompt width) is at each row's own.
+LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor,
+                lp.SuppressTokensAtBeginLogitsProcessor)
+# Rules that read tokens from a begin index, the first generated position (Whisper's timestamp rules):
+# transformers gives them the padded prompt width; each row's own is its prompt length.
+BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
 # EOS forced at the last position a row may take: transformers' max_length is the padded width's; each row's own is
 # its prompt length + max_new_tokens (its batch-1 max_length)
 PER_ROW_LIMIT = (lp.ForcedEOSTokenLogitsProcessor,)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
-                  lp.SequenceBiasLogitsProcessor, lp.SuppressTokensLogitsProcessor,
-                  lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED + PER_ROW_LIMIT
+                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED + PER_ROW_LIMIT
 SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS
 
 
@@ -84,13 +86,15 @@ class ScoreProcessing:
         batch, positions, vocab = scores.shape
         length = torch.as_tensor(prefixes.lengths, device=scores.device).unsqueeze(1) + torch.arange(
             positions, device=scores.device)  # [B, T] tokens before each position, the row's own count
+        prompt = torch.as_tensor(prefixes.prompt_lengths, device=scores.device).unsqueeze(1)
         if isinstance(step, lp.MinLengthLogitsProcessor):
-            early = length < step.min_length
-        else:
-            prompt = torch.as_tensor(prefixes.prompt_lengths, device=scores.device).unsqueeze(1)
-            early = length - prompt < step.min_new_tokens
-        is_eos = torch.isin(torch.arange(vocab, device=scores.device), step.eos_token_id.to(scores.device))
-        return scores.masked_fill(early.unsqueeze(-1) & is_eos, -float("inf"))
+            early, banned = length < step.min_length, step.eos_token_id
+        elif isinstance(step, lp.MinNewTokensLengthLogitsProcessor):
+            early, banned = length - prompt < step.min_new_tokens, step.eos_token_id
+        else:  # SuppressTokensAtBegin: at the row's first generated position
+            early, banned = length == prompt, step.begin_suppress_tokens
+        is_banned = torch.isin(torch.arange(vocab, device=scores.device), banned.to(scores.device))
+        return scores.masked_fill(early.unsqueeze(-1) & is_banned, -float("inf"))
 
 
 def _row_local(step, scores: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,12 @@ a constant k, and with the library's defaults). Every row of every method is che
 that input alone (token ids through EOS). Columns: tokens/s, tokens per round (ours), audio seconds transcribed
 per second, exact rows.
 
-Without `--target/--draft`, the pair is a synthetic layer-skip one built in seconds from configs: a
-target with whisper-small's decoder (12 layers, d_model 768, 51865 tokens) and a 2-layer encoder, random weights,
-its last decoder layers scaled down, and a decoder-only draft of its first 2 decoder layers reading its encoder
-output (distil-whisper's depth); the
-inputs are random log-mel features. Its acceptance is what such a draft gets, not a distilled draft's on speech:
-it measures what batching and the rounds cost, and says nothing about a real pair's acceptance. `--target` and
+Without `--target/--draft`, the pair is a synthetic layer-skip one built in seconds from configs: a target with
+whisper-small's decoder (12 layers, d_model 768, 51865 tokens) and a 1-layer encoder (its cost, the same for every
+method, kept small), random weights, its last decoder layers scaled down, and a decoder-only draft of its first 2
+decoder layers reading its encoder output (distil-whisper's depth); the inputs are random log-mel features. Its
+acceptance is what such a draft gets, not a distilled draft's on speech: it measures what batching and the rounds
+cost, and says nothing about a real pair's acceptance. `--target` and
 `--draft` take real checkpoints (a Whisper target, a `WhisperForCausalLM` or smaller Whisper draft).
 """
 
@@ -45,9 +45,9 @@ class WhisperResult:
         return self.tokens / self.seconds
 
 
-def layer_skip_pair(decoder_layers: int = 12, draft_layers: int = 2, d_model: int = 768, encoder_layers: int = 2,
+def layer_skip_pair(decoder_layers: int = 12, draft_layers: int = 2, d_model: int = 768, encoder_layers: int = 1,
                     seed: int = 0):
-    """A random target with whisper-small's decoder (12 layers, d_model 768, 51865 tokens; a 2-layer encoder, whose
+    """A random target with whisper-small's decoder (12 layers, d_model 768, 51865 tokens; a 1-layer encoder, whose
     cost every method pays alike) whose decoder layers past `draft_layers` are nearly residual, and a decoder-only
     draft of its first `draft_layers` decoder layers (distil-whisper's depth), with its embeddings, norm and head."""
     from transformers import GenerationConfig, WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
@@ -84,9 +84,10 @@ def layer_skip_pair(decoder_layers: int = 12, draft_layers: int = 2, d_model: in
     return target, draft
 
 
-def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device: str):
+def load_pair(target: str | None, draft: str | None, dtype: torch.dtype, device: str, d_model: int = 768,
+              decoder_layers: int = 12):
     if target is None:
-        pair = layer_skip_pair()
+        pair = layer_skip_pair(decoder_layers=decoder_layers, d_model=d_model)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
 
@@ -122,7 +123,7 @@ def trimmed(row: torch.Tensor, eos: int) -> list[int]:
 
 def run(args) -> list[WhisperResult]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    target, draft = load_pair(args.target, args.draft, dtype, args.device)
+    target, draft = load_pair(args.target, args.draft, dtype, args.device, args.d_model, args.decoder_layers)
     enable(target)
     features, seconds = random_features(target, args.num_inputs, 0, dtype, args.device)
     eos = target.generation_config.eos_token_id
@@ -189,6 +190,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", help="a Whisper checkpoint (default: the synthetic layer-skip pair)")
     parser.add_argument("--draft", help="its draft: a WhisperForCausalLM or a smaller Whisper checkpoint")
+    parser.add_argument("--d-model", type=int, default=768, help="the synthetic pair's width (a multiple of 12)")
+    parser.add_argument("--decoder-layers", type=int, default=12, help="the synthetic target's decoder layers")
     parser.add_argument("--num-inputs", type=int, default=16, help="inputs (random log-mel features, 5-30 s)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated; 1 gives transformers' assisted row")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="new tokens per input at most (a 30 s "

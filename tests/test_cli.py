@@ -244,3 +244,14 @@ def test_plot_reads_an_old_file_without_setup_and_many_batch_sizes_on_a_log_axis
     code, out, err = exit_code(["bench", "--from-json", str(old), "--plot", str(png)], capsys)
     assert code == 0, err
     assert "setup not recorded" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_whisper_runs_every_row_exact(capsys):
+    """`bench --whisper` on a narrow synthetic pair: every method's row printed, every input exact."""
+    code, out, _ = exit_code(["bench", "--whisper", "--d-model", "96", "--decoder-layers", "2", "--num-inputs", "3",
+                              "--batch-sizes", "1,2", "--max-new-tokens", "4", "--repeats", "1"], capsys)
+    assert code == 0
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in
+            ("hf-greedy", "hf-assisted", "exspec", "exspec-default")]
+    assert [row[0] for row in rows] == ["hf-greedy", "hf-assisted", "hf-greedy", "exspec", "exspec-default"]
+    assert all(row[-1] == "3/3" for row in rows)
