@@ -56,7 +56,8 @@ def calls(draw):
     if setting is None:
         setting = dict(language=[draw(st.sampled_from(["en", "fr"])) for _ in range(n)])
     return dict(frames=frames, seeds=seeds, setting=setting, max_new=draw(st.integers(1, 24)),
-                k=draw(st.integers(1, 6)), draft=draw(st.sampled_from(["decoder", "encoder_decoder", "own_encoder"])),
+                k=draw(st.integers(1, 6)),
+                draft=draw(st.sampled_from(["decoder", "encoder_decoder", "own_encoder", "prompt_lookup"])),
                 strategy=draw(st.sampled_from(["eqspec", "exspec"])), slots=draw(st.integers(1, 4)),
                 stop=draw(st.sampled_from([None, 100, 164])))
 
@@ -82,10 +83,33 @@ def test_every_row_equals_whisper_alone(models, call):
             own["language"] = own["language"][row]
         expected += alone(target, features[row:row + 1], **own)
     extra = dict(max_batch_size=call["slots"]) if call["strategy"] == "exspec" else {}
-    out = target.generate(features, assistant_model=models[call["draft"]], batch_spec=call["strategy"],
-                          num_assistant_tokens=call["k"], speculation="always", **extra, **common)
+    source = (dict(prompt_lookup_num_tokens=call["k"]) if call["draft"] == "prompt_lookup" else
+              dict(assistant_model=models[call["draft"]], num_assistant_tokens=call["k"]))
+    out = target.generate(features, batch_spec=call["strategy"], speculation="always", **source, **extra, **common)
     assert [trimmed(row) for row in out] == expected
     assert target.batch_spec_stats.rounds >= 0 and target.batch_spec_stats.new_tokens.sum() >= len(features)
+
+
+DRAFT_KINDS = ("decoder", "encoder_decoder", "own_encoder")
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_each_setting_with_each_draft_kind(models, name):
+    """Every generation setting at least once with every draft kind, whatever the property test draws: 4 inputs
+    through 2 slots (refills), every row equal to Whisper alone."""
+    target = models["target"]
+    features = features_of([32, 20, 9, 27], [sorted(SETTINGS).index(name), 11, 12, 13])
+    setting = SETTINGS[name] or dict(language=["en", "fr", "fr", "en"])
+    for draft in DRAFT_KINDS:
+        expected = []
+        for row in range(len(features)):
+            own = dict(setting)
+            if isinstance(own.get("language"), list):
+                own["language"] = own["language"][row]
+            expected += alone(target, features[row:row + 1], max_new_tokens=16, **own)
+        out = target.generate(features, assistant_model=models[draft], batch_spec="exspec", max_batch_size=2,
+                              speculation="always", max_new_tokens=16, **setting)
+        assert [trimmed(row) for row in out] == expected, draft
 
 
 def test_drafts_are_accepted_and_rows_refill(models):
