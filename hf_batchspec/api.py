@@ -145,8 +145,6 @@ class BatchSpeculativeGenerationMixin:
         validation.check_generator(generator)
         static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
                                                             draft, strategy)
-        if seq2seq:
-            encoder_decoder.check_static(static)
         cost_model = validation.resolve_speculation(
             speculation, self, source, compiled=compile_config is not None, static=static,
             rows=(batch_size or 1) * copies,

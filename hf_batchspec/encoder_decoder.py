@@ -250,12 +250,6 @@ NOT_SERVED = {
 }
 
 
-def check_static(static: bool) -> None:
-    if static:
-        raise BatchSpecError("compile_config / cache_implementation='static' are not supported for encoder-decoder "
-                             "models yet: drop them (the eager rounds are served).")
-
-
 def check_call(model, features, kwargs: dict, generation_config, *, streamer, logits_processor=None) -> None:
     """What an encoder-decoder call is refused before any work: options not served, features that the encoder
     cannot read, long-form audio without what makes it exact, and streaming (not served yet). What transformers' preparation

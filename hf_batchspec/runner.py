@@ -105,7 +105,8 @@ class ModelRunner:
         if self._cache_rows_marked:
             return
         tensors = [t for layer in self.cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
-        for tensor in tensors:
+        cross = self.cache.cross._tensors() if self.cache.cross is not None else []  # an encoder-decoder's store
+        for tensor in tensors + cross:
             if tensor.shape[0] > 1:
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
         self._cache_rows_marked = len(tensors) == 2 * len(self.cache.layers)

@@ -2,7 +2,7 @@
 
 Rows, on the same inputs and token budget: Whisper's own greedy at batch 1 and at batch B, its batch-1 assisted
 generation with the draft (transformers refuses assisted generation at batch > 1), and ours at batch B (EXSPEC with
-a constant k, and with the library's defaults). Every row of every method is checked against Whisper's greedy of
+a constant k, with the library's defaults, and with `--compile` compiled). Every row of every method is checked against Whisper's greedy of
 that input alone (token ids through EOS). Columns: tokens/s, tokens per round (ours), audio seconds transcribed
 per second, exact rows.
 
@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers import CompileConfig
 
 from . import enable
 
@@ -166,6 +167,10 @@ def run(args) -> list[WhisperResult]:
                                                      num_assistant_tokens=args.k, speculation="always", **common)),
                 ("exspec-default", lambda f: target.generate(f, assistant_model=draft, **common)),
             ]
+            if args.compile:  # both models' decode forwards compiled (the best of the repeats: the first compiles)
+                plans.append(("exspec-compiled", lambda f: target.generate(
+                    f, assistant_model=draft, batch_spec="exspec", num_assistant_tokens=args.k, speculation="always",
+                    compile_config=CompileConfig(), **common)))
         for method, call in plans:
             rows, result = timed(method, batch, call, batch == 1)
             result.exact_rows = sum(row == ref for row, ref in zip(rows, reference))
@@ -198,11 +203,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "transcript is about 100 tokens)")
     parser.add_argument("--k", type=int, default=4, help="num_assistant_tokens of the constant-k row")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest counts")
+    parser.add_argument("--compile", action="store_true",
+                        help="add ours with compile_config (k as --k); needs --repeats >= 2 (the first run compiles)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.compile and args.repeats < 2:
+        parser.error("--compile needs --repeats >= 2: the first run of each shape compiles")
     return args
 
 

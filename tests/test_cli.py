@@ -255,3 +255,5 @@ def test_bench_whisper_runs_every_row_exact(capsys):
             ("hf-greedy", "hf-assisted", "exspec", "exspec-default")]
     assert [row[0] for row in rows] == ["hf-greedy", "hf-assisted", "hf-greedy", "exspec", "exspec-default"]
     assert all(row[-1] == "3/3" for row in rows)
+    code, _, err = exit_code(["bench", "--whisper", "--compile", "--repeats", "1"], capsys)
+    assert code == 2 and "--repeats >= 2" in err

@@ -203,12 +203,28 @@ def test_long_form_equals_whisper_alone(models, draft):
     assert len(expected[2]) > 12  # several windows' tokens
 
 
+@pytest.mark.slow  # two models' decode forwards compiled: about a minute on 2 CPU cores (tox -e slow)
+def test_compiled_rounds_equal_whisper_alone(models):
+    """With `compile_config` both models' decode forwards run compiled with static shapes (idle rows, row buckets,
+    the cross store at static addresses); every row, with timestamps and both draft kinds, equals Whisper alone."""
+    target = models["target"]
+    features = W.features(6, seed=5)
+    call = dict(language="en", return_timestamps=True, max_new_tokens=20)
+    expected = alone(target, features, **call)
+    for draft in ("encoder_decoder", "decoder"):
+        out = target.generate(features, assistant_model=models[draft], batch_spec="exspec", max_batch_size=4,
+                              speculation="always", num_assistant_tokens=3,
+                              compile_config=transformers.CompileConfig(), **call)
+        assert [trimmed(row) for row in out] == expected, draft
+        stats = target.batch_spec_stats  # static shapes: a power-of-two row bucket and cache length
+        assert (stats.cache_rows, stats.cache_slots_per_row) == (4, 64)
+
+
 REFUSED = {
     "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
     "no_speech": (dict(no_speech_threshold=0.6), "no_speech_threshold"),
     "logprob_fallback": (dict(logprob_threshold=-1.0), "logprob_threshold"),
     "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
-    "compiled": (dict(compile_config=transformers.CompileConfig()), "compile_config"),
     "beams": (dict(num_beams=2), "num_beams"),
     "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
     "condition_on_prev_tokens": (dict(condition_on_prev_tokens=True, attention_mask=torch.ones(2, 3 * W.FRAMES),
