@@ -245,7 +245,6 @@ def check_source(source, target) -> None:
 NOT_SERVED = {
     "return_token_timestamps": "token timestamps read the cross-attention weights of alignment heads",
     "no_speech_threshold": "no-speech detection runs a forward of its own over the padded batch",
-    "logprob_threshold": "its fallback reads every step's scores of the padded batch",
     "decoder_input_ids": "the decoder prompt is built from language, task and prompt_ids",
 }
 

@@ -203,6 +203,25 @@ def test_long_form_equals_whisper_alone(models, draft):
     assert len(expected[2]) > 12  # several windows' tokens
 
 
+def test_scores_and_logprob_fallback(models):
+    """`output_scores` per row and step equal Whisper's own alone (the processed scores its `logprob_threshold`
+    fallback decides from), and a call with a fallback threshold that no row falls below equals Whisper alone."""
+    target = models["target"]
+    features = W.features(3, seed=3)
+    call = dict(max_new_tokens=10, language="en", return_dict_in_generate=True, output_scores=True)
+    ours = target.generate(features, assistant_model=models["decoder"], batch_spec="exspec", speculation="always",
+                           **call)
+    for row in range(len(features)):
+        alone_scores = target.generate(features[row:row + 1], **call).scores
+        expected = torch.stack([step[0] for step in alone_scores])  # [T, V]
+        got = torch.stack([step[row] for step in ours.scores[: len(alone_scores)]])
+        assert torch.equal(torch.isfinite(expected), torch.isfinite(got))
+        torch.testing.assert_close(got[torch.isfinite(got)], expected[torch.isfinite(expected)], atol=1e-4, rtol=0)
+    fallback = dict(max_new_tokens=12, language="en", logprob_threshold=-100.0, temperature=(0.0, 0.4, 0.8))
+    out = target.generate(features, assistant_model=models["decoder"], batch_spec="exspec", **fallback)
+    assert [trimmed(row) for row in out] == alone(target, features, **fallback)
+
+
 @pytest.mark.slow  # two models' decode forwards compiled: about a minute on 2 CPU cores (tox -e slow)
 def test_compiled_rounds_equal_whisper_alone(models):
     """With `compile_config` both models' decode forwards run compiled with static shapes (idle rows, row buckets,
@@ -223,7 +242,6 @@ def test_compiled_rounds_equal_whisper_alone(models):
 REFUSED = {
     "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
     "no_speech": (dict(no_speech_threshold=0.6), "no_speech_threshold"),
-    "logprob_fallback": (dict(logprob_threshold=-1.0), "logprob_threshold"),
     "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
     "beams": (dict(num_beams=2), "num_beams"),
     "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
