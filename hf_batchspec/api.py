@@ -83,10 +83,10 @@ class BatchSpeculativeGenerationMixin:
         speculation: str | CostModel | None = None,
         **kwargs,
     ):
-        seq2seq = encoder_decoder.is_encoder_decoder(self)  # Whisper: the inputs are the encoder's features
-        features = (inputs if inputs is not None else kwargs.get("input_features")) if seq2seq else None
-        input_ids = None if seq2seq else inputs if inputs is not None else kwargs.get("input_ids")
-        batch_size = validation.batch_size_of(input_ids if not seq2seq else features, kwargs.get("inputs_embeds"))
+        seq2seq = encoder_decoder.is_encoder_decoder(self)  # the inputs are the encoder's (Whisper: features)
+        main_input = inputs if inputs is not None else kwargs.get(self.main_input_name if seq2seq else "input_ids")
+        features, input_ids = (main_input, None) if seq2seq else (None, main_input)
+        batch_size = validation.batch_size_of(main_input, kwargs.get("inputs_embeds"))
         sources = validation.draft_sources(assistant_model, kwargs, generation_config, self.generation_config)
         copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
         rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode

@@ -45,6 +45,18 @@ def test_every_row_equals_its_greedy_alone(pair, lengths, max_new, k, strategy, 
     assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=max_new)
 
 
+def test_source_ids_by_keyword(pair):
+    """`generate(input_ids=..., attention_mask=...)`, as transformers' examples call it, is served like the
+    positional call."""
+    target, draft = pair
+    ids, mask = S.sources([5, 11, 7], seed=4)
+    target.batch_spec_stats = None
+    out = target.generate(input_ids=ids, attention_mask=mask, assistant_model=draft, max_new_tokens=10,
+                          do_sample=False)
+    assert target.batch_spec_stats is not None and target.batch_spec_stats.num_rows == 3
+    assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=10)
+
+
 def test_drafts_are_accepted(pair):
     target, draft = pair
     ids, mask = S.sources([5, 12, 8, 17], seed=3)
