@@ -259,7 +259,7 @@ class RaggedCache(Cache):
         for layer in self.layers:
             layer.select_rows(idx)
         if self.cross is not None:
-            self.cross.select_rows(idx, self.static_addresses)
+            self.cross.select_rows(idx)
         kept = idx.cpu().numpy()
         self.lengths = self.lengths[kept]
         if self.offsets is not None:

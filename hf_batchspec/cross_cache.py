@@ -95,6 +95,7 @@ class CrossStore(Cache):
         super().__init__(layers=[CrossLayer(plan, static_addresses) for _ in range(num_layers)])
         self.rows = rows
         self._plan = plan
+        self.static_addresses = static_addresses  # a compiled forward reads these very tensors: they never move
         self.mask: torch.Tensor | None = None  # [R, S] 1 where a row's encoder output is real
 
     def __bool__(self) -> bool:  # what an attention layer's `if cache and is_updated` asks
@@ -123,18 +124,18 @@ class CrossStore(Cache):
         rows = self._plan.rows
         return self.mask[: self._plan.batch] if rows is None else self.mask[rows.to(self.mask.device)]
 
-    def _tensors(self):
+    def tensors(self) -> list[torch.Tensor]:  # every [R, ...] tensor of the store (allocated ones)
         tensors = [t for layer in self.layers if layer.is_initialized for t in (layer.store_k, layer.store_v)]
         return tensors + ([self.mask] if self.mask is not None else [])
 
     def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
-        for tensor in self._tensors():
+        for tensor in self.tensors():
             src, dst = to_device(sources, tensor.device), to_device(targets, tensor.device)
             tensor[dst] = tensor[src]
 
-    def select_rows(self, indices: torch.Tensor, static_addresses: bool) -> None:  # [b] rows that stay, in order
-        if static_addresses:  # the tensors never move: the kept rows go into the first rows
-            for tensor in self._tensors():
+    def select_rows(self, indices: torch.Tensor) -> None:  # [b] rows that stay, in order
+        if self.static_addresses:  # the tensors never move: the kept rows go into the first rows
+            for tensor in self.tensors():
                 index = indices.to(tensor.device)
                 tensor[: len(index)] = tensor[index]
             return

@@ -125,7 +125,7 @@ class EncoderSide:
                 raise BatchSpecError("The draft has an encoder of its own, but the inputs of the target's encoder "
                                      "were not recorded; call generate on the target.")
             args, kwargs = self.inputs
-            device = model.get_encoder().parameters().__next__().device
+            device = next(model.get_encoder().parameters()).device
             args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
             kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             self._own[key] = model.get_encoder()(*args, **kwargs).last_hidden_state
@@ -150,6 +150,7 @@ class Seq2SeqBinding:
                                  cache.static_addresses)
         self.cache = cache
         self.wrapped = EncoderDecoderCache(cache, cache.cross)
+        # every layer reads the store (attention layers only ever set these, never clear them)
         self.wrapped.is_updated = {layer: True for layer in range(len(self.projections))}
         self._width = encoder_width(model)
         self.positions = None
@@ -167,7 +168,6 @@ class Seq2SeqBinding:
     def forward_kwargs(self, kwargs: dict, tokens: torch.Tensor, cache_kwarg: str,
                        dtype: torch.dtype) -> dict:  # tokens: [b, q]
         """`ModelRunner.forward`'s keywords (a decoder-only model's) under this model's names, with the cross store."""
-        self.wrapped.is_updated = {layer: True for layer in range(len(self.projections))}
         out = dict(kwargs)
         out[cache_kwarg] = self.wrapped
         # never read: every layer reads the cross store (`is_updated`); only its width and row count matter

@@ -27,17 +27,16 @@ ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarpe
              lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
              lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor)
 # Rules that read a position's prefix length only (and its row's prompt length): vectorised. Suppressing tokens at
-# the begin index (the first generated position: transformers gives the padded prompt width) is at each row's own.
+# the begin index (the first generated position: transformers gives the padded prompt width) is at each row's own,
+# and so is forcing EOS at the last position (transformers' max_length is the padded width's; a row's own is its
+# prompt length + max_new_tokens, its batch-1 max_length).
 LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor,
-                lp.SuppressTokensAtBeginLogitsProcessor)
+                lp.SuppressTokensAtBeginLogitsProcessor, lp.ForcedEOSTokenLogitsProcessor)
 # Rules that read tokens from a begin index, the first generated position (Whisper's timestamp rules):
 # transformers gives them the padded prompt width; each row's own is its prompt length.
 BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
-# EOS forced at the last position a row may take: transformers' max_length is the padded width's; each row's own is
-# its prompt length + max_new_tokens (its batch-1 max_length)
-PER_ROW_LIMIT = (lp.ForcedEOSTokenLogitsProcessor,)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
-                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED + PER_ROW_LIMIT
+                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED
 SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS
 
 
@@ -60,7 +59,7 @@ class ScoreProcessing:
 
     def __init__(self, processors, max_new_tokens: int | None = None):
         self.steps = list(processors or [])
-        self.max_new_tokens = max_new_tokens  # each row's budget (a per-row limit rule reads it)
+        self.max_new_tokens = max_new_tokens  # each row's budget (forcing EOS at a row's last position reads it)
         self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
         self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
 
@@ -72,7 +71,7 @@ class ScoreProcessing:
             elif isinstance(step, LENGTH_RULES):
                 scores = self._length_rule(step, scores, prefixes)
             else:
-                scores = _by_prefix_length(step, scores, prefixes, self.max_new_tokens)
+                scores = _by_prefix_length(step, scores, prefixes)
         return scores
 
     def draft(self, logits: torch.Tensor) -> torch.Tensor:
@@ -91,8 +90,13 @@ class ScoreProcessing:
             early, banned = length < step.min_length, step.eos_token_id
         elif isinstance(step, lp.MinNewTokensLengthLogitsProcessor):
             early, banned = length - prompt < step.min_new_tokens, step.eos_token_id
-        else:  # SuppressTokensAtBegin: at the row's first generated position
+        elif isinstance(step, lp.SuppressTokensAtBeginLogitsProcessor):  # at the row's first generated position
             early, banned = length == prompt, step.begin_suppress_tokens
+        else:  # ForcedEOS at the row's last position: every other token banned, EOS scored 0 (transformers' rule)
+            last = prompt + self.max_new_tokens - 1 if self.max_new_tokens is not None else step.max_length - 1
+            eos = torch.isin(torch.arange(vocab, device=scores.device), step.eos_token_id.to(scores.device))
+            forced = (length == last).unsqueeze(-1)  # [B, T, 1]
+            return torch.where(forced & eos, 0.0, scores.masked_fill(forced & ~eos, -float("inf")))
         is_banned = torch.isin(torch.arange(vocab, device=scores.device), banned.to(scores.device))
         return scores.masked_fill(early.unsqueeze(-1) & is_banned, -float("inf"))
 
@@ -104,8 +108,7 @@ def _row_local(step, scores: torch.Tensor) -> torch.Tensor:
     return step(no_ids, flat).reshape(shape)
 
 
-def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes, max_new_tokens: int | None = None
-                      ) -> torch.Tensor:
+def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
     """Call `step` once per distinct prefix length (and, for a rule with a begin index, prompt length), each time
     on the exact prefixes of those positions."""
     batch, positions, vocab = scores.shape
@@ -114,18 +117,17 @@ def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes, max_new_to
     prompts = np.repeat(prefixes.prompt_lengths, positions)
     flat = scores.reshape(-1, vocab).clone()
     # one group per prefix length, or per (prefix length, prompt length) for a begin-indexed rule
-    per_prompt = isinstance(step, BEGIN_INDEXED + PER_ROW_LIMIT)
-    keys = lengths * (int(prompts.max(initial=0)) + 1) + prompts if per_prompt else lengths
+    keys = lengths * (int(prompts.max(initial=0)) + 1) + prompts if isinstance(step, BEGIN_INDEXED) else lengths
     for key in np.unique(keys):
         where = np.flatnonzero(keys == key)
         length = lengths[where[0]]
         index = torch.as_tensor(where, device=flat.device)
         input_ids = prefixes.tokens[torch.as_tensor(rows[where], device=prefixes.tokens.device), :length]
-        flat[index] = _for_rows(step, prompts[where], max_new_tokens)(input_ids.to(flat.device), flat[index])
+        flat[index] = _for_rows(step, prompts[where])(input_ids.to(flat.device), flat[index])
     return flat.reshape(batch, positions, vocab)
 
 
-def _for_rows(step, prompt_lengths: np.ndarray, max_new_tokens: int | None = None):
+def _for_rows(step, prompt_lengths: np.ndarray):
     """The processor as it applies to these rows alone.
 
     transformers gives the repetition penalty each row's left-padding length (`prompt_ignore_length` as a
@@ -136,10 +138,6 @@ def _for_rows(step, prompt_lengths: np.ndarray, max_new_tokens: int | None = Non
     if isinstance(step, BEGIN_INDEXED):
         step = copy.copy(step)
         step.set_begin_index(int(prompt_lengths[0]))
-        return step
-    if isinstance(step, PER_ROW_LIMIT) and max_new_tokens is not None:
-        step = copy.copy(step)
-        step.max_length = int(prompt_lengths[0]) + max_new_tokens
         return step
     if isinstance(step, lp.RepetitionPenaltyLogitsProcessor) and step.prompt_ignore_length is not None:
         ignore = None

@@ -105,7 +105,7 @@ class ModelRunner:
         if self._cache_rows_marked:
             return
         tensors = [t for layer in self.cache.layers if layer.is_initialized for t in (layer.keys, layer.values)]
-        cross = self.cache.cross._tensors() if self.cache.cross is not None else []  # an encoder-decoder's store
+        cross = self.cache.cross.tensors() if self.cache.cross is not None else []  # an encoder-decoder's store
         for tensor in tensors + cross:
             if tensor.shape[0] > 1:
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)

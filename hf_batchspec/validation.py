@@ -76,8 +76,10 @@ def check_pair(target: torch.nn.Module, draft) -> None:
     check_causal_lm(target, "target model")
     if encoder_decoder.reads_encoder(target):  # first: it names what an encoder-decoder target's draft must be
         encoder_decoder.check_pair(target, draft)
-    check_causal_lm(draft, "assistant_model")
-    encoder_decoder.check_pair(target, draft)
+        check_causal_lm(draft, "assistant_model")
+    else:  # first: a draft of a model it cannot be (an encoder-decoder one) is named as such
+        check_causal_lm(draft, "assistant_model")
+        encoder_decoder.check_pair(target, draft)
     vocab_t = target.config.get_text_config().vocab_size
     vocab_d = draft.config.get_text_config().vocab_size
     if vocab_t != vocab_d:

@@ -26,6 +26,7 @@ import torch
 from transformers import CompileConfig
 
 from . import enable
+from .bench import DTYPES
 
 FRAMES_PER_SECOND = 100  # log-mel frames per audio second (Whisper's 10 ms hop)
 
@@ -123,7 +124,7 @@ def trimmed(row: torch.Tensor, eos: int) -> list[int]:
 
 
 def run(args) -> list[WhisperResult]:
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     target, draft = load_pair(args.target, args.draft, dtype, args.device, args.d_model, args.decoder_layers)
     enable(target)
     features, seconds = random_features(target, args.num_inputs, 0, dtype, args.device)
@@ -205,7 +206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest counts")
     parser.add_argument("--compile", action="store_true",
                         help="add ours with compile_config (k as --k); needs --repeats >= 2 (the first run compiles)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)

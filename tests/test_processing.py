@@ -32,6 +32,7 @@ PROCESSOR_SETTINGS = {
     "forced_bos": dict(forced_bos_token_id=1),
     # at each row's own first generated position (transformers' begin index is the padded width)
     "begin_suppress_tokens": dict(begin_suppress_tokens=[3, 7, 11, 20]),
+    "forced_eos": dict(forced_eos_token_id=9),  # at each row's own last position
     "combined": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=3),
 }
 
