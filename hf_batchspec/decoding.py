@@ -9,7 +9,9 @@ Outline of one round, for the B active rows at once:
   4. commit:  append the kept tokens to each row; the caches roll back by length alone
   5. refill:  rows that hit a stop id or their token budget free their slot: a waiting prompt is prefilled
               into it (EXSPEC), or, when none waits, the slot leaves the batch
-The only host sync of a round is step 4 bringing the per-row counts to the host.
+The only host sync of a round is step 4 bringing the per-row counts to the host. A compiled greedy round with a
+draft model is one program, steps 1-4 included (`device_round.device_round`), and its counts are read one round
+late: the host launches round t+1 before it waits for round t's (`_lagged_round`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs, greedy_steps
+from .device_round import InFlight, LaggedRead, device_round, kept_and_finished, verify_greedy, verify_input
+from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs
 from .masks import packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
 from .runner import ModelRunner, rows_dynamic, warmed_lengths
-from .scheduling import ActiveRows, PromptQueue, to_device
+from .scheduling import ActiveRows, PromptQueue, to_device, to_host
 from .profiling import RoundClock
 from .speculation import CostModel, MeasuredCosts, SpeculationControl
 from .stats import BatchSpecStats
@@ -149,7 +152,10 @@ class _Decoder:
         # n_rows is scratch: idle slots (static shapes) point there.
         self.tokens = torch.zeros((n_rows + 1, cache_len + k + 1), dtype=torch.long, device=self.device)
         self.tokens[:n_rows, :width] = prompts.to(self.device)
-        self.rows = ActiveRows(slots, self.device, scratch_id=n_rows)
+        if settings.compile_config is not None:  # an input the device round writes (CUDA graphs: a fixed address)
+            torch._dynamo.mark_static_address(self.tokens)
+        self.rows = ActiveRows(slots, self.device, scratch_id=n_rows,
+                               static_addresses=settings.compile_config is not None)
         self.row_prompt_lengths = np.append(prompt_lengths, 1)  # by token-buffer row, the scratch row's too
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
@@ -160,16 +166,21 @@ class _Decoder:
         self.clock = RoundClock() if isinstance(settings.cost_model, MeasuredCosts) else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
-        self._verify_greedy = self._greedy_round = None
+        self._verify_greedy = self._device_round = None
         # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
-            # a draft model's steps, the verify and acceptance in one program; the verify alone for a drafter
-            # without steps to compile (prompt lookup)
-            self._greedy_round = torch.compile(greedy_round, **settings.compile_config.to_dict())
+            # a draft model's whole round (steps, verify, acceptance, commit) in one program, read a round late;
+            # the verify alone for a drafter without steps to compile (prompt lookup)
+            if self.drafter.fuses and not settings.realign_every_round:
+                self._device_round = torch.compile(device_round, **settings.compile_config.to_dict())
+                self.reader = LaggedRead(self.device)
+                # the round's offer as a device scalar per value: an int would be a constant of the graph
+                self._offers = [torch.tensor(i, device=self.device) for i in range(k + 1)]
             self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
+        self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -181,7 +192,8 @@ class _Decoder:
                 free[:] = False
             if not self.rows.live_h.any():
                 break
-            free = self._round()
+            free = self._round() if self._device_round is None else self._lagged_round()
+        self._drain()  # a last round launched before the host saw every row finish: all its rows were idle
         new_tokens = self.stats.new_tokens.copy()
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
         return DecodeResult(self.tokens[:-1], self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
@@ -202,18 +214,13 @@ class _Decoder:
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         budget = to_device(budget_h, self.device)
         offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
-        k_round = int(budget_h.max())
-        if self._verify_greedy is not None and (k_round or len(self.k_buckets) == 1):
-            # The verify's width: one compiled program per bucket. A constant k has one bucket, and a round where
-            # no row drafts (each at its last token) runs it too, with budgets of 0, rather than compile a second
-            # target program for those few rounds.
-            k_round = int(self.k_buckets[np.searchsorted(self.k_buckets, k_round)])
+        k_round = self._program_width(int(budget_h.max()))
         accepted, candidates, count, finished, budget, forwards = self._draft_and_verify(k_round, budget)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
-        acc_h, count_h, fin_h, budget_h = torch.stack((accepted, count, finished.long(), budget)).cpu().numpy()
+        acc_h, count_h, fin_h, budget_h = to_host(torch.stack((accepted, count, finished.long(), budget)))
         live = rows.live_h
         if self.on_tokens is not None:  # a second transfer, only when streaming
-            self._stream(rows.ids_h[live], candidates.cpu().numpy()[live], count_h[live])
+            self._stream(rows.ids_h[live], to_host(candidates)[live], count_h[live])
         kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
         stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
                         len(rows), width=k_round)
@@ -235,24 +242,90 @@ class _Decoder:
             self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
 
+    def _program_width(self, offer: int) -> int:
+        """The verify's draft width for a round whose rows offer up to `offer` drafts. Compiled, one program per
+        bucket: a constant k has one bucket, and a round where no row drafts (each at its last token) runs it too,
+        with budgets of 0, rather than compile a second target program for those few rounds."""
+        if self._verify_greedy is not None and (offer or len(self.k_buckets) == 1):
+            return int(self.k_buckets[np.searchsorted(self.k_buckets, offer)])
+        return offer
+
+    # -- the device round, read a round late ---------------------------------------------------------------
+    def _lagged_round(self) -> np.ndarray:  # [B] rows that finished in the round read now (the one before)
+        """Launch a device round (draft, verify, accept, commit: one program), then read the previous one's
+        snapshot and act on it. Only what the host decides goes in: the round's width and offer (the same as
+        `_round`'s, from the last snapshot: an upper bound of what each row still needs)."""
+        rows, flight = self.rows, self._inflight
+        if flight is not None and self._may_end_all(flight):
+            # the round in flight may finish every row: read it before launching one that would run idle
+            self._inflight = None
+            return self._absorb(flight)
+        budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
+        planned = rows.draft_len_h
+        if self.control is not None:
+            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h, self.k_buckets, rows.live_h)
+            planned = np.minimum(planned, int(budget_h.max(initial=0)))
+        offer = int(budget_h.max(initial=0))
+        k = self._program_width(offer)
+        inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
+        rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
+        self._inflight = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
+                                            self._offers[offer], self._fused_stop_ids, self._max_new,
+                                            width=k, forward_rows=len(rows), planned=planned,
+                                            waiting=self._waiting())
+        self.drafter.runner.cache.end()
+        self.target.cache.end()
+        self.stats.draft_forward_calls += max(k, 1)
+        return np.zeros(len(rows), dtype=bool) if flight is None else self._absorb(flight)
+
+    def _may_end_all(self, flight: InFlight) -> bool:
+        """Whether the round in flight can finish every live row by its budget, with nothing waiting."""
+        rows = self.rows
+        return not self._waiting() and bool(
+            (self.settings.max_new_tokens - rows.generated_h[rows.live_h] <= flight.width + 1).all())
+
+    def _absorb(self, flight: InFlight) -> np.ndarray:  # [B] rows that finished in that round
+        """A device round's snapshot, read: statistics, the host copies of the row state, the caches' host
+        lengths, the heuristic schedule and `speculation="auto"` follow it. Rows placed after its launch were idle
+        in it (count 0), so their host state stands."""
+        rows, stats = self.rows, self.stats
+        snap, seconds = self.reader.read(flight)
+        live, count, finished = snap["live"].astype(bool), snap["count"], snap["finished"].astype(bool)
+        kept_drafts = np.minimum(snap["accepted"], count)
+        if flight.waiting:  # slots idle for the lag while prompts waited (finished, refilled a round late)
+            stats.idle_slot_rounds += int((~live[: self.capacity]).sum())
+        if live.any():
+            stats.fused_rounds += 1
+            stats.add_round(rows.ids_h[live], snap["budget"][live], kept_drafts[live], count[live], flight.waiting,
+                            flight.forward_rows, width=flight.width)
+        else:
+            stats.lagged_idle_rounds += 1
+        if self.control is not None:
+            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
+                                                                         snap["budget"])
+        old_lengths = rows.lengths_h
+        rows.absorb(count, finished)
+        if self.settings.schedule != "constant":
+            rows.adapt(snap["accepted"], flight.planned, self.settings.schedule, self.k_cap)
+            rows.set_caps()
+        self.last_draft_lengths = rows.draft_len_h
+        self.target.cache.set_lengths(rows.lengths_h - 1)
+        self.drafter.rollback(rows.lengths_h, old_lengths, max(flight.width, 1))
+        if self.clock is not None and live.any():
+            self.settings.cost_model.observe(flight.forward_rows, flight.width, seconds)
+        return finished
+
+    def _drain(self) -> np.ndarray:  # [B] rows that finished in the round in flight (none when none is)
+        flight, self._inflight = self._inflight, None
+        return np.zeros(len(self.rows), dtype=bool) if flight is None else self._absorb(flight)
+
     def _draft_and_verify(self, k: int, budget: torch.Tensor):  # budget [B]
         """Steps 1-3 of a round: draft up to k tokens per row, verify them, accept a prefix and cut it at a stop.
         Returns (accepted drafts [B], candidates [B, k+1], kept count [B], finished [B], budget [B] (as the
-        drafter cut it), draft forwards run). Greedy and compiled, with nothing that needs the host, this is one
-        program (`greedy_round`; the verify alone where the drafter has no steps to compile); otherwise the
-        forwards run one by one and acceptance is eager."""
+        drafter cut it), draft forwards run). Compiled greedy with nothing that needs the host, the verify and
+        acceptance are one program (`verify_greedy`); otherwise the forwards run one by one and acceptance is
+        eager. (A draft model's compiled greedy round is `_lagged_round`.)"""
         rows = self.rows
-        fused = self.drafter.fused_inputs(rows, self.tokens) if self._greedy_round is not None else None
-        if fused is not None:
-            inputs = (*fused, self._pending(), rows.generated, rows.live, budget)
-            rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
-            outputs = self._greedy_round(self.drafter.runner, self.target, k, *inputs, self._fused_stop_ids,
-                                         self._max_new)
-            self.drafter.after_fused_round()
-            self.target.cache.end()
-            self._write(outputs[1])
-            self.stats.fused_rounds += 1
-            return (*outputs, budget, max(k, 1))
         # a plain step (k = 0) asks the drafter for nothing: every source's answer would be no drafts
         proposal = (self.drafter.propose(rows, self.tokens, k, budget) if k else
                     Proposal(torch.empty((len(rows), 0), dtype=torch.long, device=self.device), None, budget))
@@ -423,12 +496,12 @@ class _Decoder:
         criteria = self._criteria(ids, lengths, 1)
         _, stopped = truncate_at_stop(first.unsqueeze(1), torch.ones_like(first), self.stop_ids, criteria)
         if self.on_tokens is not None:
-            self._stream(ids, first.unsqueeze(1).cpu().numpy(), np.ones(len(ids), dtype=np.int64))
+            self._stream(ids, to_host(first.unsqueeze(1)), np.ones(len(ids), dtype=np.int64))
         placed = slots < len(self.rows)
         self._place(slots[placed], ids[placed])
         stats.new_tokens[ids] += 1
         stats.target_tokens[ids] += 1
-        return stopped.cpu().numpy() | (max_new == 1)  # a sync per admission, not per round
+        return to_host(stopped) | (max_new == 1)  # a sync per admission, not per round
 
     def _prefill(self, slots: np.ndarray, ids: np.ndarray) -> torch.Tensor:  # [n, V] logits at each prompt's end
         """Prompts `ids` through both models into cache rows `slots` (the drafter's prefill is skipped when no
@@ -481,6 +554,11 @@ class _Decoder:
         self.rows.idle(np.flatnonzero(free))
         live = np.flatnonzero(self.rows.live_h)
         rows = static_rows(max(len(live), 2), len(self.rows))
+        if len(live) and not self._waiting() and rows < len(self.rows) and self._inflight is not None:
+            # rows move: read the round in flight first (its snapshot is in the old row order)
+            self.rows.idle(np.flatnonzero(self._drain()))
+            live = np.flatnonzero(self.rows.live_h)
+            rows = static_rows(max(len(live), 2), len(self.rows))
         if len(live) and not self._waiting() and rows < len(self.rows):  # idle rows cost as much as live ones
             idle = np.flatnonzero(~self.rows.live_h)[: rows - len(live)]
             self._select(np.sort(np.concatenate((live, idle))))
@@ -491,82 +569,6 @@ class _Decoder:
             self.target.cache.select_rows(index)
             self.drafter.select_rows(index)
             self.stats.row_selections += 1
-
-
-def verify_greedy(
-    target: ModelRunner,  # static shapes: the forward covers all rows and the whole cache
-    pending: torch.Tensor,  # [B, 1] each row's newest committed token, which the target has not run
-    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
-    limits: torch.Tensor,  # [B] highest position id of each row
-    generated: torch.Tensor,  # [B] tokens generated per row
-    live: torch.Tensor,  # [B] slots decoding a prompt
-    drafts: torch.Tensor,  # [B, k]
-    budget: torch.Tensor,  # [B] drafts each row offers
-    stop_ids: torch.Tensor,  # [E] padded with -1 (`static_stop_ids`)
-    max_new_tokens: torch.Tensor,  # []
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # [B], [B, k+1], [B], [B]
-    """Steps 2-3 of a greedy round as one function of device tensors, for torch.compile: the target runs the
-    pending token and the drafts, the accepted prefix and the target's next token are kept, cut at a stop id.
-    Returns (accepted drafts, candidates, kept count, finished): what `_verify`, `_accept` and `_commit`
-    compute when processors or criteria need the host."""
-    logits = target.forward(*verify_input(pending, drafts, lengths), limits, 0)  # [B, k+1, V]
-    candidates = logits.argmax(-1).to(pending.device)  # accepted drafts equal the target's tokens
-    accepted = greedy_accept(drafts, candidates, budget)
-    return (accepted, candidates,
-            *kept_and_finished(candidates, accepted + 1, stop_ids, None, live, generated, max_new_tokens))
-
-
-def greedy_round(
-    draft: ModelRunner,  # static shapes, as `target`
-    target: ModelRunner,
-    k: int,
-    first_input: torch.Tensor,  # [B, w] the tokens the draft has not run, ending at each row's pending token
-    positions: torch.Tensor,  # [B, w] their positions
-    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
-    limits: torch.Tensor,  # [B] highest position id of each row
-    pick: torch.Tensor,  # [B] the column of each row's pending token in `first_input`
-    pending: torch.Tensor,  # [B, 1] each row's newest committed token
-    generated: torch.Tensor,  # [B] tokens generated per row
-    live: torch.Tensor,  # [B] slots decoding a prompt
-    budget: torch.Tensor,  # [B] drafts each row offers
-    stop_ids: torch.Tensor,  # [E] padded with -1 (`static_stop_ids`)
-    max_new_tokens: torch.Tensor,  # []
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # [B], [B, k+1], [B], [B]
-    """A whole greedy round as one function of device tensors, for torch.compile: the draft's k steps
-    (`greedy_steps`), then the verify with acceptance and the cut at a stop (`verify_greedy`). One compiled call
-    per round instead of two: each call costs its guard evaluation on the host (measured on CPU: ~0.3 ms, about
-    as much as a draft step), and on CUDA each is a graph replay of its own. With k = 0 (`speculation="auto"`
-    found drafting does not pay) the draft still runs its first step, unverified: it catches up on the tokens it
-    has not run, so its first step keeps its width of 2 and each k keeps one program."""
-    drafts = greedy_steps(draft, first_input, positions, lengths, limits, pick, max(k, 1))[:, :k]  # [B, k]
-    return verify_greedy(target, pending, lengths, limits, generated, live, drafts, budget, stop_ids,
-                         max_new_tokens)
-
-
-def verify_input(
-    pending: torch.Tensor,  # [B, 1]
-    drafts: torch.Tensor,  # [B, k]
-    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
-) -> tuple[torch.Tensor, torch.Tensor]:  # [B, k+1] tokens, [B, k+1] their positions
-    """The verify's query: the pending token and the drafts, at positions length-1 .. length+k-1."""
-    positions = lengths.unsqueeze(1) - 1 + torch.arange(drafts.shape[1] + 1, device=lengths.device)
-    return torch.cat((pending, drafts), 1), positions
-
-
-def kept_and_finished(
-    candidates: torch.Tensor,  # [B, T] the round's candidate tokens
-    count: torch.Tensor,  # [B] candidates each row keeps before stops
-    stop_ids: torch.Tensor | None,  # [E]
-    stops: torch.Tensor | None,  # [B, T] candidates that end their row by a stopping criterion
-    live: torch.Tensor,  # [B] slots decoding a prompt
-    generated: torch.Tensor,  # [B] tokens generated per row before this round
-    max_new_tokens,  # int, or a 0-d tensor inside a compiled program
-) -> tuple[torch.Tensor, torch.Tensor]:  # [B] kept, [B] finished
-    """Each row keeps its candidates through its first stop (idle rows keep none); it is finished at a stop or
-    when it has generated max_new_tokens."""
-    count, stopped = truncate_at_stop(candidates, count, stop_ids, stops)
-    count = torch.where(live, count, 0)
-    return count, live & (stopped | (generated + count >= max_new_tokens))
 
 
 def static_stop_ids(stop_ids: torch.Tensor | None, device) -> torch.Tensor:  # [E'] a power of two >= 4

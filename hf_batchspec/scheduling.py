@@ -10,9 +10,12 @@ stays in the forward as an idle row (`live` False), pointed at a scratch row of 
 nothing and committing nothing, until the live rows fit a smaller row bucket (a power of two); then they move
 into the first rows of caches that themselves never move (see `decoding._Decoder._leave`).
 
-Each per-row counter lives twice: a numpy array on the host (for decisions: draft budgets, kv lengths,
-which rows finished) and a tensor on the device (for building inputs without a sync). Both are advanced
-from the same per-round values, which the loop brings to the host once per round.
+Each per-row counter lives twice: a tensor on the device (for building inputs without a sync) and a numpy
+array on the host (for decisions: draft budgets, kv lengths, which rows finished). In a device round
+(`device_round`, compiled greedy rounds) the device tensors are the truth: the round's program advances them, and
+the host copies follow the round's snapshot, read one round late (`ActiveRows.absorb`); elsewhere both are advanced
+from the same per-round values, which the loop brings to the host once per round. Two fields live on the device
+only, for the device round: `lag` (committed tokens the draft model has not run) and `caps` (each row's k).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 _FIELDS = ("ids", "lengths", "generated", "limits")
 _HOST_ONLY = ("draft_len", "hits", "trials")  # decisions only: each row's k and its acceptance counts
+_DEVICE_ONLY = ("lag", "caps")  # read by the device round only (see the module docstring)
 
 
 def to_device(values, device) -> torch.Tensor:
@@ -34,6 +38,11 @@ def to_device(values, device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """Device values on the host: one read (a sync on a GPU); a CPU tensor's own memory, not a copy."""
+    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
 
 
 class PromptQueue:
@@ -60,9 +69,11 @@ class ActiveRows:
     target has chosen it but not yet run it, so it is not in the target's cache.
     """
 
-    def __init__(self, slots: int, device, scratch_id: int = 0):
+    def __init__(self, slots: int, device, scratch_id: int = 0, static_addresses: bool = False):
         self.device = device
         self.scratch_id = scratch_id  # the token-buffer row idle slots point at (static shapes)
+        # inputs a compiled device round mutates: under CUDA graphs those must keep their addresses
+        self.static_addresses = static_addresses
         for name in _FIELDS:
             setattr(self, name + "_h", np.zeros(slots, dtype=np.int64))
             setattr(self, name, torch.zeros(slots, dtype=torch.long, device=device))
@@ -71,9 +82,17 @@ class ActiveRows:
         self.trials_h = np.zeros(slots)  # decayed drafts tested: accepted ones plus the rejection, if any
         self.live_h = np.zeros(slots, dtype=bool)  # holds a prompt being decoded (False: empty or idle)
         self.live = torch.zeros(slots, dtype=torch.bool, device=device)
+        self.lag = torch.ones(slots, dtype=torch.long, device=device)
+        self.caps = torch.zeros(slots, dtype=torch.long, device=device)
         # An empty slot is an idle row at position 0 with one committed (scratch) token, so that a forward
         # over every slot has valid positions before the slot is ever filled.
         self.idle(np.arange(slots))
+        self._mark_static()
+
+    def _mark_static(self) -> None:
+        if self.static_addresses:
+            for name in _FIELDS + ("live",) + _DEVICE_ONLY:
+                torch._dynamo.mark_static_address(getattr(self, name))
 
     def __len__(self) -> int:
         return int(self.ids_h.shape[0])
@@ -84,6 +103,9 @@ class ActiveRows:
         self.draft_len_h[slots] = draft_len
         self.hits_h[slots] = self.trials_h[slots] = 0.0
         self._set(slots, dict(ids=ids, lengths=lengths, generated=generated, limits=limits), live=True)
+        index = to_device(slots, self.device)
+        self.lag[index] = 1  # the prefill ran the prompt: the draft lacks the pending first token only
+        self.caps[index] = draft_len
 
     def idle(self, slots: np.ndarray) -> None:
         """Slots that stay in the forward without a prompt: they draft and commit nothing; their queries write
@@ -91,6 +113,7 @@ class ActiveRows:
         lengths = np.maximum(self.lengths_h[slots], 1)
         self._set(slots, dict(ids=np.full(len(slots), self.scratch_id), lengths=lengths,
                               generated=np.zeros(len(slots), dtype=np.int64), limits=lengths), live=False)
+        self.lag[to_device(slots, self.device)] = 1  # its draft input starts at its own length - 1 >= 0
 
     def _set(self, slots: np.ndarray, values: dict, live: bool) -> None:
         index = to_device(slots, self.device)
@@ -114,6 +137,16 @@ class ActiveRows:
             grown = np.where(accepted >= planned, self.draft_len_h + 2, self.draft_len_h - 1)
             self.draft_len_h = np.where(planned > 0, np.clip(grown, 1, cap), self.draft_len_h)
 
+    def set_caps(self) -> None:
+        """Each row's k on the device, after the heuristic schedule changed it on the host."""
+        self.caps.copy_(to_device(self.draft_len_h, self.device))  # in place: a compiled round's input
+
+    def absorb(self, count_h: np.ndarray, finished_h: np.ndarray) -> None:
+        """The host copies follow a device round (whose program advanced the device tensors itself)."""
+        self.lengths_h = self.lengths_h + count_h
+        self.generated_h = self.generated_h + count_h
+        self.live_h = self.live_h & ~finished_h.astype(bool)
+
     def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:
         self.lengths_h = self.lengths_h + count_h
         self.generated_h = self.generated_h + count_h
@@ -129,4 +162,7 @@ class ActiveRows:
         for name in _FIELDS:
             setattr(self, name + "_h", getattr(self, name + "_h")[keep])
             setattr(self, name, getattr(self, name)[index])
+        for name in _DEVICE_ONLY:
+            setattr(self, name, getattr(self, name)[index])
+        self._mark_static()
         return index

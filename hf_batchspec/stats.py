@@ -30,8 +30,12 @@ class BatchSpecStats:
     staged_prompts: int = 0  # prompts prefilled ahead into a staging row, later copied into a freed slot
     realignments: int = 0  # times both caches moved every row (only batch_spec="eqspec-realign")
     # verify rounds run as whole-step compiled programs (compiled greedy without processors or criteria that
-    # need the host: draft steps, verify, acceptance in one program, see decoding.greedy_round)
+    # need the host: draft steps, verify, acceptance and commit in one program, see device_round)
     fused_rounds: int = 0
+    # what reading a device round's results a round late costs (see device_round): slot-rounds a finished row's
+    # slot stayed idle while prompts waited, and rounds launched when no row was left (every row had stopped)
+    idle_slot_rounds: int = 0
+    lagged_idle_rounds: int = 0
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
     active_rows: list = field(default_factory=list)  # rows in the batch at each verify round

@@ -320,7 +320,7 @@ def test_compiled_tail_bucket_takes_the_warmed_graphs(compiled_pair, warmed):
 
 @pytest.mark.parametrize("speculation", ["always", "auto"])
 def test_greedy_round_is_one_compiled_call(compiled_pair, warmed, speculation):
-    """Each greedy round is one compiled call (draft steps, verify and acceptance in `greedy_round`): with a
+    """Each greedy round is one compiled call (draft steps, verify, acceptance, commit in `device_round`): with a
     constant k the last-token rounds included, with auto its rounds of k = 0 (where the draft only catches up).
     The profiler sees as many compiled regions as rounds, and nothing else compiled runs (prefills are eager);
     every row equals plain greedy."""
@@ -339,7 +339,8 @@ def test_greedy_round_is_one_compiled_call(compiled_pair, warmed, speculation):
                               **{**COMPILED, **(auto if speculation == "auto" else {})})
     calls = sum(1 for event in prof.events() if event.name.startswith("Torch-Compiled Region")
                 and event.cpu_parent is None)
-    assert calls == out.spec_stats.rounds == out.spec_stats.fused_rounds > 0
+    stats = out.spec_stats  # a round launched after every row had stopped (read a round late) ran idle
+    assert calls == stats.rounds + stats.lagged_idle_rounds and stats.rounds == stats.fused_rounds > 0
     if speculation == "auto":  # no round drafted: the draft only caught up in them
         assert out.spec_stats.drafted_tokens.sum() == 0 and set(out.spec_stats.draft_widths) == {0}
     for row, prompt in enumerate(prompts):

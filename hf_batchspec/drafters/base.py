@@ -69,8 +69,9 @@ class Drafter:
     default does nothing, right for a source that keeps no per-row state.
 
     Attributes the loop reads:
-    - `runner`: the draft model's `ModelRunner`, when its greedy steps compile into the round's program
-      (`fused_inputs` not None); None otherwise.
+    - `runner`: the draft model's `ModelRunner`, or None for a source without one.
+    - `fuses`: whether its greedy steps compile into the round's one program (`device_round.device_round` runs
+      `greedy_steps` on `runner`; then neither `propose` nor `rollback`'s caller reads the host between rounds).
     - `stages`: whether a prompt can be prefilled into a staging row ahead of a free slot (`copy_rows` then moves
       it); a source with per-slot host state that cannot move that way says False.
     - `defers`: whether `defer` admits rows without a forward (the first `propose` then catches them up).
@@ -79,6 +80,7 @@ class Drafter:
     """
 
     runner = None
+    fuses = False
     stages = True
     defers = False
     verify_outputs: frozenset = frozenset()
@@ -100,14 +102,6 @@ class Drafter:
 
     def defer(self, slots: np.ndarray) -> None:  # [n] cache rows (host)
         """Admission without a forward, while drafting is off (only called when `defers`)."""
-
-    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> tuple | None:
-        """The tensors `greedy_steps` takes besides the runner and k, for a source whose steps compile into the
-        round's one program; None where they do not (then `propose` runs)."""
-        return None
-
-    def after_fused_round(self) -> None:
-        """A fused round ran this drafter's steps inside the round's program."""
 
     def observe_prefill(self, prompts: torch.Tensor, lengths: np.ndarray, slots: np.ndarray, cache_rows,
                         hidden_states: torch.Tensor) -> None:

@@ -28,10 +28,10 @@ class ModelDrafter(Drafter):
         # a row admitted without a forward would have no cross-attention store: encoder-decoder drafts prefill
         self.defers = options.encoder is None
         # A greedy draft without a confidence threshold decides nothing on the host between its steps, so the
-        # decoder compiles its k steps into the round's program (`greedy_steps` inside `decoding.greedy_round`):
-        # one call (one CUDA graph) per round, the steps' masks, gathers and argmaxes inside it.
-        self._fuses = (compile_config is not None and options.fused and not options.do_sample
-                       and not options.confidence_threshold)
+        # decoder compiles its k steps into the round's program (`greedy_steps` inside `device_round`): one call
+        # (one CUDA graph) per round, the steps' masks, gathers and argmaxes inside it.
+        self.fuses = (compile_config is not None and options.fused and not options.do_sample
+                      and not options.confidence_threshold)
 
     @property
     def cache(self):
@@ -80,18 +80,6 @@ class ModelDrafter(Drafter):
             keep = 1 if len(columns) == 1 else to_device(columns, device)
             pick = np.searchsorted(columns, missing_h - 1)
         return step_input, positions, kv_len, keep, to_device(pick, device)
-
-    def after_fused_round(self) -> None:
-        self.cache.end()
-
-    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> tuple | None:
-        """The tensors `greedy_steps` takes besides the runner and k (`[B, w]` tokens and positions, `[B]`
-        lengths, limits and pick), for the decoder, which compiles the steps into its round's program; None
-        where the steps do not fuse (then `propose` runs them)."""
-        if not self._fuses or self.runner.on_rows is not None:
-            return None
-        step_input, positions, _, _, pick = self._first_step(rows, tokens)
-        return step_input, positions, rows.lengths, rows.limits, pick
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k

@@ -122,9 +122,6 @@ class OtherTokenizerDrafter(Drafter):
         return self.inner.admit(prompts_d, packed_positions(len(ids), padded.shape[1], self.device),
                                 self.limits[: len(ids)], padded.shape[1], cache_rows, ids, slots, draft_lengths)
 
-    def fused_inputs(self, rows: ActiveRows, tokens: torch.Tensor) -> None:
-        return None  # no greedy draft steps to compile into the decoder's round
-
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
         padded, new_len = retokenize.pad(retokenize.draft_view(self.target_tokenizer, self.draft_tokenizer,

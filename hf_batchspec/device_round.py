@@ -1,0 +1,189 @@
+"""The round the host does not wait for: a whole greedy round, commit included, as one program over device row
+state, and its results read one round late.
+
+Why: on a GPU a compiled round takes about a millisecond of device time, and a round that hands its counts to the
+host before the next can start leaves the device idle while the host reads them, updates its bookkeeping and builds
+the next round's inputs (measured on an H200: busy 1.07 ms of an 8.1 ms round, docs/results.md "GPU"). The fastest
+engines keep the rows' lengths on the device and read each round's results a round late (vLLM's async output,
+SGLang's future map, TensorRT-LLM's overlap scheduler). Here:
+
+- `device_round` is one function of device tensors, compiled once per draft width: it builds the draft's first
+  input and each row's budget from the row state, runs the draft's k steps (`greedy_steps`), the verify with
+  acceptance and the cut at a stop (`decoding.verify_greedy`), writes the candidates into the token buffer and
+  advances the row state in place: lengths, generated counts, live flags and each row's draft lag. Nothing of the
+  round runs outside it, so the next round needs nothing from the host but its width.
+- `LaggedRead` brings the round's `[5, B]` snapshot (accepted, kept, finished, budget, live at launch) to the host
+  without blocking: on CUDA a copy to pinned memory queued behind the round, with an event; the host waits for that
+  event only after it has launched the next round. Bookkeeping (statistics, the caches' host lengths, refill,
+  departures, `speculation="auto"`) takes the snapshot.
+
+A row that finished in round t is idle in round t+1 (the program cleared its live flag), so the output is the same
+as with the snapshot read at once: the lag costs one round of an idle slot per finished row while prompts wait
+(`BatchSpecStats.idle_slot_rounds`), and one round with no live row at the end of a call when the last rows stop at
+a stop id (`BatchSpecStats.lagged_idle_rounds`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .acceptance import greedy_accept, truncate_at_stop
+from .drafters.model import greedy_steps
+from .runner import ModelRunner
+
+# The draft's first step re-feeds the tokens it has not run: the pending token, and after a fully accepted round
+# also its own last draft (never run). In a device round that is 1 or 2 tokens for every row (see `device_round`),
+# so its first step has one width.
+FIRST_STEP_WIDTH = 2
+SNAPSHOT_FIELDS = ("accepted", "count", "finished", "budget", "live")
+
+
+def device_round(
+    draft: ModelRunner,  # static shapes: every forward over all rows and the whole cache
+    target: ModelRunner,
+    k: int,  # drafts per row in this program (0: the draft only catches up, nothing is verified)
+    tokens: torch.Tensor,  # [N+1, T] token ids by original row and position (mutated: the round's candidates)
+    ids: torch.Tensor,  # [B] each slot's row of `tokens` (idle slots: the scratch row)
+    lengths: torch.Tensor,  # [B] committed tokens per row, the last one pending (mutated)
+    generated: torch.Tensor,  # [B] tokens generated per row (mutated)
+    limits: torch.Tensor,  # [B] highest position id of each row
+    live: torch.Tensor,  # [B] slots decoding a prompt (mutated: cleared for rows that finish)
+    lag: torch.Tensor,  # [B] committed tokens the draft has not run, 1 or 2 (mutated)
+    caps: torch.Tensor,  # [B] the most drafts each row may offer (its k)
+    offer: torch.Tensor,  # [] drafts asked of every row this round (the batch-wide k before padding to `k`)
+    stop_ids: torch.Tensor,  # [E] padded with -1 (`decoding.static_stop_ids`)
+    max_new_tokens: torch.Tensor,  # []
+) -> torch.Tensor:  # [5, B] the round's snapshot, rows as in `SNAPSHOT_FIELDS`
+    """One greedy round of every row with its commit, for torch.compile: draft, verify, accept, commit.
+
+    The draft lag stays 1 or 2: after a round that ran s = max(k, 1) draft steps from lag 1 or 2, the draft has run
+    every committed token through the pending one plus its drafts d_1..d_{s-1}, so of a row's `count` new tokens it
+    lacks max(1, count - s + 1) <= 2 (count <= k + 1). Admission sets 1 (the prefill ran the prompt)."""
+    device = tokens.device
+    budget = torch.where(live, torch.minimum(torch.minimum(caps, offer), max_new_tokens - generated - 1), 0)
+    budget = budget.clamp(min=0)
+    columns = torch.arange(FIRST_STEP_WIDTH, device=device)
+    positions = (lengths - lag).unsqueeze(1) + columns  # [B, 2] the lag's tokens, then padding for lag 1
+    first_input = tokens[ids.unsqueeze(1), positions.clamp(min=0, max=tokens.shape[1] - 1)]
+    steps = max(k, 1)
+    drafts = greedy_steps(draft, first_input, positions, lengths, limits, lag - 1, steps)[:, :k]  # [B, k]
+    pending = tokens[ids, lengths - 1].unsqueeze(1)  # [B, 1]
+    accepted, candidates, count, finished = verify_greedy(target, pending, lengths, limits, generated, live, drafts,
+                                                          budget, stop_ids, max_new_tokens)
+    # commit: every candidate is written; those past a row's kept count lie beyond its new length, never read
+    cols = lengths.unsqueeze(1) + torch.arange(k + 1, device=device)  # [B, k+1]
+    tokens[ids.unsqueeze(1), cols] = candidates
+    snapshot = torch.stack((accepted, count, finished.long(), budget, live.long()))
+    lag.copy_(torch.where(live, (count - steps + 1).clamp(min=1), lag))
+    lengths.add_(count)
+    generated.add_(count)
+    live.logical_and_(~finished)
+    return snapshot
+
+
+def verify_greedy(
+    target: ModelRunner,  # static shapes: the forward covers all rows and the whole cache
+    pending: torch.Tensor,  # [B, 1] each row's newest committed token, which the target has not run
+    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
+    limits: torch.Tensor,  # [B] highest position id of each row
+    generated: torch.Tensor,  # [B] tokens generated per row
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    drafts: torch.Tensor,  # [B, k]
+    budget: torch.Tensor,  # [B] drafts each row offers
+    stop_ids: torch.Tensor,  # [E] padded with -1 (`static_stop_ids`)
+    max_new_tokens: torch.Tensor,  # []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # [B], [B, k+1], [B], [B]
+    """Steps 2-3 of a greedy round as one function of device tensors, for torch.compile: the target runs the
+    pending token and the drafts, the accepted prefix and the target's next token are kept, cut at a stop id.
+    Returns (accepted drafts, candidates, kept count, finished): what `_verify`, `_accept` and `_commit`
+    compute when processors or criteria need the host."""
+    logits = target.forward(*verify_input(pending, drafts, lengths), limits, 0)  # [B, k+1, V]
+    candidates = logits.argmax(-1).to(pending.device)  # accepted drafts equal the target's tokens
+    accepted = greedy_accept(drafts, candidates, budget)
+    return (accepted, candidates,
+            *kept_and_finished(candidates, accepted + 1, stop_ids, None, live, generated, max_new_tokens))
+
+
+def verify_input(
+    pending: torch.Tensor,  # [B, 1]
+    drafts: torch.Tensor,  # [B, k]
+    lengths: torch.Tensor,  # [B] committed tokens per row (the last one pending)
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, k+1] tokens, [B, k+1] their positions
+    """The verify's query: the pending token and the drafts, at positions length-1 .. length+k-1."""
+    positions = lengths.unsqueeze(1) - 1 + torch.arange(drafts.shape[1] + 1, device=lengths.device)
+    return torch.cat((pending, drafts), 1), positions
+
+
+def kept_and_finished(
+    candidates: torch.Tensor,  # [B, T] the round's candidate tokens
+    count: torch.Tensor,  # [B] candidates each row keeps before stops
+    stop_ids: torch.Tensor | None,  # [E]
+    stops: torch.Tensor | None,  # [B, T] candidates that end their row by a stopping criterion
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    generated: torch.Tensor,  # [B] tokens generated per row before this round
+    max_new_tokens,  # int, or a 0-d tensor inside a compiled program
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B] kept, [B] finished
+    """Each row keeps its candidates through its first stop (idle rows keep none); it is finished at a stop or
+    when it has generated max_new_tokens."""
+    count, stopped = truncate_at_stop(candidates, count, stop_ids, stops)
+    count = torch.where(live, count, 0)
+    return count, live & (stopped | (generated + count >= max_new_tokens))
+
+
+
+@dataclass
+class InFlight:
+    """A launched round whose snapshot the host has not read yet."""
+
+    snapshot: torch.Tensor  # [5, B] on the host (pinned, being filled) or on the CPU device
+    event: object  # torch.cuda.Event recorded after the copy, or None on a CPU
+    width: int  # the program's k
+    forward_rows: int  # rows the forwards covered
+    planned: np.ndarray  # [B] each row's k at launch (the heuristic schedule learns from it)
+    waiting: int  # prompts waiting for a slot at launch
+    host_seconds: float  # the launch's host time
+    timing: tuple | None  # (start, end) CUDA events around the program
+
+
+class LaggedRead:
+    """The round's one host touch point: its snapshot, copied without blocking and read after the next launch.
+
+    On CUDA the copy goes to pinned memory on the round's own stream, queued behind the program: the host does not
+    wait for it, and it needs no stream ordering of its own (a side stream would have to hold the next round back
+    until the copy is done, since a CUDA graph replay reuses its output memory). On a CPU the program has already
+    run when it returns, and the snapshot is read as it is."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def launch(self, program, *args, width: int, forward_rows: int, planned: np.ndarray, waiting: int) -> InFlight:
+        timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda else None
+        started = time.perf_counter()
+        if timing is not None:
+            timing[0].record()
+        snapshot = program(*args)
+        event = None
+        if self.cuda:
+            timing[1].record()
+            host = torch.empty(snapshot.shape, dtype=snapshot.dtype, pin_memory=True)
+            host.copy_(snapshot, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            snapshot = host
+        return InFlight(snapshot, event, width, forward_rows, planned, waiting, time.perf_counter() - started, timing)
+
+    @staticmethod
+    def read(flight: InFlight) -> tuple[dict, float]:
+        """The snapshot's fields `[B]` by name, and what the round cost: its host time, or its device time where
+        that is longer (a GPU that is the bottleneck)."""
+        if flight.event is not None:
+            flight.event.synchronize()
+        values = flight.snapshot.numpy()
+        seconds = flight.host_seconds
+        if flight.timing is not None:
+            seconds = max(seconds, flight.timing[0].elapsed_time(flight.timing[1]) / 1e3)
+        return dict(zip(SNAPSHOT_FIELDS, values)), seconds

@@ -1,0 +1,227 @@
+"""The device round: a whole greedy round with its commit as one function of device row state, read a round late.
+
+`device_round` is tested as a plain function (eagerly, no compile) on a tiny pair, round by round against references
+computed from scratch: each row's drafts are the draft model's own greedy continuation of its prefix (so the draft
+lag the round keeps is right: a wrong one feeds the draft the wrong tokens and changes what it proposes), the kept
+tokens are the target's greedy ones cut at the budget and the first stop. The decode loop around it is tested
+compiled: host reads per round, the lag's idle slots, equality with plain greedy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_batchspec.decoding import _Decoder, static_length, static_stop_ids
+from hf_batchspec.device_round import device_round
+from hf_batchspec.masks import packed_positions
+from hf_batchspec.runner import ModelRunner
+from hf_batchspec.scheduling import ActiveRows
+from tests.reference import left_pad, plain_greedy
+from tests.test_compiled import COMPILED, compiled_pair, warmed  # noqa: F401 (fixtures)
+from tests.tiny_models import VOCAB, build, perturbed
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def pair():
+    target = build("llama", seed=21)
+    return target, perturbed(target, 0.03, seed=22)
+
+
+def greedy_from(model, prefix: list[int], n: int) -> list[int]:
+    """The model's own greedy continuation of `prefix`, n tokens, each from a forward over the whole sequence."""
+    ids, out = list(prefix), []
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            ids.append(out[-1])
+    return out
+
+
+def admitted(target, draft, prompts: list[list[int]], max_new: int):
+    """Both models' runners with the prompts prefilled and the first token committed, as `_Decoder._admit` leaves
+    them: (runners, token buffer [N+1, T], row state)."""
+    n, lengths = len(prompts), np.array([len(p) for p in prompts])
+    width = int(lengths.max())
+    slots = static_length(width + max_new)
+    runners = [ModelRunner(model, n, slots, static=True) for model in (draft, target)]
+    tokens = torch.zeros((n + 1, slots + K + 1), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.tensor(prompt)
+    positions, limits = packed_positions(n, width, "cpu"), torch.as_tensor(lengths + max_new - 1)
+    with torch.no_grad():
+        for runner in runners:
+            logits = runner.forward(tokens[:n, :width], positions, limits, width, prefill=True)
+            runner.cache.end()
+    tokens[torch.arange(n), torch.as_tensor(lengths)] = logits[torch.arange(n), torch.as_tensor(lengths - 1)].argmax(-1)
+    rows = ActiveRows(n, "cpu", scratch_id=n)
+    rows.place(np.arange(n), np.arange(n), lengths + 1, np.ones(n, dtype=np.int64), lengths + max_new - 1, K)
+    return runners, tokens, rows
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_device_round_against_references_from_scratch(pair, data):
+    """Rounds of k = 0..3 (drawn per round), budgets that cut a round (max_new), stops inside a block: after every
+    round each live row kept the target's greedy tokens through its budget and first stop, its accepted count is
+    the agreement of the draft's own greedy continuation with the target's, its draft lag is 1 or 2, and a row that
+    finished is no longer live and keeps nothing more. At the end every row equals plain greedy."""
+    target, draft = pair
+    n = data.draw(st.integers(1, 4), label="rows")
+    prompts = data.draw(st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=12), min_size=n,
+                                 max_size=n), label="prompts")
+    max_new = data.draw(st.integers(2, 12), label="max_new")
+    continuations = [plain_greedy(target, p, max_new, None) for p in prompts]
+    stops = data.draw(st.lists(st.sampled_from(sorted({t for c in continuations for t in c[1:]})), max_size=1),
+                      label="stop")
+    (draft_runner, target_runner), tokens, rows = admitted(target, draft, prompts, max_new)
+    stop_ids = static_stop_ids(torch.tensor(stops) if stops else None, "cpu")
+    first = [c[0] for c in continuations]
+    live = np.array([f not in stops for f in first]) & (max_new > 1)
+    rows.live[:] = torch.as_tensor(live)
+    generated = np.ones(n, dtype=np.int64)
+    kept = [list(prompt) + [f] for prompt, f in zip(prompts, first)]
+    for _ in range(max_new + 2):
+        if not live.any():
+            break
+        k = data.draw(st.integers(0, K), label="k")
+        budget = np.where(live, np.minimum(k, max_new - generated - 1), 0)
+        with torch.no_grad():
+            snap = device_round(draft_runner, target_runner, k, tokens, rows.ids, rows.lengths, rows.generated,
+                                rows.limits, rows.live, rows.lag, rows.caps, torch.tensor(k), stop_ids,
+                                torch.tensor(max_new))
+        for runner in (draft_runner, target_runner):
+            runner.cache.end()
+        accepted, count, finished, offered, was_live = snap.numpy()
+        assert (was_live.astype(bool) == live).all() and (offered == budget).all()
+        for row in np.flatnonzero(live):
+            drafts = greedy_from(draft, kept[row], budget[row])
+            truth = greedy_from(target, kept[row], budget[row] + 1)
+            agree = next((i for i, (d, t) in enumerate(zip(drafts, truth)) if d != t), budget[row])
+            assert accepted[row] == agree, f"row {row}: the draft proposed from the wrong tokens (its lag)"
+            new = truth[: agree + 1]
+            stop = next((i for i, t in enumerate(new) if t in stops), None)
+            new = new if stop is None else new[: stop + 1]
+            assert count[row] == len(new)
+            kept[row] += new
+            generated[row] += len(new)
+            done = stop is not None or generated[row] >= max_new
+            assert bool(finished[row]) == done
+        assert (count[~live] == 0).all(), "an idle row kept tokens"
+        live &= ~finished.astype(bool)
+        assert (rows.live.numpy() == live).all() and (rows.generated.numpy() == generated).all()
+        assert set(rows.lag[torch.as_tensor(live)].tolist()) <= {1, 2}
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, tuple(stops) or None)
+        length = int(rows.lengths[row])
+        assert tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
+        assert kept[row][len(prompt):] == expected
+
+
+# Blocking reads of device data into the host: each is a sync on a GPU.
+READS = ("cpu", "item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+class CountedReads:
+    """Counts calls of the tensor methods that read device data into the host, while `active`."""
+
+    def __init__(self, monkeypatch):
+        self.active, self.count = False, 0
+        for name in READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                if self.active:
+                    self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        original_nonzero = torch.nonzero
+
+        def nonzero(*args, **kwargs):
+            if self.active:
+                self.count += 1
+            return original_nonzero(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "nonzero", nonzero)
+
+
+def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch):
+    """In the steady state of a compiled greedy call (every row decoding, nothing waiting) a round reads the
+    device once: the snapshot of the round before it, after it has launched its own. Reads are counted inside
+    the round (launch, then the lagged read and its bookkeeping) and over the whole call: the only others are
+    one per admission (the first token's stop check)."""
+    target, draft = compiled_pair
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8]]  # 4 rows at max_batch_size=4: no refill
+    reads = CountedReads(monkeypatch)
+    per_round = []
+    lagged = _Decoder._lagged_round
+
+    def counted_round(decoder):
+        before = reads.count
+        reads.active = True
+        try:
+            return lagged(decoder)
+        finally:
+            reads.active = False
+            per_round.append(reads.count - before)
+
+    monkeypatch.setattr(_Decoder, "_lagged_round", counted_round)
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    stats = out.spec_stats
+    assert len(per_round) > 4 and per_round[0] == 0, "the first launch has no round before it to read"
+    assert set(per_round[1:]) == {1}, per_round
+    assert stats.rounds == stats.fused_rounds and stats.lagged_idle_rounds == 0  # no EOS: the end is foreseen
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None)
+
+
+def test_whole_call_reads(compiled_pair, warmed, monkeypatch):
+    """Over a whole call, reads are at most one per launched round plus one per prefill."""
+    target, draft = compiled_pair
+    prompts = [[5, 6, 7], [9] * 6, [3, 4], [8]]
+    ids, mask = left_pad(prompts, 0)
+    reads = CountedReads(monkeypatch)
+    run = _Decoder.run
+
+    def counted_run(decoder):
+        reads.active = True
+        try:
+            return run(decoder)
+        finally:
+            reads.active = False
+
+    monkeypatch.setattr(_Decoder, "run", counted_run)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    stats = out.spec_stats
+    assert stats.rounds > 4
+    assert reads.count <= stats.rounds + stats.lagged_idle_rounds + stats.target_prefill_calls
+
+
+def test_refill_one_round_late(compiled_pair, warmed):
+    """EXSPEC with prompts waiting and stops that end rows inside blocks: a finished row's slot idles for one round
+    (the round launched before its finish was read) and is then refilled, staged prompts by a copy. Every row
+    equals plain greedy; the idle slot-rounds are at most one per prompt that waited."""
+    target, draft = compiled_pair
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (3, 7, 2, 5, 9, 1, 4, 6, 8, 2)]
+    free = sorted({t for p in prompts for t in plain_greedy(target, p, 16, None)[1:]})
+    eos = free[:: max(1, len(free) // 3)][:3]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=16, do_sample=False,
+                          eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    stats = out.spec_stats
+    assert stats.rounds == stats.fused_rounds > 0 and stats.staged_prompts > 0
+    assert 0 < stats.idle_slot_rounds <= len(prompts) - COMPILED["max_batch_size"]
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, 16, tuple(eos))
+        assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
+
