@@ -269,13 +269,15 @@ class _Decoder:
         k = self._program_width(offer)
         inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
         rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
-        self._inflight = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
-                                            self._offers[offer], self._fused_stop_ids, self._max_new,
-                                            width=k, forward_rows=len(rows), planned=planned,
-                                            waiting=self._waiting())
+        launched = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
+                                      self._offers[offer], self._fused_stop_ids, self._max_new,
+                                      width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting())
         self.drafter.runner.cache.end()
         self.target.cache.end()
         self.stats.draft_forward_calls += max(k, 1)
+        if not self.reader.lagged:  # the device has run the round already (a CPU): read it now
+            return self._absorb(launched)
+        self._inflight = launched
         return np.zeros(len(rows), dtype=bool) if flight is None else self._absorb(flight)
 
     def _may_end_all(self, flight: InFlight) -> bool:

@@ -18,7 +18,8 @@ SGLang's future map, TensorRT-LLM's overlap scheduler). Here:
   departures, `speculation="auto"`) takes the snapshot.
 
 A row that finished in round t is idle in round t+1 (the program cleared its live flag), so the output is the same
-as with the snapshot read at once: the lag costs one round of an idle slot per finished row while prompts wait
+as with the snapshot read at once: on CUDA (on a CPU, where the device does not run ahead, the read comes at once)
+the lag costs one round of an idle slot per finished row while prompts wait
 (`BatchSpecStats.idle_slot_rounds`), and one round with no live row at the end of a call when the last rows stop at
 a stop id (`BatchSpecStats.lagged_idle_rounds`).
 """
@@ -40,6 +41,11 @@ from .runner import ModelRunner
 # so its first step has one width.
 FIRST_STEP_WIDTH = 2
 SNAPSHOT_FIELDS = ("accepted", "count", "finished", "budget", "live")
+# Device types whose rounds are read a round late: where the device runs ahead of the host (CUDA), so the host can
+# prepare round t+1 while round t runs. A CPU has run the program when its call returns: there the read comes at
+# once, and a finished row's slot is refilled before the next round instead of idling through it. (The test suite
+# adds "cpu", so that the lagged bookkeeping is exercised everywhere.)
+LAGGED_DEVICES = ("cuda",)
 
 
 def device_round(
@@ -152,13 +158,14 @@ class InFlight:
 class LaggedRead:
     """The round's one host touch point: its snapshot, copied without blocking and read after the next launch.
 
-    On CUDA the copy goes to pinned memory on the round's own stream, queued behind the program: the host does not
+    On CUDA (`LAGGED_DEVICES`) the copy goes to pinned memory on the round's own stream, queued behind the program: the host does not
     wait for it, and it needs no stream ordering of its own (a side stream would have to hold the next round back
     until the copy is done, since a CUDA graph replay reuses its output memory). On a CPU the program has already
     run when it returns, and the snapshot is read as it is."""
 
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
+        self.lagged = torch.device(device).type in LAGGED_DEVICES
 
     def launch(self, program, *args, width: int, forward_rows: int, planned: np.ndarray, waiting: int) -> InFlight:
         timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda else None

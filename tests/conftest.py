@@ -14,3 +14,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("HF_BATCHSPEC_TEST_THREADS", "1")))
+
+# The device round's snapshot is read a round late on CUDA only (a CPU has run the round when its call returns);
+# the suite reads it late on the CPU too, so that every compiled test runs the lagged bookkeeping.
+from hf_batchspec import device_round  # noqa: E402
+
+device_round.LAGGED_DEVICES = ("cuda", "cpu")

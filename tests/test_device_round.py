@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_batchspec.decoding import _Decoder, static_length, static_stop_ids
+from hf_batchspec import device_round as device_round_module
 from hf_batchspec.device_round import device_round
 from hf_batchspec.masks import packed_positions
 from hf_batchspec.runner import ModelRunner
@@ -206,10 +207,13 @@ def test_whole_call_reads(compiled_pair, warmed, monkeypatch):
     assert reads.count <= stats.rounds + stats.lagged_idle_rounds + stats.target_prefill_calls
 
 
-def test_refill_one_round_late(compiled_pair, warmed):
-    """EXSPEC with prompts waiting and stops that end rows inside blocks: a finished row's slot idles for one round
-    (the round launched before its finish was read) and is then refilled, staged prompts by a copy. Every row
-    equals plain greedy; the idle slot-rounds are at most one per prompt that waited."""
+@pytest.mark.parametrize("lagged", [True, False])
+def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged):
+    """EXSPEC with prompts waiting and stops that end rows inside blocks. Read a round late (CUDA; the suite does so on
+    the CPU too), a finished row's slot idles for one round (the round launched before its finish was read) and is
+    then refilled, staged prompts by a copy: the idle slot-rounds are at most one per prompt that waited. Read at
+    once (a CPU's default), none idles. Every row equals plain greedy."""
+    monkeypatch.setattr(device_round_module, "LAGGED_DEVICES", ("cuda", "cpu") if lagged else ("cuda",))
     target, draft = compiled_pair
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (3, 7, 2, 5, 9, 1, 4, 6, 8, 2)]
@@ -220,7 +224,10 @@ def test_refill_one_round_late(compiled_pair, warmed):
                           eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
     stats = out.spec_stats
     assert stats.rounds == stats.fused_rounds > 0 and stats.staged_prompts > 0
-    assert 0 < stats.idle_slot_rounds <= len(prompts) - COMPILED["max_batch_size"]
+    if lagged:
+        assert 0 < stats.idle_slot_rounds <= len(prompts) - COMPILED["max_batch_size"]
+    else:
+        assert stats.idle_slot_rounds == 0 and stats.lagged_idle_rounds == 0
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, 16, tuple(eos))
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
