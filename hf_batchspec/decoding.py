@@ -31,7 +31,7 @@ from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
 from .runner import ModelRunner, rows_dynamic, warmed_lengths
 from .scheduling import ActiveRows, PromptQueue, to_device, to_host
-from .profiling import RoundClock
+from .profiling import LaunchClock, RoundClock
 from .speculation import CostModel, MeasuredCosts, SpeculationControl
 from .stats import BatchSpecStats
 
@@ -206,12 +206,7 @@ class _Decoder:
             self.clock.start()
         if self.settings.realign_every_round:
             self._left_align()
-        budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
-        planned = rows.draft_len_h
-        if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
-            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None, rows.live_h)
-            planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
+        budget_h, planned = self._plan()
         budget = to_device(budget_h, self.device)
         offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
         k_round = self._program_width(int(budget_h.max()))
@@ -242,6 +237,18 @@ class _Decoder:
             self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
 
+    def _plan(self) -> tuple[np.ndarray, np.ndarray]:  # [B] drafts each row may offer, [B] each row's planned k
+        """Each row's draft budget for the next round (its k, cut at what it still needs; idle rows 0) and the k the
+        heuristic schedule learns against."""
+        rows = self.rows
+        budget_h = rows.budgets(self.settings.max_new_tokens)
+        planned = rows.draft_len_h
+        if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
+            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
+                                                  self.k_buckets if self.static else None, rows.live_h)
+            planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
+        return budget_h, planned
+
     def _program_width(self, offer: int) -> int:
         """The verify's draft width for a round whose rows offer up to `offer` drafts. Compiled, one program per
         bucket: a constant k has one bucket, and a round where no row drafts (each at its last token) runs it too,
@@ -260,18 +267,15 @@ class _Decoder:
             # the round in flight may finish every row: read it before launching one that would run idle
             self._inflight = None
             return self._absorb(flight)
-        budget_h = rows.budgets(self.settings.max_new_tokens)  # [B]
-        planned = rows.draft_len_h
-        if self.control is not None:
-            budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h, self.k_buckets, rows.live_h)
-            planned = np.minimum(planned, int(budget_h.max(initial=0)))
+        budget_h, planned = self._plan()
         offer = int(budget_h.max(initial=0))
         k = self._program_width(offer)
         inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
         rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
         launched = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
                                       self._offers[offer], self._fused_stop_ids, self._max_new,
-                                      width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting())
+                                      width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
+                                      clock=LaunchClock(self.reader.cuda) if self.clock is not None else None)
         self.drafter.runner.cache.end()
         self.target.cache.end()
         self.stats.draft_forward_calls += max(k, 1)
@@ -291,7 +295,7 @@ class _Decoder:
         lengths, the heuristic schedule and `speculation="auto"` follow it. Rows placed after its launch were idle
         in it (count 0), so their host state stands."""
         rows, stats = self.rows, self.stats
-        snap, seconds = self.reader.read(flight)
+        snap = self.reader.read(flight)
         live, count, finished = snap["live"].astype(bool), snap["count"], snap["finished"].astype(bool)
         kept_drafts = np.minimum(snap["accepted"], count)
         if flight.waiting:  # slots idle for the lag while prompts waited (finished, refilled a round late)
@@ -313,8 +317,8 @@ class _Decoder:
         self.last_draft_lengths = rows.draft_len_h
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, max(flight.width, 1))
-        if self.clock is not None and live.any():
-            self.settings.cost_model.observe(flight.forward_rows, flight.width, seconds)
+        if flight.clock is not None and live.any():
+            self.settings.cost_model.observe(flight.forward_rows, flight.width, flight.clock.seconds())
         return finished
 
     def _drain(self) -> np.ndarray:  # [B] rows that finished in the round in flight (none when none is)

@@ -26,7 +26,6 @@ a stop id (`BatchSpecStats.lagged_idle_rounds`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,46 +150,41 @@ class InFlight:
     forward_rows: int  # rows the forwards covered
     planned: np.ndarray  # [B] each row's k at launch (the heuristic schedule learns from it)
     waiting: int  # prompts waiting for a slot at launch
-    host_seconds: float  # the launch's host time
-    timing: tuple | None  # (start, end) CUDA events around the program
+    clock: object | None = None  # `profiling.LaunchClock` around the launch, when round costs are measured
 
 
 class LaggedRead:
     """The round's one host touch point: its snapshot, copied without blocking and read after the next launch.
 
-    On CUDA (`LAGGED_DEVICES`) the copy goes to pinned memory on the round's own stream, queued behind the program: the host does not
-    wait for it, and it needs no stream ordering of its own (a side stream would have to hold the next round back
-    until the copy is done, since a CUDA graph replay reuses its output memory). On a CPU the program has already
-    run when it returns, and the snapshot is read as it is."""
+    On CUDA (`LAGGED_DEVICES`) the copy goes to pinned memory on the round's own stream, queued behind the program:
+    the host does not wait for it, and it needs no stream ordering of its own (a side stream would have to hold the
+    next round back until the copy is done, since a CUDA graph replay reuses its output memory). On a CPU the program
+    has already run when it returns, and the snapshot is read as it is."""
 
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
         self.lagged = torch.device(device).type in LAGGED_DEVICES
 
-    def launch(self, program, *args, width: int, forward_rows: int, planned: np.ndarray, waiting: int) -> InFlight:
-        timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self.cuda else None
-        started = time.perf_counter()
-        if timing is not None:
-            timing[0].record()
+    def launch(self, program, *args, width: int, forward_rows: int, planned: np.ndarray, waiting: int,
+               clock=None) -> InFlight:
+        """Run `program(*args)` (its snapshot `[5, B]`), timed by `clock` (`profiling.LaunchClock`) when given."""
+        if clock is not None:
+            clock.start()
         snapshot = program(*args)
+        if clock is not None:
+            clock.stop()
         event = None
         if self.cuda:
-            timing[1].record()
             host = torch.empty(snapshot.shape, dtype=snapshot.dtype, pin_memory=True)
             host.copy_(snapshot, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             snapshot = host
-        return InFlight(snapshot, event, width, forward_rows, planned, waiting, time.perf_counter() - started, timing)
+        return InFlight(snapshot, event, width, forward_rows, planned, waiting, clock)
 
     @staticmethod
-    def read(flight: InFlight) -> tuple[dict, float]:
-        """The snapshot's fields `[B]` by name, and what the round cost: its host time, or its device time where
-        that is longer (a GPU that is the bottleneck)."""
+    def read(flight: InFlight) -> dict:
+        """The snapshot's fields `[B]` by name (waiting for the copy on CUDA)."""
         if flight.event is not None:
             flight.event.synchronize()
-        values = flight.snapshot.numpy()
-        seconds = flight.host_seconds
-        if flight.timing is not None:
-            seconds = max(seconds, flight.timing[0].elapsed_time(flight.timing[1]) / 1e3)
-        return dict(zip(SNAPSHOT_FIELDS, values)), seconds
+        return dict(zip(SNAPSHOT_FIELDS, flight.snapshot.numpy()))

@@ -1,10 +1,10 @@
 """Every clock of the package: where a generate call's wall time goes, and what a forward costs here.
 
 Kept out of the decode loop's algorithm on purpose: `ForwardTimer` wraps the models from outside with forward
-hooks, and `calibrate` times forwards before generate runs. The loop reads one clock, `RoundClock`: each
-round's wall time, which `speculation="auto"` weighs (`speculation.MeasuredCosts`) so that drafting runs only
-where it pays on this machine; greedy output never depends on it. Use `ForwardTimer` around a call in
-benchmarks and examples:
+hooks, and `calibrate` times forwards before generate runs. The loop reads one clock, `RoundClock` (for a device
+round, `LaunchClock`): each round's wall time, which `speculation="auto"` weighs (`speculation.MeasuredCosts`) so
+that drafting runs only where it pays on this machine; greedy output never depends on it. Use `ForwardTimer`
+around a call in benchmarks and examples:
 
     with ForwardTimer(target, draft) as timer:
         out = target.generate(...)
@@ -39,6 +39,31 @@ class RoundClock:
 
     def stop(self) -> float:  # seconds since start()
         return time.perf_counter() - self._started
+
+
+class LaunchClock:
+    """What a device round launched without waiting cost (`device_round.LaggedRead`): its host time from `start()` to
+    `stop()`, or, on CUDA, the device time between two events around it where that is longer (a GPU that is the
+    bottleneck). Read `seconds()` once the round's results have been waited for."""
+
+    def __init__(self, cuda: bool):
+        self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
+        self._started = self._host = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        if self._events is not None:
+            self._events[0].record()
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self._events[1].record()
+        self._host = time.perf_counter() - self._started
+
+    def seconds(self) -> float:
+        if self._events is None:
+            return self._host
+        return max(self._host, self._events[0].elapsed_time(self._events[1]) / 1e3)
 
 
 class ForwardTimer:

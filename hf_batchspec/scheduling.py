@@ -102,26 +102,27 @@ class ActiveRows:
         """Put newly admitted prompts into `slots` (host and device copies alike)."""
         self.draft_len_h[slots] = draft_len
         self.hits_h[slots] = self.trials_h[slots] = 0.0
-        self._set(slots, dict(ids=ids, lengths=lengths, generated=generated, limits=limits), live=True)
-        index = to_device(slots, self.device)
-        self.lag[index] = 1  # the prefill ran the prompt: the draft lacks the pending first token only
-        self.caps[index] = draft_len
+        self._set(slots, dict(ids=ids, lengths=lengths, generated=generated, limits=limits), live=True,
+                  caps=draft_len)
 
     def idle(self, slots: np.ndarray) -> None:
         """Slots that stay in the forward without a prompt: they draft and commit nothing; their queries write
         the scratch row's tokens and cache slots at or beyond their own length, which nothing reads."""
         lengths = np.maximum(self.lengths_h[slots], 1)
         self._set(slots, dict(ids=np.full(len(slots), self.scratch_id), lengths=lengths,
-                              generated=np.zeros(len(slots), dtype=np.int64), limits=lengths), live=False)
-        self.lag[to_device(slots, self.device)] = 1  # its draft input starts at its own length - 1 >= 0
+                              generated=np.zeros(len(slots), dtype=np.int64), limits=lengths), live=False, caps=0)
 
-    def _set(self, slots: np.ndarray, values: dict, live: bool) -> None:
+    def _set(self, slots: np.ndarray, values: dict, live: bool, caps: int) -> None:
         index = to_device(slots, self.device)
         for name in _FIELDS:
             getattr(self, name + "_h")[slots] = values[name]
             getattr(self, name)[index] = to_device(np.asarray(values[name], dtype=np.int64), self.device)
         self.live_h[slots] = live
         self.live[index] = live
+        # a placed row's prefill ran its prompt, so its draft lacks the pending first token only; an idle row's draft
+        # input starts at its own length - 1 >= 0
+        self.lag[index] = 1
+        self.caps[index] = caps
 
     def budgets(self, max_new_tokens: int) -> np.ndarray:  # [B] drafts each row may use this round
         """A round yields up to budget+1 tokens; no row drafts more than it still needs; idle rows draft nothing."""

@@ -35,13 +35,8 @@ def pair():
 
 
 def greedy_from(model, prefix: list[int], n: int) -> list[int]:
-    """The model's own greedy continuation of `prefix`, n tokens, each from a forward over the whole sequence."""
-    ids, out = list(prefix), []
-    with torch.no_grad():
-        for _ in range(n):
-            out.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-            ids.append(out[-1])
-    return out
+    """The model's own greedy continuation of `prefix`, n tokens (the plain-greedy oracle; none for n = 0)."""
+    return plain_greedy(model, prefix, n, None) if n else []
 
 
 def admitted(target, draft, prompts: list[list[int]], max_new: int):
