@@ -1,8 +1,9 @@
 """The `generate` entry point: dispatch between transformers' own generate and batch speculative decoding.
 
-The mixin lets transformers do all of generate()'s preparation (merging `generation_config` with kwargs,
-special tokens, max length, logits processors, stopping criteria) by handing it our decode loop as a
-`custom_generate` callable; HF then calls it with everything prepared, and we check what it prepared.
+The call is planned first (`plan.plan_call`: every refusal, before transformers prepares anything); then the
+mixin lets transformers do all of generate()'s preparation (merging `generation_config` with kwargs, special
+tokens, max length, logits processors, stopping criteria) by handing it our decode loop as a `custom_generate`
+callable, which HF calls with everything prepared.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from transformers.generation.utils import GenerateEncoderDecoderOutput
 
 from . import encoder_decoder, validation
 from .decoding import DecodeResult, DecodeSettings, speculative_decode
-from .drafters import DraftSource
 from .encoder_decoder import EncoderSide
+from .errors import BatchSpecError
 from .masks import right_pack
-from .peft_support import row_adapters
+from .plan import CallPlan, plan_call
 from .processors import ScoreProcessing
 from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
@@ -83,143 +84,56 @@ class BatchSpeculativeGenerationMixin:
         speculation: str | CostModel | None = None,
         **kwargs,
     ):
-        seq2seq = encoder_decoder.is_encoder_decoder(self)  # the inputs are the encoder's (Whisper: features)
-        main_input = inputs if inputs is not None else kwargs.get(self.main_input_name if seq2seq else "input_ids")
-        features, input_ids = (main_input, None) if seq2seq else (None, main_input)
-        batch_size = validation.batch_size_of(main_input, kwargs.get("inputs_embeds"))
-        sources = validation.draft_sources(assistant_model, kwargs, generation_config, self.generation_config)
-        copies = validation.setting("num_return_sequences", kwargs, generation_config, self.generation_config) or 1
-        rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode
-        strategy = validation.choose_strategy(batch_spec, sources, rows, streamer)
-        validation.check_routing(
-            strategy, sources, rows,
-            dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
-                 generator=generator),
-            kwargs, generation_config, self.generation_config,
-        )
-        if strategy is None:
+        plan = plan_call(self, inputs, kwargs, generation_config=generation_config, logits_processor=logits_processor,
+                         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, synced_gpus=synced_gpus,
+                         assistant_model=assistant_model, streamer=streamer, batch_spec=batch_spec,
+                         max_batch_size=max_batch_size, sort_by_length=sort_by_length, generator=generator,
+                         speculation=speculation)
+        if plan.strategy is None:
             # what the caller passed, as passed: Whisper's generate reads `"assistant_model" in kwargs`, and its
             # synced_gpus defaults to False
             given = dict(synced_gpus=synced_gpus, assistant_model=assistant_model, streamer=streamer)
             return super().generate(
                 # by position: an encoder-decoder model's generate names it after its inputs (or they are in kwargs)
-                *([] if inputs is None else [inputs]),
-                generation_config=generation_config,
-                logits_processor=logits_processor,
-                stopping_criteria=stopping_criteria,
+                *([] if inputs is None else [inputs]), generation_config=generation_config,
+                logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-                **{name: value for name, value in given.items() if value is not None},
-                **kwargs,
-            )
+                **{name: value for name, value in given.items() if value is not None}, **kwargs)
+        return self._generate_planned(plan, inputs, logits_processor, stopping_criteria)
 
-        # Everything that can be refused is refused here, before transformers prepares anything.
-        validation.check_call(kwargs, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, synced_gpus=synced_gpus,
-                              generation_config=generation_config, model_config=self.generation_config)
-        validation.check_lengths(kwargs, generation_config, self.generation_config)
-        source, lookup_k = validation.resolve_draft_source(sources, self, assistant_model, kwargs, generation_config)
-        draft = source.model  # the model that drafts (None for prompt lookup)
-        pad_token_id = kwargs.get("pad_token_id")
-        if pad_token_id is None:
-            pad_token_id = (generation_config or self.generation_config).pad_token_id
-        if seq2seq:
-            encoder_decoder.check_source(source, self)
-            encoder_decoder.check_call(self, features, kwargs, generation_config, streamer=streamer,
-                                       logits_processor=logits_processor)
-        else:
-            validation.check_inputs(input_ids, kwargs.get("attention_mask"), pad_token_id,
-                                    validation.vocab_size(self, *[m for m in (draft,) if m is not None and
-                                                                  source.tokenizers is None]),
-                                    kwargs.get("inputs_embeds"),
-                                    validation.setting("eos_token_id", kwargs, generation_config,
-                                                       self.generation_config),
-                                    kwargs.get("position_ids"))  # the caller's: transformers prepares its own later
-        # static shapes: rows are padded to a power of two, never past what the caller allowed at once
-        static_row_limit = max_batch_size or (validation.DEFAULT_MAX_BATCH_SIZE if strategy == "exspec" else None)
-        max_batch_size, sort_by_length = validation.pool_options(strategy, max_batch_size, sort_by_length,
-                                                                 batch_size * copies)  # rows after HF's expansion
-        # the draft's own settings live in its generation_config; an early-exit draft is the target itself
-        draft_settings = assistant_model if assistant_model is not None else self if draft is not None else None
-        num_assistant_tokens = lookup_k or validation.resolve_num_assistant_tokens(kwargs, generation_config,
-                                                                                     draft_settings)
-        schedule, confidence_threshold = validation.resolve_draft_schedule(kwargs, draft_settings)
-        validation.check_generator(generator)
-        static, compile_config = validation.resolve_compile(kwargs, generation_config, self.generation_config, self,
-                                                            draft, strategy)
-        cost_model = validation.resolve_speculation(
-            speculation, self, source, compiled=compile_config is not None, static=static,
-            rows=(batch_size or 1) * copies,
-            do_sample=bool(validation.setting("do_sample", kwargs, generation_config, self.generation_config)))
-        stop_strings, generation_config = validation.stop_string_criteria(kwargs, generation_config,
-                                                                          self.generation_config)
-        # Served by our own caches and compiled calls: transformers must not build a static cache of its own.
-        generation_config = validation.without_cache_settings(kwargs, generation_config)
-        generation_config = validation.without_draft_settings(kwargs, generation_config)
-        decode = functools.partial(
-            _batch_spec_decode,
-            assistant_model=assistant_model,
-            source=source,
-            strategy=strategy,
-            num_assistant_tokens=num_assistant_tokens,
-            schedule=schedule,
-            confidence_threshold=confidence_threshold,
-            max_batch_size=max_batch_size,
-            sort_by_length=sort_by_length,
-            generator=generator,
-            cost_model=cost_model,
-            streamer=streamer,
-            stop_strings=stop_strings,
-            raw_attention_mask=None if seq2seq else kwargs.get("attention_mask"),
-            static_shapes=static and (static_row_limit or 1 << 62),
-            compile_config=compile_config,
-        )
+    def _generate_planned(self, plan: CallPlan, inputs, logits_processor, stopping_criteria):
+        """transformers prepares the call (the model's own generate for an encoder-decoder model: Whisper builds
+        the decoder prompt and processors), then hands it to the decode loop; its own refusals while it prepares,
+        before any forward, become the library's error type."""
         handed_over = []  # set once transformers has prepared the call and hands it to the decode loop
-        recording = encoder_decoder.recording_encoder_inputs(self) if seq2seq else contextlib.nullcontext()
+        recording = encoder_decoder.recording_encoder_inputs(self) if plan.seq2seq else contextlib.nullcontext()
 
-        @functools.wraps(decode)
-        def after_preparation(*args, **decode_kwargs):
+        def after_preparation(model, input_ids, logits_processor=None, stopping_criteria=None,
+                              generation_config=None, **model_kwargs):
             handed_over.append(True)
-            return decode(*args, encoder_inputs=encoder_inputs, **decode_kwargs)
+            return _batch_spec_decode(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                                      plan=plan, encoder_inputs=encoder_inputs, **model_kwargs)
 
+        generate = super().generate if plan.seq2seq else functools.partial(GenerationMixin.generate, self)
         try:
             with recording as encoder_inputs:
-                if seq2seq:  # the model's own generate (Whisper's builds the prompt and processors), draft left out
-                    return super().generate(*([] if inputs is None else [inputs]), generation_config=generation_config,
-                                            logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                                            custom_generate=after_preparation, **kwargs)
-                return GenerationMixin.generate(self, inputs=inputs, generation_config=generation_config,
-                                                logits_processor=logits_processor,
-                                                stopping_criteria=stopping_criteria,
-                                                custom_generate=after_preparation, **kwargs)
+                return generate(*([] if inputs is None else [inputs]), generation_config=plan.generation_config,
+                                logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                                custom_generate=after_preparation, **plan.kwargs)
         except (ValueError, TypeError) as error:
-            # transformers' own checks of the call (a processor's value, a setting's type) run while it prepares
-            # the call, before any forward: they are refusals too, in the library's error type, with its message
-            if handed_over or isinstance(error, validation.BatchSpecError):
+            if handed_over or isinstance(error, BatchSpecError):
                 raise
-            raise validation.BatchSpecError(f"transformers refused this call before any work: {error}") from error
+            raise BatchSpecError(f"transformers refused this call before any work: {error}") from error
 
 
 def _batch_spec_decode(
     model,
-    input_ids: torch.Tensor,  # [B, W] left-padded prompts, as the caller gave them
+    input_ids: torch.Tensor,  # [B, W] left-padded prompts, as the caller gave them (repeated for n samples)
     logits_processor=None,
     stopping_criteria=None,
     generation_config=None,
     *,
-    assistant_model,
-    source: DraftSource,
-    strategy: str,
-    num_assistant_tokens: int,
-    schedule: str,
-    confidence_threshold: float | None,
-    max_batch_size: int,
-    sort_by_length: bool,
-    generator: torch.Generator | None,
-    cost_model,
-    streamer,
-    stop_strings,
-    raw_attention_mask: torch.Tensor | None,
-    static_shapes: int,
-    compile_config,
+    plan: CallPlan,
     encoder_inputs: list | None = None,
     **model_kwargs,
 ):
@@ -227,13 +141,13 @@ def _batch_spec_decode(
     encoder-decoder model (`encoder_inputs`: what its encoder was called with), `input_ids` are the decoder prompts
     and `model_kwargs` hold the encoder's output, which the decode loop reads by row."""
     encoder = None
+    raw_attention_mask = plan.attention_mask
     if encoder_inputs is not None:
         encoder_mask = model_kwargs.pop("attention_mask", None)  # the encoder's (Whisper's reads none)
         encoder = EncoderSide(model, model_kwargs.pop("encoder_outputs")[0], encoder_inputs[-1] if encoder_inputs
                               else None, mask=None if model.config.model_type == "whisper" else encoder_mask)
         raw_attention_mask = model_kwargs.pop("decoder_attention_mask", None)  # left-padded decoder prompts
-    validation.check_generation_config(generation_config, logits_processor, stopping_criteria, model_kwargs)
-    validation.check_source(source, bool(generation_config.do_sample), bool(static_shapes), strategy)
+    validation.check_prepared(generation_config, logits_processor, model_kwargs)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
     attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
     if attention_mask is not None and attention_mask.shape[0] != input_ids.shape[0]:
@@ -241,39 +155,37 @@ def _batch_spec_decode(
         attention_mask = attention_mask.repeat_interleave(input_ids.shape[0] // attention_mask.shape[0], 0)
     lengths = validation.prompt_lengths(attention_mask, input_ids)
     max_new = generation_config.max_length - input_ids.shape[1]
-    if max_new < 1:
-        raise validation.BatchSpecError(
+    if max_new < 1:  # an encoder-decoder model's decoder prompt is known here first (decoder-only: `plan_call`)
+        raise BatchSpecError(
             f"Nothing to generate: max_length={generation_config.max_length} is not beyond the input length "
             f"{input_ids.shape[1]}; set max_new_tokens."
         )
     validation.warn_past_positions(model, lengths, max_new)
-    validation.check_cache_memory(model, source.model, min(max_batch_size, input_ids.shape[0]), input_ids.shape[1],
-                                  max_new)
-    eos_ids = _stop_ids(generation_config)
+    if plan.seq2seq:
+        validation.check_cache_memory(model, plan.source.model, min(plan.max_batch_size, input_ids.shape[0]),
+                                      input_ids.shape[1], max_new)
     settings = DecodeSettings(
-        max_new, num_assistant_tokens, eos_ids, max_batch_size, sort_by_length,
-        do_sample=bool(generation_config.do_sample), generator=generator, schedule=schedule,
-        confidence_threshold=confidence_threshold, cost_model=cost_model,
-        realign_every_round=strategy == "eqspec-realign", static_shapes=static_shapes, compile_config=compile_config,
-        processing=ScoreProcessing(logits_processor, max_new),
-        criteria=tuple(extra_criteria(stopping_criteria)) + ((stop_strings,) if stop_strings else ()),
+        max_new, plan.num_assistant_tokens, _stop_ids(generation_config), plan.max_batch_size, plan.sort_by_length,
+        do_sample=bool(generation_config.do_sample), generator=plan.generator, schedule=plan.schedule,
+        confidence_threshold=plan.confidence_threshold, cost_model=plan.cost_model,
+        realign_every_round=plan.strategy == "eqspec-realign", static_shapes=plan.static_shapes,
+        compile_config=plan.compile_config, processing=ScoreProcessing(logits_processor, max_new),
+        criteria=tuple(extra_criteria(stopping_criteria)) + ((plan.stop_strings,) if plan.stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
         copies=generation_config.num_return_sequences or 1,
         encoder=encoder,
     )
-    stats = BatchSpecStats(strategy, num_assistant_tokens, input_ids.shape[0])
+    stats = BatchSpecStats(plan.strategy, plan.num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
-    adapters = row_adapters(model, input_ids.shape[0])  # PEFT's adapter_names=, if the caller gave them
-    if adapters and static_shapes:
-        raise validation.BatchSpecError("Per-row LoRA adapters (adapter_names=) are not supported with static "
-                                        "shapes yet: drop compile_config / cache_implementation='static'.")
-    on_tokens = token_sink(streamer, input_ids)
+    adapters = plan.adapters
+    on_tokens = token_sink(plan.streamer, input_ids)
     with adapters or contextlib.nullcontext(), contextlib.closing(encoder) if encoder else contextlib.nullcontext():
-        result = speculative_decode(model, source, prompts, lengths.cpu().numpy(), settings, stats,
+        result = speculative_decode(model, plan.source, prompts, lengths.cpu().numpy(), settings, stats,
                                     on_rows=adapters.select if adapters else None, on_tokens=on_tokens)
-    if streamer is not None:
-        streamer.end()
-    if (schedule == "heuristic" and assistant_model is not None and result.draft_lengths is not None
+    if plan.streamer is not None:
+        plan.streamer.end()
+    assistant_model = plan.assistant_model
+    if (plan.schedule == "heuristic" and assistant_model is not None and result.draft_lengths is not None
             and len(result.draft_lengths)):
         # as transformers does: the heuristic's state carries over to the next call through the draft's config
         assistant_model.generation_config.num_assistant_tokens = int(round(float(result.draft_lengths.mean())))

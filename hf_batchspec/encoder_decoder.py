@@ -249,16 +249,10 @@ NOT_SERVED = {
 }
 
 
-def check_call(model, features, kwargs: dict, generation_config, *, streamer, logits_processor=None) -> None:
-    """What an encoder-decoder call is refused before any work: options not served, features that the encoder
-    cannot read, long-form audio without what makes it exact, and streaming (not served yet). What transformers' preparation
-    would refuse later (after running the encoder) is refused here."""
-    from .processors import unsupported_processors
-
-    unsupported = unsupported_processors(logits_processor)
-    if unsupported:
-        raise BatchSpecError(f"These logits processors are not supported with batch_spec: "
-                             f"{', '.join(type(p).__name__ for p in unsupported)}: remove them.")
+def check_call(model, features, kwargs: dict, generation_config, *, streamer) -> None:
+    """What an encoder-decoder call is refused before any work, besides the rule tables (`rules`): options not
+    served, features that the encoder cannot read, long-form audio without what makes it exact, and streaming (not
+    served yet). What transformers' preparation would refuse later (after running the encoder) is refused here."""
     config = generation_config if generation_config is not None else model.generation_config
     whisper = model.config.model_type == "whisper"
     for name, why in NOT_SERVED.items() if whisper else [("decoder_input_ids", NOT_SERVED["decoder_input_ids"])]:
@@ -266,12 +260,6 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer, lo
         if value is not None and value is not False:
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
-    beams = kwargs.get("num_beams", getattr(config, "num_beams", 1))
-    if beams is not None and beams > 1:  # (decoder-only calls are refused so after preparation, still before any
-        # forward; here the encoder would have run)
-        raise BatchSpecError(f"Beam search (num_beams={beams}) is not supported with batch_spec; use num_beams=1 "
-                             "(transformers' speech-recognition pipeline defaults to num_beams=5: pass "
-                             "generate_kwargs={'num_beams': 1}).")
     if streamer is not None:
         raise BatchSpecError("streamer is not supported with batch_spec for encoder-decoder models yet: drop it.")
     if not whisper:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from transformers import CompileConfig
 
-from . import validation
+from . import plan, validation
 from .api import BatchSpeculativeGenerationMixin
 from .decoding import draft_buckets, draft_cap, static_length, static_rows
 from .errors import BatchSpecError
@@ -89,14 +89,14 @@ def warmup(
     vocab = validation.vocab_size(*[m for m in (target, draft) if m is not None])
     # one round (the prefill commits the first token); with a confidence threshold the round's width is what the
     # draft was sure of, so budgets of the largest width let it draft (some widths are warmed, not all)
-    threshold = validation.resolve_draft_schedule(kwargs, _settings_model(target, draft, kwargs))[1]
+    threshold = plan.resolve_draft_schedule(kwargs, _settings_model(target, draft, kwargs))[1]
     new_tokens = min(2 + (max(widths) if threshold else 0), max_length - 1)
     width = max_length - new_tokens
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (max_batch_size, width), generator=generator)
     if kwargs.get("pad_token_id") is None and target.generation_config.pad_token_id is None:
         kwargs["pad_token_id"] = 0  # any id: the prompts carry no padding (silences transformers' warning)
-    eos = validation.setting("eos_token_id", kwargs, kwargs.get("generation_config"), target.generation_config)
+    eos = plan.CallSettings(kwargs, kwargs.get("generation_config"), target.generation_config).get("eos_token_id")
     if eos is None or len(torch.atleast_1d(torch.as_tensor(eos))) <= 4:
         # a row that stopped on its first token runs no round: without stop ids every warm call runs one. Up to 4
         # stop ids share the graph of none (`decoding.static_stop_ids`); more keep their own, so they stay.
@@ -179,9 +179,10 @@ def _draft_widths(target, draft, num_assistant_tokens, kwargs: dict) -> list[int
     constant k that always drafts; else the powers of two below the cap, the cap, and 0 (a round of no draft,
     first in the list)."""
     settings = _settings_model(target, draft, kwargs)
-    k = kwargs.get("prompt_lookup_num_tokens") or validation.resolve_num_assistant_tokens(
-        dict(kwargs, num_assistant_tokens=num_assistant_tokens), kwargs.get("generation_config"), settings)
-    schedule, threshold = validation.resolve_draft_schedule(kwargs, settings)
+    call = plan.CallSettings(dict(kwargs, num_assistant_tokens=num_assistant_tokens), kwargs.get("generation_config"),
+                             target.generation_config)
+    k = kwargs.get("prompt_lookup_num_tokens") or plan.resolve_num_assistant_tokens(call, settings)
+    schedule, threshold = plan.resolve_draft_schedule(kwargs, settings)
     cap = draft_cap(k, schedule)
     # speculation unset may mean "auto" (the default at batch > 1): only "always" keeps one width
     varies = kwargs.get("speculation") != "always" or schedule != "constant" or bool(threshold)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .. import vocab_map
 from ..errors import BatchSpecError, UnsupportedModelError
+from ..rules import check_value
 from ..speculation import CostModel
 from .base import Drafter, DraftOptions
 from .early_exit import early_exit_model
@@ -24,6 +25,9 @@ from .lookup import LookupDrafter
 from .model import ModelDrafter
 from .mtp import MTPDrafter, mtp_layers
 from .other_tokenizer import OtherTokenizerDrafter
+
+if TYPE_CHECKING:
+    from ..plan import CallSettings
 
 
 @dataclass(frozen=True)
@@ -56,16 +60,6 @@ class DraftSource:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """A call's settings as transformers resolves them: `get(name)` the kwarg, else the call's generation config,
-    else the model's; `given(name)` only what the caller set (kwarg or the call's config)."""
-
-    get: Callable[[str], object]
-    given: Callable[[str], object]
-    kwargs: dict
-
-
-@dataclass(frozen=True)
 class SourceSpec:
     kind: str  # the source's name (also what its measured costs are kept under)
     label: str  # what it is, in messages
@@ -74,13 +68,15 @@ class SourceSpec:
     # the call's arguments it reads (besides `asked_by`): refused when set for another source, and taken out of the
     # call before transformers prepares it (so that transformers builds no batch-1 candidate generator of its own)
     owns: tuple[str, ...]
-    # (target, assistant_model, Settings) -> (DraftSource, the draft length the source fixes or None)
+    # (target, assistant_model, plan.CallSettings) -> (DraftSource, the draft length the source fixes or None)
     resolve: Callable
     # (source, slots, cache_len, options, compile_config, **sizes) -> Drafter
     build: Callable
     requires: str | None = None  # chosen over another spec with the same `asked_by` when this argument is set
     selects: Callable | None = None  # (assistant_model) -> bool: chosen over another spec when this says so
-    # (source, do_sample, static, strategy) -> None: what it refuses once the call's mode is known
+    # (feature, message): what it cannot go with (a feature of `plan.call_features`: "static", "eqspec-realign", ...)
+    refuses: tuple[tuple[str, str], ...] = ()
+    # (source, do_sample) -> None: what it refuses that no feature names (a pair's shared vocabulary, ...)
     check: Callable | None = None
     model_drafts: bool = True  # its rounds run draft forwards (prompt lookup's cost none)
     shared: tuple[str, ...] = ()  # arguments of `owns` that other parts of the call read too (never taken out)
@@ -94,7 +90,7 @@ class SourceSpec:
 
 # -- the sources ---------------------------------------------------------------------------------------------
 
-def _resolve_model(target, draft, settings: Settings):
+def _resolve_model(target, draft, settings: "CallSettings"):
     from ..validation import check_pair
 
     check_pair(target, draft)
@@ -105,7 +101,7 @@ def _build_model(source, slots, cache_len, options, compile_config, *, staging, 
     return ModelDrafter(source.model, slots, cache_len, options, compile_config, staging)
 
 
-def _resolve_other_tokenizer(target, draft, settings: Settings):
+def _resolve_other_tokenizer(target, draft, settings: "CallSettings"):
     from ..validation import check_causal_lm
 
     tokenizer, assistant_tokenizer = settings.kwargs.get("tokenizer"), settings.kwargs["assistant_tokenizer"]
@@ -120,15 +116,17 @@ def _resolve_other_tokenizer(target, draft, settings: Settings):
     return DraftSource("other-tokenizer", model=draft, tokenizers=(tokenizer, assistant_tokenizer)), None
 
 
-def _check_other_tokenizer(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
+def _check_other_tokenizer(source: DraftSource, do_sample: bool) -> None:
     if do_sample:  # the draft samples shared tokens only (vocab_map.py): refuse a pair that shares too few
         vocab_map.check_overlap(vocab_map.vocab_map(*source.tokenizers))
-    if static:
-        raise BatchSpecError("compile_config / cache_implementation='static' are not supported with a draft of "
-                             "another tokenizer (its text round trip runs on the host every round): drop them.")
-    if strategy == "eqspec-realign":
-        raise BatchSpecError("batch_spec='eqspec-realign' cannot realign a draft with positions of its own: use "
-                             "'eqspec' or 'exspec'.")
+
+
+_OTHER_TOKENIZER_REFUSES = (
+    ("static", "compile_config / cache_implementation='static' are not supported with a draft of another tokenizer "
+               "(its text round trip runs on the host every round): drop them."),
+    ("eqspec-realign", "batch_spec='eqspec-realign' cannot realign a draft with positions of its own: use 'eqspec' "
+                       "or 'exspec'."),
+)
 
 
 def _build_other_tokenizer(source, slots, cache_len, options, compile_config, *, prompts, prompt_lengths, max_new,
@@ -140,7 +138,7 @@ def _build_other_tokenizer(source, slots, cache_len, options, compile_config, *,
                                  max_new, k, target_vocab=width)
 
 
-def _resolve_early_exit(target, draft, settings: Settings):
+def _resolve_early_exit(target, draft, settings: "CallSettings"):
     from ..validation import check_causal_lm
 
     check_causal_lm(target, "target model")
@@ -150,7 +148,7 @@ def _resolve_early_exit(target, draft, settings: Settings):
         raise BatchSpecError(str(error)) from None
 
 
-def _refuse_draft_model_settings(settings: Settings, why: str) -> None:
+def _refuse_draft_model_settings(settings: "CallSettings", why: str) -> None:
     """A source whose draft length is fixed refuses the draft model's knobs, saying `why` it has no use for them."""
     for name in ("num_assistant_tokens", "assistant_confidence_threshold"):
         if settings.kwargs.get(name) is not None:
@@ -160,15 +158,14 @@ def _refuse_draft_model_settings(settings: Settings, why: str) -> None:
 DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2  # transformers' default for prompt lookup
 
 
-def _resolve_lookup(target, draft, settings: Settings):
+def _resolve_lookup(target, draft, settings: "CallSettings"):
     from ..validation import check_causal_lm
 
     check_causal_lm(target, "target model")
     k, ngram = settings.get("prompt_lookup_num_tokens"), settings.get("max_matching_ngram_size")
     ngram = DEFAULT_MAX_MATCHING_NGRAM_SIZE if ngram is None else ngram
     for name, value in (("prompt_lookup_num_tokens", k), ("max_matching_ngram_size", ngram)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BatchSpecError(f"{name} must be a positive integer; got {value!r}.")
+        check_value(name, value)
     _refuse_draft_model_settings(settings, "prompt lookup drafts prompt_lookup_num_tokens copied tokens per round")
     return DraftSource("lookup", lookup_ngram=ngram), k
 
@@ -182,14 +179,13 @@ def _build_lookup(source, slots, cache_len, options, compile_config, **_):
 _MTP_MODULES: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 
 
-def _resolve_mtp(target, draft, settings: Settings):
+def _resolve_mtp(target, draft, settings: "CallSettings"):
     from transformers.modeling_layers import MtpModel
 
     from ..validation import check_causal_lm
 
     check_causal_lm(target, "target model")
-    if settings.get("use_mtp") is not True:
-        raise BatchSpecError(f"use_mtp must be True or False; got {settings.get('use_mtp')!r}.")
+    check_value("use_mtp", settings.get("use_mtp"))
     layers = mtp_layers(target)
     if layers < 1:
         raise BatchSpecError(f"use_mtp=True: {type(target).__name__}'s config declares no multi-token-prediction "
@@ -207,24 +203,20 @@ def _resolve_mtp(target, draft, settings: Settings):
     return DraftSource("mtp", model=_MTP_MODULES[target]), layers
 
 
-def _eager_only(what: str) -> Callable:
+def _eager_only(what: str) -> tuple[tuple[str, str], ...]:
     """The refusals of a source that drafts from the verify's hidden states: compiled rounds (their programs do not
     return them) and the paper's realigned layout (its rows move every round)."""
-    def check(source: DraftSource, do_sample: bool, static: bool, strategy: str) -> None:
-        if static:
-            raise BatchSpecError(f"compile_config / cache_implementation='static' are not served with {what} yet: it "
-                                 "drafts from the verify's hidden states, which the compiled round programs do not "
-                                 "return. Drop them (the eager path serves it at any batch size).")
-        if strategy == "eqspec-realign":
-            raise BatchSpecError(f"batch_spec='eqspec-realign' does not realign {what}: use 'eqspec' or 'exspec'.")
-    return check
+    return (("static", f"compile_config / cache_implementation='static' are not served with {what} yet: it drafts "
+                       "from the verify's hidden states, which the compiled round programs do not return. Drop them "
+                       "(the eager path serves it at any batch size)."),
+            ("eqspec-realign", f"batch_spec='eqspec-realign' does not realign {what}: use 'eqspec' or 'exspec'."))
 
 
 def _build_mtp(source, slots, cache_len, options, compile_config, *, staging, **_):
     return MTPDrafter(source.model, slots, cache_len, options, staging)
 
 
-def _resolve_gemma4_assistant(target, assistant, settings: Settings):
+def _resolve_gemma4_assistant(target, assistant, settings: "CallSettings"):
     from ..validation import check_pair
 
     if not type(target).__name__.startswith("Gemma4"):
@@ -251,10 +243,11 @@ def _build_gemma4_assistant(source, slots, cache_len, options, compile_config, *
 SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("other-tokenizer", "a draft with another tokenizer", "assistant_model", OtherTokenizerDrafter,
                owns=("assistant_tokenizer", "tokenizer"), shared=("tokenizer",), requires="assistant_tokenizer",
-               resolve=_resolve_other_tokenizer, build=_build_other_tokenizer, check=_check_other_tokenizer),
+               resolve=_resolve_other_tokenizer, build=_build_other_tokenizer, check=_check_other_tokenizer,
+               refuses=_OTHER_TOKENIZER_REFUSES),
     SourceSpec("gemma4-assistant", "a Gemma 4 assistant", "assistant_model", Gemma4AssistantDrafter, owns=(),
                selects=is_gemma4_assistant, resolve=_resolve_gemma4_assistant, build=_build_gemma4_assistant,
-               check=_eager_only("a Gemma 4 assistant")),
+               refuses=_eager_only("a Gemma 4 assistant")),
     SourceSpec("model", "a draft model", "assistant_model", ModelDrafter, owns=(),
                resolve=_resolve_model, build=_build_model),
     SourceSpec("lookup", "prompt lookup", "prompt_lookup_num_tokens", LookupDrafter, owns=("max_matching_ngram_size",),
@@ -262,7 +255,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("early-exit", "early exit (the target's first layers)", "assistant_early_exit", ModelDrafter, owns=(),
                resolve=_resolve_early_exit, build=_build_model),
     SourceSpec("mtp", "the target's multi-token-prediction layers", "use_mtp", MTPDrafter, owns=(),
-               resolve=_resolve_mtp, build=_build_mtp, check=_eager_only("use_mtp")),
+               resolve=_resolve_mtp, build=_build_mtp, refuses=_eager_only("use_mtp")),
 )
 SOURCES_BY_KIND = {spec.kind: spec for spec in SOURCES}
 # The generate arguments that ask for a draft, in the order a call's sources are listed (transformers' names).
@@ -278,7 +271,7 @@ def choose(asked_by: str, given: Callable[[str], object], assistant_model=None) 
                 and (spec.selects is None or spec.selects(assistant_model)))
 
 
-def resolve(asked_by: str, target, assistant_model, settings: Settings) -> tuple[DraftSource, int | None]:
+def resolve(asked_by: str, target, assistant_model, settings: "CallSettings") -> tuple[DraftSource, int | None]:
     """The call's `DraftSource` (and the draft length it fixes, or None): an argument another source owns, set
     by the caller, is refused first, so that nothing a call passes is silently ignored."""
     spec = choose(asked_by, settings.given, assistant_model)
