@@ -27,10 +27,12 @@ class Method(NamedTuple):
 
 
 def ours(name, row, strategy, source, speculation, constant_k, compiled, help, default=True) -> Method:
+    """One of our rows, its fields in the table's column order (help last: the longest)."""
     return Method(name, True, default, help, row, strategy, source, speculation, constant_k, compiled)
 
 
 def baseline(name: str, help: str, default: bool = True) -> Method:
+    """One of transformers' baselines: only a name, its help and whether it runs by default."""
     return Method(name, False, default, help)
 
 
