@@ -5,7 +5,7 @@ alone (token ids, trimmed at EOS); the script exits non-zero on any difference.
 Run:  python examples/draft_sources.py  [--batch-size 8] [--max-new-tokens 48]
 
 Nothing is downloaded: the target, its 1-layer draft and a draft with a tokenizer of its own ship with the package
-(made by scripts/train_demo_pair.py). The same keyword arguments work on any transformers causal LM.
+(made by scripts/train_demo_pair). The same keyword arguments work on any transformers causal LM.
 """
 
 from __future__ import annotations

@@ -12,33 +12,24 @@ decoding of that prompt alone, token ids trimmed at EOS, and exits non-zero on a
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 
 import hf_batchspec
+from hf_batchspec.cli.layer_skip import layer_skip_pair
 from hf_batchspec.profiling import ForwardTimer
 
 VOCAB = 512
 
 
 def build_pair(layers: int = 6, width: int = 256, damping: float = 0.03, seed: int = 0):
+    """The target (with the mixin) and its 1-layer layer-skip draft (`hf_batchspec.cli.layer_skip`)."""
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    target = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(8.0)  # sharper than random init, so greedy paths are not near-ties
-        for layer in target.model.layers[1:]:  # deep layers nudge the first layer's prediction
-            layer.self_attn.o_proj.weight.mul_(damping)
-            layer.mlp.down_proj.weight.mul_(damping)
-    draft_config = copy.deepcopy(config)
-    draft_config.num_hidden_layers = 1
-    draft = LlamaForCausalLM(draft_config).eval()
-    draft.load_state_dict(target.state_dict(), strict=False)  # embeddings, layer 0, norm, head
+    target, draft = layer_skip_pair(config, draft_layers=1, damping=damping, seed=seed)
     return hf_batchspec.enable(target), draft
 
 

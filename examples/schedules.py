@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from hf_batchspec.bench import Bench, add_source_arguments, load_pair, load_prompts
+from hf_batchspec.cli.args import add_source_arguments
+from hf_batchspec.cli.harness import Bench
+from hf_batchspec.cli.loaders import load_pair, load_prompts
 from hf_batchspec.profiling import calibrate
 
 
@@ -38,7 +40,7 @@ def main() -> None:
     bench = Bench(target, draft, prompts, args.max_new_tokens, 3, args.device, repeats=3)
     cost = calibrate(target, draft, rows=max(args.batch_sizes)) if args.calibrate else "auto"
     # The reference rows come from HF greedy at batch 1, the first method timed.
-    results = [] if args.batch_sizes[0] == 1 else [bench._timed("hf-greedy", 1, bench.hf_greedy(1))]
+    results = [] if args.batch_sizes[0] == 1 else [bench.timed("hf-greedy", 1, bench.hf_greedy(1))]
     for b in args.batch_sizes:
         plan = [("hf-greedy", bench.hf_greedy(b), False)]
         plan += [(f"constant k={k}", bench.ours("exspec", b, k=k), True) for k in (1, 2, 3, 5)]

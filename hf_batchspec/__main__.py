@@ -1,37 +1,6 @@
-"""`python -m hf_batchspec {bench,demo} ...` (also the `hf-batchspec` console script)."""
+"""`python -m hf_batchspec {bench,demo} ...`: the command line of `hf_batchspec.cli`."""
 
-from __future__ import annotations
-
-import argparse
-import sys
-
-COMMANDS = {
-    "bench": "time HF baselines, eqspec and exspec side by side",
-    "demo": "batch-decode the bundled pair, checked against greedy, timed",
-}
-
-
-def parser() -> argparse.ArgumentParser:
-    """The top-level parser: help and errors only; a command's own options are parsed by that command."""
-    top = argparse.ArgumentParser(prog="hf-batchspec", description="Batch speculative decoding for HF transformers.",
-                                  epilog="Run `hf-batchspec COMMAND -h` for a command's options.")
-    commands = top.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", title="commands",
-                                  required=True)
-    for name, summary in COMMANDS.items():
-        commands.add_parser(name, help=summary, add_help=False)
-    return top
-
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS:  # the rest of argv is the command's, `-h` included
-        if argv[0] == "bench":
-            from .bench import main as command
-        else:
-            from .demo import main as command
-        return command(argv[1:])
-    parser().parse_args(argv)  # -h/--help: usage and exit 0; no or an unknown command: usage on stderr, exit 2
-
+from .cli import main
 
 if __name__ == "__main__":
     main()

@@ -12,34 +12,25 @@ Usage: python scripts/build_layer_skip_pair.py --out pair --layers 16 --width 10
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig
 
-BUNDLED = Path(__file__).resolve().parents[1] / "hf_batchspec" / "demo_pair" / "target"
+from hf_batchspec.cli.layer_skip import layer_skip_pair
+from hf_batchspec.cli.loaders import BUNDLED_PAIR
 
 
 def build(layers: int, width: int, draft_layers: int, damping: float, seed: int):
-    tokenizer = AutoTokenizer.from_pretrained(BUNDLED)
+    """(target, draft, tokenizer): a Llama of `layers` x `width` with the bundled tokenizer, and its layer-skip
+    draft of the first `draft_layers` layers (`hf_batchspec.cli.layer_skip`)."""
+    tokenizer = AutoTokenizer.from_pretrained(BUNDLED_PAIR / "target")
     heads = max(1, width // 64)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),
                          max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    target = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        target.lm_head.weight.mul_(8.0)  # sharper than random init, so greedy paths are not near-ties
-        for layer in target.model.layers[draft_layers:]:
-            layer.self_attn.o_proj.weight.mul_(damping)
-            layer.mlp.down_proj.weight.mul_(damping)
-    draft_config = copy.deepcopy(config)
-    draft_config.num_hidden_layers = draft_layers
-    draft = LlamaForCausalLM(draft_config).eval()
-    draft.load_state_dict(target.state_dict(), strict=False)  # embeddings, the first layers, norm, head
+    target, draft = layer_skip_pair(config, draft_layers, damping, seed)
     return target, draft, tokenizer
 
 

@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import CompileConfig
 
-from hf_batchspec.bench import _left_pad, load_pair, load_prompts
+from hf_batchspec.cli.loaders import left_pad, load_pair, load_prompts
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     target, draft, tokenizer = load_pair(None, None, torch.float32, "cpu")
     pad = tokenizer.pad_token_id or 0
-    ids, mask, _ = _left_pad(load_prompts(None, tokenizer, 32), pad, "cpu")
+    ids, mask, _ = left_pad(load_prompts(None, tokenizer, 32), pad, "cpu")
     config = CompileConfig()
     config._compile_all_devices = True
     common = dict(do_sample=False, pad_token_id=pad, max_new_tokens=64, compile_config=config)

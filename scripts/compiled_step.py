@@ -15,9 +15,8 @@ import time
 import torch
 from transformers import CompileConfig, StaticCache
 
-from hf_batchspec import compat
-from hf_batchspec.bench import load_pair
-from hf_batchspec.cache import RaggedLayer
+from hf_batchspec import RaggedLayer, compat
+from hf_batchspec.cli.loaders import load_pair
 from hf_batchspec.runner import ModelRunner
 
 PROMPT, SLOTS = 40, 128
@@ -82,7 +81,7 @@ def main() -> None:
         def without_write(self, key_states, value_states, *args, **kwargs):  # wrong output: timing only
             if not self.is_initialized:
                 return update(self, key_states, value_states, *args, **kwargs)
-            kv_len = self._plan.kv_len
+            kv_len = self.get_seq_length()  # the slots this forward attends over
             return self.keys[:, :, :kv_len], self.values[:, :, :kv_len]
         RaggedLayer.update = without_write
         try:

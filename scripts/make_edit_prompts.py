@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hf_batchspec.bench import load_pair, load_prompts
+from hf_batchspec.cli.loaders import load_pair, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 

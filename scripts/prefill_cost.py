@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from hf_batchspec.bench import load_pair, load_prompts
+from hf_batchspec.cli.loaders import load_pair, load_prompts
 from hf_batchspec.masks import packed_positions
 from hf_batchspec.runner import ModelRunner
 

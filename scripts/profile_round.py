@@ -20,7 +20,8 @@ from collections import Counter
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hf_batchspec.bench import DTYPES, load_pair, load_prompts, _left_pad
+from hf_batchspec.cli.args import DTYPES
+from hf_batchspec.cli.loaders import left_pad, load_pair, load_prompts
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
 GRAPHS = ("cudaGraphLaunch",)
@@ -72,7 +73,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     target, draft, tokenizer = load_pair(args.target, args.draft, DTYPES[args.dtype], args.device)
     prompts = load_prompts(None, tokenizer, args.batch)
-    ids, mask, width = _left_pad(prompts, tokenizer.pad_token_id or 0, args.device)
+    ids, mask, width = left_pad(prompts, tokenizer.pad_token_id or 0, args.device)
     common = dict(attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_token_id or 0)
     compiled = {}
     if args.compile:

@@ -41,7 +41,7 @@ def greedy_token_count(target: Path, stops: list[int], num_prompts: int, max_new
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_batchspec.bench import load_prompts
+    from hf_batchspec.cli.loaders import load_prompts
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the bench below runs: the same sums, the same near-ties
@@ -114,7 +114,7 @@ def test_demo_checks_rows_against_plain_greedy():
 
 
 def test_ours_selects_methods_and_each_batch_size_reports_as_it_ends(tmp_path):
-    from hf_batchspec.bench import parse_args, run_bench
+    from hf_batchspec.cli.bench import parse_args, run_bench
 
     target, _ = target_stopping_at(" the", tmp_path / "target")
     args = parse_args(["--target", str(target), "--num-prompts", "3", "--batch-sizes", "2,3", "--max-new-tokens",
@@ -151,7 +151,7 @@ def test_compiled_example_runs_and_every_row_is_exact():
 def test_other_tokenizer_rows_are_skipped_with_a_users_target_unless_other_draft_is_given(tmp_path, capsys):
     """The bundled draft with another tokenizer was trained for the bundled target: with a user's --target, its rows
     would time a draft trained for another model. They are skipped, with a line saying so, unless --other-draft."""
-    from hf_batchspec.bench import parse_args, run_bench
+    from hf_batchspec.cli.bench import parse_args, run_bench
 
     target, _ = target_stopping_at(" the", tmp_path / "target")
     args = parse_args(["--target", str(target), "--num-prompts", "2", "--batch-sizes", "2", "--max-new-tokens", "4",
@@ -172,7 +172,10 @@ class Recorded(Exception):
 def planned_calls(argv: list[str]) -> tuple[list, dict, object]:
     """The bench's plan for `argv` on the bundled pair, and the generate kwargs each planned call passes (the target's
     `generate` records them and stops: nothing decodes, nor compiles)."""
-    from hf_batchspec.bench import DTYPES, Bench, load_pair, parse_args, plan_runs
+    from hf_batchspec.cli.args import DTYPES
+    from hf_batchspec.cli.bench import parse_args, plan_runs
+    from hf_batchspec.cli.harness import Bench
+    from hf_batchspec.cli.loaders import load_pair
 
     args = parse_args(argv)
     target, draft, tokenizer = load_pair(None, None, DTYPES["float32"], "cpu")
@@ -227,7 +230,9 @@ def test_random_draft_has_the_drafts_config_seeded_fresh_weights_and_rarely_agre
     every time, unlike the trained ones), so acceptance is low; rows stay exact."""
     import torch
 
-    from hf_batchspec.bench import DTYPES, load_pair, parse_args, run_bench
+    from hf_batchspec.cli.args import DTYPES
+    from hf_batchspec.cli.bench import parse_args, run_bench
+    from hf_batchspec.cli.loaders import load_pair
 
     _, trained, _ = load_pair(None, None, DTYPES["float32"], "cpu")
     _, first, _ = load_pair(None, None, DTYPES["float32"], "cpu", draft_init="random")
@@ -252,7 +257,7 @@ def test_mtp_rows_ask_for_the_targets_mtp_layers_and_are_not_in_the_default_run(
     """`--methods mtp` (transformers' use_mtp at batch 1) and `--ours exspec-mtp` call generate with use_mtp=True and
     no num_assistant_tokens (k is the number of MTP layers); the default run has neither (the bundled target has no
     MTP layers). Checked on the arguments each planned call passes to the target's `generate`."""
-    from hf_batchspec.bench import parse_args
+    from hf_batchspec.cli.bench import parse_args
 
     defaults = parse_args([])
     assert "mtp" not in defaults.methods and "exspec-mtp" not in defaults.ours

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_batchspec.__main__ import main
+from hf_batchspec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,13 +36,13 @@ def wide_help(monkeypatch):
 @pytest.fixture
 def no_models(monkeypatch):
     """Loading a model fails the test: options these tests pass must be refused (or --help answered) first."""
-    import hf_batchspec.bench
-    import hf_batchspec.demo
+    import hf_batchspec.cli.bench
+    import hf_batchspec.cli.demo
 
     def load_pair(*args, **kwargs):
         raise AssertionError("the command line was accepted and went on to load models")
 
-    for module in (hf_batchspec.bench, hf_batchspec.demo):
+    for module in (hf_batchspec.cli.bench, hf_batchspec.cli.demo):
         monkeypatch.setattr(module, "load_pair", load_pair)
 
 
@@ -133,20 +133,24 @@ def test_plot_without_matplotlib_is_refused_before_anything_runs(tmp_path, capsy
 
 
 def test_ours_names_come_from_one_table_and_defaults_selects_the_default_rows(capsys, no_models):
-    """Each --ours name is one table entry; 'defaults' stands for the four calls a user makes with no
-    num_assistant_tokens and no speculation argument, each named once in the order given."""
-    from hf_batchspec.bench import OUR_TABLE, OURS, parse_args
+    """Each --ours and --methods name is one entry of one table; 'defaults' stands for the four calls a user makes
+    with no num_assistant_tokens and no speculation argument, each named once in the order given."""
+    from hf_batchspec.cli.bench import parse_args
+    from hf_batchspec.cli.methods import BASELINES, METHODS, OURS
 
-    assert len(OURS) == len(OUR_TABLE) and len({m.row for m in OUR_TABLE}) == len(OUR_TABLE)
+    our_table = [m for m in METHODS if m.ours]
+    assert len(OURS) + len(BASELINES) == len(METHODS) == len({m.name for m in METHODS})
+    assert len(OURS) == len(our_table) and len({m.row for m in our_table}) == len(our_table)
     defaults = ["exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default"]
-    assert [m.name for m in OUR_TABLE if m.speculation is None] == defaults
+    assert [m.name for m in our_table if m.speculation is None] == defaults
     assert all(not OURS[name].constant_k for name in defaults)
     # every other row passes speculation, and k where the source takes one (MTP drafts one token per layer)
     assert all(m.speculation in ("always", "auto") and m.constant_k == (m.source != "mtp")
-               for m in OUR_TABLE if m.name not in defaults)
+               for m in our_table if m.name not in defaults)
     assert parse_args(["--ours", "exspec,defaults,exspec-default"]).ours == ["exspec", *defaults]
     # every row by default, but those the bundled target cannot run (it has no MTP layers)
     assert parse_args([]).ours == [name for name in OURS if OURS[name].source != "mtp"]
+    assert parse_args([]).methods == ["assisted", "lookup", "early-exit", "uad", "cb"]
 
 
 def test_bench_help_names_the_default_rows_the_random_draft_and_the_skipped_rows(capsys, no_models):
@@ -164,7 +168,8 @@ def test_bench_help_names_the_default_rows_the_random_draft_and_the_skipped_rows
 def test_from_json_reads_a_file_with_its_setup(tmp_path, capsys, no_models):
     """A new file is {"setup", "results"}: read back, the setup is printed above the table and equals what was
     written, and the rows are the same rows."""
-    from hf_batchspec.bench import Result, read_json, write_json
+    from hf_batchspec.cli.harness import Result
+    from hf_batchspec.cli.report import read_json, write_json
 
     setup = dict(target="my/target", target_parameters=3_800_000, draft="my/draft", draft_init="trained",
                  draft_parameters=300_000, k=4, max_new_tokens=16, num_prompts=8, prompts="p.jsonl", device="cpu",
@@ -181,7 +186,7 @@ def test_from_json_reads_a_file_with_its_setup(tmp_path, capsys, no_models):
 
 def figure_of(results, setup):
     pytest.importorskip("matplotlib")
-    from hf_batchspec.bench import figure
+    from hf_batchspec.cli.report import figure
 
     fig = figure(results, setup)
     left, right = fig.axes[:2]
@@ -192,7 +197,7 @@ def test_plot_labels_every_line_with_a_style_of_its_own_on_the_batch_sizes_thems
     """What the figure must show to be read: every line in the legend, no two methods drawn alike (the old colour
     cycle gave exspec-auto hf-greedy's colour), batch-1 baselines labelled, the batch sizes themselves as ticks
     (a log axis labelled 1, 2 as 10^0, 2x10^0) and the setup in the title."""
-    from hf_batchspec.bench import Result
+    from hf_batchspec.cli.harness import Result
 
     methods = ["eqspec", "exspec", "exspec-auto", "exspec-lookup", "exspec-early-exit", "exspec-other-tokenizer",
                "exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
@@ -226,7 +231,7 @@ def test_plot_labels_every_line_with_a_style_of_its_own_on_the_batch_sizes_thems
 
 def test_plot_reads_an_old_file_without_setup_and_many_batch_sizes_on_a_log_axis(tmp_path, capsys, no_models):
     pytest.importorskip("matplotlib")
-    from hf_batchspec.bench import Result
+    from hf_batchspec.cli.harness import Result
 
     sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     results = [Result("hf-greedy-b1", 1, 1.0, 100, 4, 4, bookkeeping=0.1)]

@@ -117,7 +117,9 @@ def test_early_exit_of_a_dispatched_target(saved_llama, tmp_path):
 
 def test_accelerate_launch_two_processes_equals_one(tmp_path):
     script = ROOT / "examples" / "multiprocess.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # this checkout's package first: the example imports hf_batchspec.cli, and an installed copy may be another tree
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
     multi, single = tmp_path / "multi.json", tmp_path / "single.json"

@@ -1,6 +1,6 @@
 """`python -m hf_batchspec demo`: batch speculative decoding on the bundled model pair, checked and timed.
 
-Loads the bundled target/draft pair (trained by scripts/train_demo_pair.py on the Python standard library,
+Loads the bundled target/draft pair (trained by scripts/train_demo_pair on the Python standard library,
 shipped with the package; `--target`/`--draft` take any HF model id or local path instead), generates for a
 batch of prompts, checks every row against plain greedy decoding of its prompt alone (token ids, through the
 first EOS) and prints tokens/s, tokens per round and the speedup over transformers' greedy at the same batch;
@@ -13,11 +13,14 @@ import argparse
 
 import torch
 
-from .bench import (K_HELP, Bench, HelpFormatter, add_source_arguments, add_threads_argument, header,
-                    load_other_draft, load_pair, load_prompts, positive_int, set_threads)
+from .args import K_HELP, HelpFormatter, add_source_arguments, add_threads_argument, positive_int, set_threads
+from .harness import Bench
+from .loaders import load_other_draft, load_pair, load_prompts
+from .report import header
 
 
 def main(argv=None) -> None:
+    """`hf-batchspec demo`: exits non-zero if any row differs from plain greedy decoding of its prompt."""
     parser = argparse.ArgumentParser(prog="hf-batchspec demo", description=__doc__, formatter_class=HelpFormatter)
     add_source_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (exspec: max_batch_size)")
@@ -38,7 +41,7 @@ def main(argv=None) -> None:
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
     b = args.batch_size
-    results = [bench._timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1))]
+    results = [bench.timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1))]
     methods = [(f"HF greedy, batch {b}", bench.hf_greedy(b), False),
                (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b), True),
                (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b), True),

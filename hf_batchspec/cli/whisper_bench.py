@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from transformers import CompileConfig
 
-from . import enable
-from .bench import DTYPES
+from .. import enable
+from .args import DTYPES
 
 FRAMES_PER_SECOND = 100  # log-mel frames per audio second (Whisper's 10 ms hop)
 
