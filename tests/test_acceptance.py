@@ -26,7 +26,8 @@ def test_greedy_accept_prefix_and_budget():
 
 
 def test_greedy_accept_without_drafts():
-    assert greedy_accept(torch.empty(2, 0, dtype=torch.long), torch.tensor([[4], [5]]), torch.zeros(2)).tolist() == [0, 0]
+    drafts = torch.empty(2, 0, dtype=torch.long)
+    assert greedy_accept(drafts, torch.tensor([[4], [5]]), torch.zeros(2)).tolist() == [0, 0]
 
 
 def test_truncate_at_stop_cuts_inside_block():

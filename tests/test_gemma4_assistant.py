@@ -21,6 +21,7 @@ from hf_batchspec.drafters import Gemma4AssistantDrafter
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
 from tests.toolkit import check_sampling_law, draw_stop_ids, left_pad, plain_greedy
+from tests.toolkit.counting import recording
 
 V = 6  # a small vocabulary: a random assistant agrees with the target now and then
 PROMPTS = [[3, 4, 5, 3, 4, 5, 3], [5, 4], [3, 3, 4, 4, 5, 5], [4, 5, 3, 2, 3], [5]]
@@ -82,13 +83,7 @@ def reference_drafts(target, assistant, sequence: list[int], pending: int, k: in
     return drafts
 
 
-class Recording(Gemma4AssistantDrafter):
-    """The assistant's drafter, keeping each round's rows, lengths and drafts."""
-
-    def propose(self, rows, tokens, k, budget):
-        proposal = super().propose(rows, tokens, k, budget)
-        self.seen.append((rows.ids_h.copy(), rows.lengths_h.copy(), proposal.drafts.clone()))
-        return proposal
+Recording = recording(Gemma4AssistantDrafter)  # the assistant's drafter, keeping each round's rows, lengths, drafts
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,18 @@ class ForwardCount:
 def unique_graphs() -> int:
     """Graphs dynamo has compiled in this process: a call that compiled nothing leaves it unchanged."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def recording(drafter_class: type) -> type:
+    """`drafter_class` keeping what each round proposed: (row ids, row lengths, drafts) appended to the instance's
+    `seen` list (set it before the decode loop runs), so that a test checks every round's drafts against its own
+    reference."""
+
+    class Recording(drafter_class):
+        def propose(self, rows, tokens, k, budget):
+            proposal = super().propose(rows, tokens, k, budget)
+            self.seen.append((rows.ids_h.copy(), rows.lengths_h.copy(), proposal.drafts.clone()))
+            return proposal
+
+    Recording.__name__ = Recording.__qualname__ = f"Recording{drafter_class.__name__}"
+    return Recording
