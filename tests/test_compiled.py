@@ -21,6 +21,7 @@ from hf_batchspec import BatchSpecError
 from hf_batchspec.decoding import draft_buckets, pad_drafts, static_length, static_rows
 from hf_batchspec.masks import build_masks
 from hf_batchspec.runner import ModelRunner
+from tests.toolkit.compiled import COMPILED, generate_compiled
 from tests.toolkit import draw_stop_ids, free_run_tokens, left_pad, plain_greedy, strategies, unique_graphs
 from tests.toolkit import draft_model, target_model
 from tests.toolkit.checks import check_against_plain_greedy
@@ -99,36 +100,6 @@ def test_decode_forward_has_no_graph_break(arch):
     explained = torch._dynamo.explain(decode)(prompt[:, :2])
     assert explained.graph_break_count == 0, [reason.reason for reason in explained.break_reasons]
     assert explained.graph_count == 1
-
-
-@pytest.fixture(scope="module")
-def compiled_pair():
-    target = hf_batchspec.enable(build("llama", seed=11))
-    return target, perturbed(target, 0.05, seed=12)
-
-
-# a constant k (the default at batch > 1, speculation="auto", compiles a program per width it chooses)
-COMPILED = dict(batch_spec="exspec", num_assistant_tokens=3, max_batch_size=4, compile_config=CompileConfig(),
-                speculation="always")
-
-
-def generate_compiled(target, draft, prompts, max_new, eos):
-    ids, mask = left_pad(prompts, 0)
-    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=max_new, do_sample=False,
-                          eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
-    return ids.shape[1], out
-
-
-@pytest.fixture(scope="module")
-def warmed(compiled_pair):
-    """A warm-up covers every shape of the bucket (4 rows, 64 slots, k=3): the verify (width 4), a last token's
-    plain step (width 1, a round where no row drafts), the draft's first step (width 2) and its later steps. The
-    row buckets a call's tail moves into (2 rows) take the same graphs: their row count is dynamic."""
-    target, draft = compiled_pair
-    before = unique_graphs()
-    generate_compiled(target, draft, [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12]], 24, None)
-    generate_compiled(target, draft, [[5, 6], [7], [8, 9, 10], [11]], 2, None)
-    return unique_graphs() - before
 
 
 @settings(max_examples=6)

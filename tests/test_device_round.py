@@ -22,7 +22,7 @@ from hf_batchspec.masks import packed_positions
 from hf_batchspec.runner import ModelRunner
 from hf_batchspec.scheduling import ActiveRows
 from tests.toolkit import free_run_tokens, left_pad, plain_greedy
-from tests.test_compiled import COMPILED, compiled_pair, warmed  # noqa: F401 (fixtures)
+from tests.toolkit.compiled import COMPILED
 from tests.tiny_models import VOCAB, build, perturbed
 
 K = 3
