@@ -20,3 +20,6 @@ torch.set_num_threads(int(os.environ.get("HF_BATCHSPEC_TEST_THREADS", "1")))
 from hf_batchspec import device_round  # noqa: E402
 
 device_round.LAGGED_DEVICES = ("cuda", "cpu")
+
+# The compiled pair and its warm-up, shared by every compiled test module (tests/toolkit/compiled.py).
+from tests.toolkit.compiled import compiled_pair, warmed  # noqa: E402, F401 (fixtures)

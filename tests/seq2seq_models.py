@@ -56,11 +56,15 @@ def sources(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     """Right-padded source sentences of these lengths (each ending in EOS, as a tokenizer makes them) and their
     mask."""
     generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    for row, length in enumerate(lengths):
-        ids[row, : length - 1] = torch.randint(3, VOCAB, (length - 1,), generator=generator)
-        ids[row, length - 1] = EOS
-        mask[row, :length] = 1
+    return padded([torch.randint(3, VOCAB, (length - 1,), generator=generator).tolist() for length in lengths])
+
+
+def padded(sentences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """These source sentences (ids without the EOS), each with EOS appended, right-padded, and their mask."""
+    width = max(len(s) for s in sentences) + 1
+    ids = torch.full((len(sentences), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(sentences), width), dtype=torch.long)
+    for row, sentence in enumerate(sentences):
+        ids[row, : len(sentence) + 1] = torch.tensor(sentence + [EOS], dtype=torch.long)
+        mask[row, : len(sentence) + 1] = 1
     return ids, mask

@@ -5,8 +5,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hf_batchspec.acceptance import greedy_accept, sample, speculative_sample, truncate_at_stop
+from tests.toolkit import assert_distributed_as
 
 
 def test_greedy_accept_prefix_and_budget():
@@ -23,7 +26,8 @@ def test_greedy_accept_prefix_and_budget():
 
 
 def test_greedy_accept_without_drafts():
-    assert greedy_accept(torch.empty(2, 0, dtype=torch.long), torch.tensor([[4], [5]]), torch.zeros(2)).tolist() == [0, 0]
+    drafts = torch.empty(2, 0, dtype=torch.long)
+    assert greedy_accept(drafts, torch.tensor([[4], [5]]), torch.zeros(2)).tolist() == [0, 0]
 
 
 def test_truncate_at_stop_cuts_inside_block():
@@ -43,36 +47,92 @@ def test_truncate_without_stop_ids():
     assert count.tolist() == [2] and hit.tolist() == [False]
 
 
+# -- properties of the two against plain Python loops, on drawn shapes and values -----------------------------------
+# Ids from a vocabulary of 4 so that drafts often match and stops often occur; rows may copy the target's prefix
+# (all drafts accepted), budgets run from 0 to k, k from 0 (a plain step) up.
+
+def accepted_by_loop(drafts: list[int], target: list[int], budget: int) -> int:
+    """Drafts accepted: the matching prefix, at most `budget` long."""
+    n = 0
+    for i in range(min(budget, len(drafts))):
+        if drafts[i] != target[i]:
+            break
+        n += 1
+    return n
+
+
+def truncated_by_loop(tokens: list[int], count: int, stop_ids: list[int], stops: list[bool] | None):
+    """(kept, stopped): through the first stop among the first `count` tokens, else all `count`."""
+    for i in range(count):
+        if tokens[i] in stop_ids or (stops is not None and stops[i]):
+            return i + 1, True
+    return count, False
+
+
+@st.composite
+def acceptance_cases(draw):
+    rows, k = draw(st.integers(1, 6), label="rows"), draw(st.integers(0, 6), label="k")
+    target = draw(st.lists(st.lists(st.integers(0, 3), min_size=k + 1, max_size=k + 1), min_size=rows,
+                           max_size=rows), label="target")
+    drafts = []
+    for row in range(rows):  # the target's first `copied` tokens, then anything
+        copied = draw(st.integers(0, k), label="copied")
+        drafts.append(target[row][:copied] + draw(st.lists(st.integers(0, 3), min_size=k - copied,
+                                                           max_size=k - copied), label="rest"))
+    budget = draw(st.lists(st.integers(0, k), min_size=rows, max_size=rows), label="budget")
+    return drafts, target, budget
+
+
+@example(([[]], [[1]], [0]))  # k = 0: a plain step
+@example(([[1, 2, 3]], [[1, 2, 3, 0]], [3]))  # all accepted
+@example(([[1, 2, 3], [1, 2, 3]], [[1, 2, 3, 0], [1, 2, 0, 0]], [2, 3]))  # the budget cuts a full match; last differs
+@settings(max_examples=150)
+@given(case=acceptance_cases())
+def test_greedy_accept_is_the_matching_prefix_within_the_budget(case):
+    drafts, target, budget = case
+    k = len(target[0]) - 1
+    got = greedy_accept(torch.tensor(drafts, dtype=torch.long).view(len(drafts), k), torch.tensor(target),
+                        torch.tensor(budget))
+    assert got.tolist() == [accepted_by_loop(d, t, b) for d, t, b in zip(drafts, target, budget)]
+
+
+@st.composite
+def stop_cases(draw):
+    rows, width = draw(st.integers(1, 6), label="rows"), draw(st.integers(1, 6), label="width")
+    tokens = draw(st.lists(st.lists(st.integers(0, 3), min_size=width, max_size=width), min_size=rows,
+                           max_size=rows), label="tokens")
+    count = draw(st.lists(st.integers(0, width), min_size=rows, max_size=rows), label="count")
+    stop_ids = draw(st.none() | st.lists(st.integers(0, 3), max_size=3, unique=True), label="stop_ids")
+    stops = draw(st.none() | st.lists(st.lists(st.booleans(), min_size=width, max_size=width), min_size=rows,
+                                      max_size=rows), label="stops")
+    return tokens, count, stop_ids, stops
+
+
+@example(([[2, 1, 1]], [3], [2], None))  # a stop at the first position
+@example(([[1, 1, 2]], [3], [2], None))  # at the last real position
+@example(([[1, 1, 2]], [2], [2], None))  # just past the real tokens: not a stop
+@example(([[1, 3, 2, 3]], [4], [2, 3], None))  # several stop ids: the first to occur
+@example(([[2]], [0], [2], None))  # a plain step of a row with nothing to keep
+@example(([[1, 2]], [2], [], [[True, False]]))  # another criterion alone, no stop ids
+@settings(max_examples=150)
+@given(case=stop_cases())
+def test_truncate_at_stop_cuts_after_the_first_stop_among_the_real_tokens(case):
+    tokens, count, stop_ids, stops = case
+    ids = None if stop_ids is None else torch.tensor(stop_ids, dtype=torch.long)
+    mask = None if stops is None else torch.tensor(stops, dtype=torch.bool)
+    kept, hit = truncate_at_stop(torch.tensor(tokens), torch.tensor(count), ids, mask)
+    expected = [truncated_by_loop(t, c, stop_ids or [], None if stops is None else stops[row])
+                for row, (t, c) in enumerate(zip(tokens, count))]
+    assert kept.tolist() == [n for n, _ in expected]
+    assert hit.tolist() == [h for _, h in expected]
+
+
 # -- sampling: hand-built distributions, many rows in one call, a fixed generator ---------------------------------
 # Every check compares counts over 20000 draws with the exact distribution, by a chi-square test at a one-in-a-
 # million level: a wrong distribution (q instead of the residual, the wrong position, an unnormalised residual)
 # moves the statistic far past it, while the fixed seeds make every run draw the same numbers.
 
 ROWS = 20_000
-
-
-def chi_square_limit(df: int, z: float = 4.753) -> float:
-    """Upper 1e-6 quantile of chi-square with `df` degrees of freedom (Wilson-Hilferty; scipy is not needed)."""
-    a = 2.0 / (9.0 * df)
-    return df * (1.0 - a + z * math.sqrt(a)) ** 3
-
-
-def assert_distributed_as(draws: torch.Tensor, probs, label: str = "") -> None:
-    """`draws` (token ids) look like independent draws from `probs`; tokens of probability 0 never occur."""
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    probs = probs / probs.sum()
-    counts = torch.bincount(draws.flatten(), minlength=len(probs)).double()
-    assert len(counts) == len(probs), f"{label}: drew a token outside the vocabulary"
-    possible = probs > 0
-    assert counts[~possible].sum() == 0, f"{label}: drew a token of probability 0: {counts.tolist()}"
-    expected = probs[possible] * counts.sum()
-    assert expected.min() >= 20, f"{label}: too few draws for the test"  # the chi-square approximation holds
-    df = int(possible.sum()) - 1
-    if df == 0:
-        return  # a single possible token: it was always drawn
-    chi2 = float(((counts[possible] - expected) ** 2 / expected).sum())
-    assert chi2 < chi_square_limit(df), (
-        f"{label}: counts {counts.tolist()} vs expected {(probs * counts.sum()).tolist()} (chi2 {chi2:.1f})")
 
 
 def random_distributions(generator, *shape) -> torch.Tensor:

@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 import hf_batchspec
 from hf_batchspec import BatchSpecGenerateOutput, BatchSpeculativeGenerationMixin
-from tests.reference import left_pad, plain_greedy
+from tests.toolkit import left_pad, plain_greedy
 from tests.tiny_models import build, perturbed
 
 
@@ -132,11 +132,19 @@ def test_num_assistant_tokens_resolution(target):
     assert run(num_assistant_tokens=7) == 7  # the kwarg wins
 
 
-def test_inputs_on_their_device_and_dtype_kept(target, draft):
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32])
+def test_output_dtype_and_a_bool_mask_as_transformers(target, draft, dtype):
+    """int32 or int64 ids with a boolean mask: the output has the dtype transformers' own generate gives for these
+    ids (int64: it concatenates int64 tokens), and the rows are plain greedy's. (That the output stays on the
+    inputs' device is the GPU lane's: tests/test_gpu.py.)"""
     ids, mask = left_pad(PROMPTS, 0)
-    out = target.generate(ids, attention_mask=mask.bool(), assistant_model=draft, batch_spec="eqspec",
-                          max_new_tokens=3, do_sample=False, pad_token_id=0)
-    assert out.dtype == ids.dtype and out.device == ids.device
+    out = target.generate(ids.to(dtype), attention_mask=mask.bool(), assistant_model=draft, batch_spec="eqspec",
+                          max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    theirs = target.generate(ids[:1].to(dtype), attention_mask=mask[:1].bool(), max_new_tokens=3, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)
+    assert out.dtype == theirs.dtype == torch.long
+    for row, prompt in enumerate(PROMPTS):
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 3, None)
 
 
 def test_callers_position_ids_equal_to_the_rows_positions_are_honoured(target, draft):

@@ -42,19 +42,14 @@ def greedy_token_count(target: Path, stops: list[int], num_prompts: int, max_new
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_batchspec.cli.loaders import load_prompts
+    from tests.toolkit import plain_greedy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the bench below runs: the same sums, the same near-ties
     try:
         model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
-        total = 0
-        for prompt in load_prompts(None, AutoTokenizer.from_pretrained(target), num_prompts):
-            ids = torch.tensor([prompt])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=0)
-            new = out[0, ids.shape[1]:].tolist()
-            total += next((i + 1 for i, token in enumerate(new) if token in stops), len(new))
-        return total
+        return sum(len(plain_greedy(model, prompt, max_new_tokens, tuple(stops)))  # through the first stop
+                   for prompt in load_prompts(None, AutoTokenizer.from_pretrained(target), num_prompts))
     finally:
         torch.set_num_threads(threads)
 

@@ -14,8 +14,8 @@ from transformers import CompileConfig, GenerationConfig, GenerationMixin
 import hf_batchspec
 from hf_batchspec import BatchSpecError, plan, rules
 from hf_batchspec.processors import unsupported_processors
-from tests.reference import left_pad, plain_greedy
-from tests.tiny_models import build
+from tests.toolkit import left_pad, plain_greedy
+from tests.toolkit import build
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

@@ -9,7 +9,7 @@ import pytest
 from transformers import CompileConfig
 
 import hf_batchspec
-from tests.reference import left_pad, plain_greedy
+from tests.toolkit import left_pad, plain_greedy
 from tests.tiny_models import ARCHITECTURES, build, perturbed
 
 PROMPTS = [[5, 6, 7], [9] * 6, [3, 4], [8], [11, 12, 13, 14], [15]]

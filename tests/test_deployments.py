@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 import hf_batchspec
-from tests.reference import left_pad, plain_greedy
+from tests.toolkit import left_pad, plain_greedy
 from tests.tiny_models import build, perturbed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +76,7 @@ def test_lora_target_unmerged_merged_and_per_row_adapters():
     names = ["default", "other", "default", "__base__", "other"]
 
     def alone(row, prompt):
-        x = torch.tensor([prompt])
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False,
-                             pad_token_id=0, eos_token_id=None, adapter_names=[names[row]])
-        return out[0, len(prompt):].tolist()
+        return plain_greedy(model, prompt, NEW, None, adapter_names=[names[row]])
 
     # per-row adapters through exspec with 2 slots: rows enter and leave, each keeps its own adapter
     check_rows(model, draft, reference=alone, adapter_names=names, batch_spec="exspec", max_batch_size=2)

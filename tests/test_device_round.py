@@ -21,8 +21,8 @@ from hf_batchspec.device_round import device_round
 from hf_batchspec.masks import packed_positions
 from hf_batchspec.runner import ModelRunner
 from hf_batchspec.scheduling import ActiveRows
-from tests.reference import left_pad, plain_greedy
-from tests.test_compiled import COMPILED, compiled_pair, warmed  # noqa: F401 (fixtures)
+from tests.toolkit import free_run_tokens, left_pad, plain_greedy
+from tests.toolkit.compiled import COMPILED
 from tests.tiny_models import VOCAB, build, perturbed
 
 K = 3
@@ -222,7 +222,7 @@ def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged):
     target, draft = compiled_pair
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (3, 7, 2, 5, 9, 1, 4, 6, 8, 2)]
-    free = sorted({t for p in prompts for t in plain_greedy(target, p, 16, None)[1:]})
+    free = free_run_tokens(target, prompts, 16, skip_first=True)
     eos = free[:: max(1, len(free) // 3)][:3]
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=16, do_sample=False,

@@ -20,8 +20,8 @@ from hf_batchspec.stats import BatchSpecStats
 from tests.mtp_models import build as build_mtp
 from tests.test_gemma4_assistant import PROMPTS as GEMMA4_PROMPTS
 from tests.test_gemma4_assistant import pair as gemma4_pair
-from tests.reference import left_pad, plain_greedy
-from tests.test_drafters import target_model
+from tests.toolkit import left_pad, plain_greedy
+from tests.toolkit import target_model
 from tests.test_other_tokenizer import setup as other_tokenizer_setup
 from tests.tiny_models import VOCAB, perturbed
 

@@ -4,18 +4,16 @@ own pieces (the early-exit view shares the target's weights and leaves it whole)
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hf_batchspec
 from hf_batchspec.drafters import early_exit_model
 from hf_batchspec.errors import UnsupportedModelError
-from tests.reference import left_pad, plain_greedy
-from tests.tiny_models import ARCHITECTURES, VOCAB, build
+from tests.toolkit import ForwardCount, build, draw_stop_ids, left_pad, plain_greedy, target_model
+from tests.toolkit.models import ARCHITECTURES
+from tests.toolkit.strategies import lookup_requests as requests
 
 CORE = ("llama", "qwen3_sliding", "mistral", "gpt2")
 SOURCES = {
@@ -25,32 +23,9 @@ SOURCES = {
 }
 
 
-@lru_cache(maxsize=None)
-def target_model(arch: str):
-    return hf_batchspec.enable(build(arch, seed=0))
-
-
-@st.composite
-def requests(draw, max_rows=10, max_prompt=40, max_new=32):
-    """Prompts that repeat a span (so lookup finds matches) or not, mixed in one batch."""
-    rows = draw(st.integers(1, max_rows))
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    prompts = []
-    for _ in range(rows):
-        length = draw(st.integers(1, max_prompt))
-        if draw(st.booleans()):  # a span repeated, with a random head
-            span = torch.randint(3, VOCAB, (draw(st.integers(1, 6)),), generator=generator).tolist()
-            head = torch.randint(3, VOCAB, (draw(st.integers(0, 5)),), generator=generator).tolist()
-            prompts.append((head + span * length)[:length])
-        else:
-            prompts.append(torch.randint(3, VOCAB, (length,), generator=generator).tolist())
-    return dict(prompts=prompts, k=draw(st.integers(1, 6)), max_new=draw(st.integers(1, max_new)))
-
-
 def check(target, req, data, strategy, source, **kwargs):
     prompts, max_new = req["prompts"], req["max_new"]
-    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
-    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))  # stops in accepted blocks
+    eos = draw_stop_ids(data, target, prompts, max_new, max_size=1)  # stops inside accepted blocks
     expected = [plain_greedy(target, p, max_new, eos or None) for p in prompts]
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, batch_spec=strategy, max_new_tokens=max_new, do_sample=False,
@@ -149,23 +124,17 @@ def test_return_sequences_prefill_each_prompt_once_and_copy_its_cache(strategy, 
     target = target_model("llama")
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     ids, mask = left_pad(prompts, 0)
-    rows_per_forward = []
-    hook = target.register_forward_pre_hook(  # a prefill is the forward whose queries start at position 0
-        lambda m, a, kw: rows_per_forward.append((kw["input_ids"].shape[0], int(kw["position_ids"].min()))),
-        with_kwargs=True)
     drafting = dict(assistant_model=build("llama", seed=0), num_assistant_tokens=3) if source == "model" else dict(
         prompt_lookup_num_tokens=3)
     pool = dict(max_batch_size=max_batch_size) if max_batch_size else {}
-    try:
+    with ForwardCount(target) as forwards:  # a prefill is the forward whose queries start at position 0
         out = target.generate(ids, attention_mask=mask, batch_spec=strategy, do_sample=True, top_k=1,
                               num_return_sequences=4, max_new_tokens=10, eos_token_id=None, pad_token_id=0,
                               return_dict_in_generate=True, **drafting, **pool)
-    finally:
-        hook.remove()
     assert out.sequences.shape == (12, ids.shape[1] + 10)
     for row in range(12):
         prompt = prompts[row // 4]  # transformers' order: each prompt's samples together
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
-    prefills = [rows for rows, first_position in rows_per_forward if first_position == 0]
+    prefills = [rows for _, rows, _ in forwards.prefills()]
     # a slot pool of 4 admits one prompt's 4 copies at a time; else all 12 rows at once: one row per prompt
     assert prefills == ([1, 1, 1] if max_batch_size == 4 else [3])

@@ -9,7 +9,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TextStreamer
 
 import hf_batchspec
 from hf_batchspec import BatchSpecError, UnsupportedModelError
-from tests.reference import left_pad
+from tests.toolkit import ForwardCount, left_pad, plain_greedy
 from tests.tiny_models import build
 
 
@@ -22,11 +22,8 @@ def pair():
 @pytest.fixture
 def no_forward(pair):
     """Counts forward calls of both models; the test asserts none happened."""
-    calls = []
-    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in pair]
-    yield calls
-    for h in handles:
-        h.remove()
+    with ForwardCount(*pair) as forwards:
+        yield forwards
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +78,21 @@ def test_refused_before_any_work(pair, batch, no_forward, case):
     assert not no_forward
 
 
-def test_nothing_to_generate(pair, batch, no_forward):
-    ids, mask = batch  # transformers itself refuses this one, with its own message
-    with pytest.raises(ValueError, match="max_length"):
-        pair[0].generate(ids, attention_mask=mask, assistant_model=pair[1], batch_spec="eqspec", max_length=2)
-    assert not no_forward
+@pytest.mark.parametrize("max_length", [2, 3], ids=["shorter", "equal"])
+def test_nothing_to_generate(pair, batch, no_forward, max_length):
+    """A max_length no longer than the prompts (width 3) leaves nothing to generate: the plan refuses it before
+    transformers prepares the call (which would refuse it with a message of its own), naming both lengths, before
+    any forward. One token more is served: one plain-greedy token a row."""
+    ids, mask = batch
+    message = refused(pair, no_forward, "Nothing to generate", ids, attention_mask=mask,
+                      assistant_model=pair[1], batch_spec="eqspec", max_length=max_length)
+    assert f"max_length={max_length} is not beyond the input length 3" in message
+    out = pair[0].generate(ids, attention_mask=mask, assistant_model=pair[1], batch_spec="eqspec", max_length=4,
+                           do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out.shape == (2, 4)
+    for row in range(2):
+        assert out[row, 3:].tolist() == plain_greedy(pair[0], [t for t, m in zip(ids[row].tolist(),
+                                                                             mask[row].tolist()) if m], 1, None)
 
 
 def test_batch_spec_without_assistant(pair, batch, no_forward):

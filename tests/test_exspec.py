@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 import hf_batchspec
 from hf_batchspec import RaggedCache
-from tests.reference import left_pad, plain_greedy
-from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+from tests.toolkit import left_pad, most_frequent_token, plain_greedy
+from tests.toolkit import draft_model, target_model
+from tests.toolkit.checks import check_against_plain_greedy
+from tests.toolkit.strategies import requests
 
 
 class CacheWatch:
@@ -70,9 +72,7 @@ def test_finished_rows_are_replaced_while_prompts_wait():
     prompts = [torch.randint(3, 128, (int(n),), generator=generator).tolist()
                for n in torch.randint(1, 30, (30,), generator=generator)]
     ids, mask = left_pad(prompts, 0)
-    # different budgets per row come from stop ids: take a frequent generated token as EOS
-    free_run = [t for p in prompts[:6] for t in plain_greedy(target, p, 20, None)]
-    eos = max(set(free_run), key=free_run.count)
+    eos = most_frequent_token(target, prompts[:6], 20)  # different budgets per row come from stop ids
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=4,
                           max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=0,
                           return_dict_in_generate=True)
@@ -109,16 +109,30 @@ def test_pool_options_are_checked(kwargs):
 
 
 def test_forward_timer_sees_every_forward_the_stats_count():
+    """`ForwardTimer` counts every forward the stats count (the target is hooked once when it is its own draft
+    too), times something inside them, and unhooks the models when its block ends: a forward after it adds
+    nothing."""
     from hf_batchspec.profiling import ForwardTimer
 
     target = target_model("llama")
     draft = draft_model("llama", "perturbed")
     ids, mask = left_pad([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], 0)
+    hooks = lambda: [len(m._forward_pre_hooks) + len(m._forward_hooks) for m in (target, draft)]  # noqa: E731
+    before = hooks()
     with ForwardTimer(target, draft) as timer:
         out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
                               max_new_tokens=9, do_sample=False, pad_token_id=0, eos_token_id=None,
                               speculation="always", return_dict_in_generate=True)
     stats = out.spec_stats
     assert timer.calls == stats.target_forward_calls + stats.draft_forward_calls
-    assert 0.0 <= timer.forward_seconds <= timer.wall_seconds
+    assert timer.forward_seconds > 0.0 and timer.wall_seconds > 0.0  # a timer that never adds reads 0
     assert stats.target_prefill_calls == stats.draft_prefill_calls == stats.admitted_batches >= 2
+    calls, seconds = timer.calls, timer.forward_seconds
+    with torch.no_grad():
+        target(ids[:1])
+    assert (timer.calls, timer.forward_seconds) == (calls, seconds), "a hook outlived the timer's block"
+    assert hooks() == before
+    with ForwardTimer(target, target) as self_timer:  # the same model twice: one pair of hooks
+        with torch.no_grad():
+            target(ids[:1])
+    assert self_timer.calls == 1

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import hf_batchspec
 from hf_batchspec.errors import BatchSpecError
-from tests.reference import plain_greedy
+from tests.toolkit import ForwardCount, plain_greedy
 from tests.tiny_models import VOCAB, build
 
 TARGET = hf_batchspec.enable(build("llama"))
@@ -104,18 +104,14 @@ def _prompt(ids: torch.Tensor, mask: torch.Tensor | None, row: int) -> list[int]
 @given(call=calls())
 def test_a_fuzzed_call_is_served_exactly_or_refused_by_us_before_any_forward(call):
     ids, kwargs = call
-    forwards = []
-    hooks = [m.register_forward_pre_hook(lambda *a: forwards.append(1)) for m in (TARGET, DRAFT)]
-    try:
-        out = TARGET.generate(ids, **kwargs)
-    except BatchSpecError:
-        assert not forwards, "refused after a forward pass ran"
-        return
-    except Exception as error:  # noqa: BLE001 - the property: nothing but our own error escapes
-        pytest.fail(f"{type(error).__name__} escaped: {error}")
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with ForwardCount(TARGET, DRAFT) as forwards:
+        try:
+            out = TARGET.generate(ids, **kwargs)
+        except BatchSpecError:
+            assert not forwards, "refused after a forward pass ran"
+            return
+        except Exception as error:  # noqa: BLE001 - the property: nothing but our own error escapes
+            pytest.fail(f"{type(error).__name__} escaped: {error}")
     if kwargs.get("do_sample") is True:
         assert out.shape[0] == ids.shape[0]
         return

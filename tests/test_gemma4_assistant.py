@@ -20,7 +20,8 @@ from hf_batchspec import decoding
 from hf_batchspec.drafters import Gemma4AssistantDrafter
 from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.stats import BatchSpecStats
-from tests.reference import check_sampling_law, left_pad, plain_greedy
+from tests.toolkit import check_sampling_law, draw_stop_ids, left_pad, plain_greedy
+from tests.toolkit.counting import recording
 
 V = 6  # a small vocabulary: a random assistant agrees with the target now and then
 PROMPTS = [[3, 4, 5, 3, 4, 5, 3], [5, 4], [3, 3, 4, 4, 5, 5], [4, 5, 3, 2, 3], [5]]
@@ -82,13 +83,7 @@ def reference_drafts(target, assistant, sequence: list[int], pending: int, k: in
     return drafts
 
 
-class Recording(Gemma4AssistantDrafter):
-    """The assistant's drafter, keeping each round's rows, lengths and drafts."""
-
-    def propose(self, rows, tokens, k, budget):
-        proposal = super().propose(rows, tokens, k, budget)
-        self.seen.append((rows.ids_h.copy(), rows.lengths_h.copy(), proposal.drafts.clone()))
-        return proposal
+Recording = recording(Gemma4AssistantDrafter)  # the assistant's drafter, keeping each round's rows, lengths, drafts
 
 
 @dataclass(frozen=True)
@@ -166,8 +161,7 @@ def test_assistant_property_equals_plain_greedy(prompts, max_new, strategy, pool
     """Any prompts, budget, k, pool and EOS (drawn from the free run, so that rows stop inside accepted blocks):
     each row equals plain greedy of its prompt alone, trimmed at EOS."""
     target, assistant = pair(shared)
-    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
-    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))
+    eos = draw_stop_ids(data, target, prompts, max_new, max_size=1)
     ids, mask = left_pad(prompts, 0)
     extra = dict(max_batch_size=pool) if strategy == "exspec" else {}
     out = target.generate(ids, attention_mask=mask, assistant_model=assistant, batch_spec=strategy,

@@ -14,19 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hf_batchspec
-from tests.reference import left_pad
-from tests.tiny_models import VOCAB, build, perturbed
+from tests.toolkit import build, left_pad, perturbed, plain_greedy, strategies
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu lane: needs CUDA")]
 
 RESULTS: dict[str, list[bool]] = {}
-
-
-def greedy_alone(model, prompt, max_new):
-    ids = torch.tensor([prompt], device="cuda")
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                         pad_token_id=0, eos_token_id=None)
-    return out[0, len(prompt):].tolist()
 
 
 def near_tie(model, prefix: list[int], dtype: torch.dtype) -> bool:
@@ -41,22 +33,17 @@ def near_tie(model, prefix: list[int], dtype: torch.dtype) -> bool:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "mistral"])
 @settings(max_examples=6)
-@given(data=st.data())
-def test_low_precision_diverges_only_at_near_ties(arch, dtype, data):
+@given(prompts=strategies.prompts(max_rows=12, max_len=40), max_new=st.integers(1, 40), data=st.data())
+def test_low_precision_diverges_only_at_near_ties(arch, dtype, prompts, max_new, data):
     target = hf_batchspec.enable(build(arch).to("cuda", dtype))
     draft = perturbed(build(arch), 0.05).to("cuda", dtype)
-    rows = data.draw(st.integers(1, 12))
-    lengths = data.draw(st.lists(st.integers(1, 40), min_size=rows, max_size=rows))
-    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
-    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
-    max_new = data.draw(st.integers(1, 40))
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft,
                           num_assistant_tokens=data.draw(st.integers(1, 8)), max_new_tokens=max_new,
                           do_sample=False, pad_token_id=0, eos_token_id=None)
     for row, prompt in enumerate(prompts):
         ours = out[row, ids.shape[1]:].tolist()
-        ref = greedy_alone(target, prompt, max_new)
+        ref = plain_greedy(target, prompt, max_new, None)
         exact = ours == ref
         RESULTS.setdefault(f"{arch}/{dtype}", []).append(exact)
         if not exact:
@@ -78,7 +65,21 @@ def test_bnb_4bit_on_gpu(tmp_path):
     out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, max_new_tokens=16,
                           do_sample=False, pad_token_id=0, eos_token_id=None)
     for row, prompt in enumerate(prompts):
-        assert out[row, ids.shape[1]:].tolist() == greedy_alone(target, prompt, 16)
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 16, None)
+
+
+def test_outputs_stay_on_the_inputs_device():
+    """Ids and mask on the GPU with a model there: the output comes back on that device (as transformers' own), in
+    int64, equal to plain greedy (fp32: exact)."""
+    target = hf_batchspec.enable(build("llama").to("cuda"))
+    draft = perturbed(build("llama"), 0.05).to("cuda")
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids.cuda(), attention_mask=mask.cuda().bool(), assistant_model=draft, batch_spec="eqspec",
+                          max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert out.device.type == "cuda" and out.dtype == torch.long
+    for row, prompt in enumerate(prompts):
+        assert out[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 6, None)
 
 
 def teardown_module(module):
@@ -102,7 +103,7 @@ def test_static_cache_compiles_with_cuda_graphs_and_stays_exact():
                               max_batch_size=4, batch_spec="exspec", cache_implementation="static",
                               speculation="always", return_dict_in_generate=True)
         for row, prompt in enumerate(prompts):
-            ours, ref = out.sequences[row, ids.shape[1]:].tolist(), greedy_alone(target, prompt, max_new)
+            ours, ref = out.sequences[row, ids.shape[1]:].tolist(), plain_greedy(target, prompt, max_new, None)
             if ours != ref:
                 first = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
                 assert near_tie(target, prompt + ref[:first], torch.float32), f"row {row} diverged at {first}"

@@ -8,7 +8,7 @@ import pytest
 
 import hf_batchspec
 from hf_batchspec import decoding
-from tests.reference import left_pad, plain_greedy
+from tests.toolkit import ForwardCount, left_pad, plain_greedy
 from tests.tiny_models import build, perturbed
 
 PROMPTS = [[5 + (3 * i + j) % 100 for j in range(4 + i % 5)] for i in range(7)]  # 4 to 8 tokens each
@@ -33,18 +33,14 @@ def test_prefill_forwards_stay_within_the_token_budget(monkeypatch, case):
     models = {"target": target}
     if "prompt_lookup_num_tokens" not in call:
         call["assistant_model"] = models["draft"] = draft
-    prefills = []  # (model, rows, width) of each forward whose queries start at position 0
-    hooks = [model.register_forward_pre_hook(
-        lambda m, args, kwargs, name=name: prefills.append((name, *kwargs["input_ids"].shape))
-        if int(kwargs["position_ids"].min()) == 0 else None, with_kwargs=True) for name, model in models.items()]
     ids, mask = left_pad(PROMPTS, 0)
-    try:
+    with ForwardCount(*models.values()) as forwards:
         # drafting every round: with auto a draft that is off skips its prefills (ModelDrafter.defer)
         out = target.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
                               eos_token_id=None, speculation="always", **call)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    names = {id(model): name for name, model in models.items()}
+    # (model, rows, width) of each forward whose queries start at position 0
+    prefills = [(names[id(m)], rows, width) for m, rows, width in forwards.prefills()]
     assert prefills and all(rows * width <= 16 for _, rows, width in prefills), prefills
     for name in models:  # every prompt prefilled once by each model
         assert sum(rows for m, rows, _ in prefills if m == name) == len(PROMPTS), prefills

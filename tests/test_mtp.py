@@ -21,7 +21,8 @@ from hf_batchspec.errors import BatchSpecError
 from hf_batchspec.processors import ScoreProcessing
 from hf_batchspec.stats import BatchSpecStats
 from tests.mtp_models import build
-from tests.reference import check_sampling_law, left_pad, plain_greedy
+from tests.toolkit import check_sampling_law, draw_stop_ids, left_pad, plain_greedy
+from tests.toolkit.counting import recording
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16], [30, 31, 32], [40]]
 CASES = [("deepseek_v3", 1), ("deepseek_v3", 2), ("glm4_moe", 1), ("glm4_moe", 3)]
@@ -57,13 +58,7 @@ def test_mtp_greedy_equals_plain_greedy(targets, arch, layers, strategy):
     assert stats.acceptance_rate > 0.5  # MTP layers initialised from the target's last layer agree with it
 
 
-class Recording(MTPDrafter):
-    """The MTP drafter, keeping each round's rows, lengths and drafts."""
-
-    def propose(self, rows, tokens, k, budget):
-        proposal = super().propose(rows, tokens, k, budget)
-        self.seen.append((rows.ids_h.copy(), rows.lengths_h.copy(), proposal.drafts.clone()))
-        return proposal
+Recording = recording(MTPDrafter)  # the MTP drafter, keeping each round's rows, lengths and drafts
 
 
 @pytest.mark.parametrize("arch,layers", CASES)
@@ -160,8 +155,7 @@ def test_mtp_property_equals_plain_greedy(targets, req, data):
     arch, layers = data.draw(st.sampled_from(CASES), label="model")
     target = targets(arch, layers)
     prompts, max_new = req["prompts"], req["max_new"]
-    free_run = sorted({t for p in prompts for t in plain_greedy(target, p, max_new, None)})
-    eos = tuple(data.draw(st.lists(st.sampled_from(free_run), max_size=1), label="eos"))
+    eos = draw_stop_ids(data, target, prompts, max_new, max_size=1)
     ids, mask = left_pad(prompts, 0)
     extra = dict(max_batch_size=req["pool"]) if req["strategy"] == "exspec" else {}
     speculation = data.draw(st.sampled_from(["always", "auto", COSTLY]), label="speculation")

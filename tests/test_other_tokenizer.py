@@ -7,7 +7,6 @@ seconds with `tokenizers`."""
 from __future__ import annotations
 
 import copy
-import itertools
 from functools import lru_cache
 
 import pytest
@@ -20,7 +19,9 @@ from transformers import PreTrainedTokenizerFast
 
 import hf_batchspec
 from hf_batchspec.errors import BatchSpecError
-from tests.reference import left_pad, plain_greedy
+from tests.toolkit import ForwardCount, chi_square_rejects, enumerated_joint, left_pad, plain_greedy
+from tests.toolkit.distributions import warped
+from tests.toolkit.models import sampling_llama
 
 CORPUS = ["def f(x):\n    return x + 1\n", "the quick brown fox jumps over the lazy dog 12345 67890",
           "héllo wörld — ünïcode  spaces   tabs\t\tnew\nlines", "for i in range(10):\n    print(i * 2)\n"] * 10
@@ -201,9 +202,8 @@ def test_stop_strings_with_another_tokenizer_equal_transformers():
                           eos_token_id=None, pad_token_id=target_tok.pad_token_id)
     stopped = 0
     for row, prompt in enumerate(prompts):
-        alone = target.generate(torch.tensor([prompt]), tokenizer=target_tok, stop_strings=stops, max_new_tokens=20,
-                                do_sample=False, eos_token_id=None, pad_token_id=target_tok.pad_token_id)
-        expected = alone[0, len(prompt):].tolist()  # batch 1: no padding after a stop
+        expected = plain_greedy(target, prompt, 20, None, tokenizer=target_tok, stop_strings=stops,
+                                pad_token_id=target_tok.pad_token_id)  # batch 1: no padding after a stop
         got = out[row, ids.shape[1]:].tolist()
         assert got[: len(expected)] == expected and all(t == target_tok.pad_token_id for t in got[len(expected):])
         stopped += len(expected) < 20
@@ -212,19 +212,6 @@ def test_stop_strings_with_another_tokenizer_equal_transformers():
 
 # -- sampling: the draft samples tokens both vocabularies share, q carried onto the target's ids ---------------
 
-def tiny_llama(vocab: int, seed: int) -> torch.nn.Module:
-    """`llama` without special ids in its config (no EOS ends a row: every row samples exactly NEW tokens), its
-    head scaled for a spread of probabilities (neither uniform nor one-hot), as in tests/test_sampling.py."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                                      pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(3.0)
-    return model
-
-
 @lru_cache(maxsize=None)
 def small_pair():
     """A 7-token character target and an unrelated draft whose tokenizer orders the shared characters otherwise,
@@ -232,7 +219,8 @@ def small_pair():
     and "<pad>"), the others are suppressed while it samples."""
     target_tok = characters(list("abcd"), ["<s>", "</s>", "<pad>"])
     draft_tok = characters(list("zdbca"), ["<pad>", "<bos>", "<eos>", "<unused>"])
-    return hf_batchspec.enable(tiny_llama(len(target_tok), 0)), target_tok, tiny_llama(len(draft_tok), 11), draft_tok
+    target, draft = hf_batchspec.enable(sampling_llama(len(target_tok), 0)), sampling_llama(len(draft_tok), 11)
+    return target, target_tok, draft, draft_tok
 
 
 NEW, PER_PROMPT = 3, 10000
@@ -242,23 +230,8 @@ WARPING = {"eqspec": dict(temperature=1.0), "exspec": dict(temperature=0.7, top_
 
 def exact_joints(prompts: list[list[int]], settings: dict) -> list[dict[tuple, float]]:
     """P(t1..tNEW | prompt) under the target alone, by enumerating every continuation of each prompt."""
-    from tests.test_sampling import warpers
-
-    from hf_batchspec.processors import ScoreProcessing
-
     target, target_tok = small_pair()[:2]
-    vocab = len(target_tok)
-    joints = []
-    for prompt in prompts:
-        heads = list(itertools.product(range(vocab), repeat=NEW - 1))
-        with torch.no_grad():
-            logits = target(torch.tensor([prompt + list(h) for h in heads])).logits[:, len(prompt) - 1:]
-            probs = torch.softmax(ScoreProcessing(warpers(settings))(logits), -1)  # [V^(NEW-1), NEW, V]
-        head_ids = torch.tensor(heads).view(len(heads), NEW - 1, 1)
-        steps = probs[:, : NEW - 1].gather(-1, head_ids).squeeze(-1).prod(-1)  # [V^(NEW-1)] P(the head)
-        joints.append({h + (last,): float(steps[i] * probs[i, NEW - 1, last]) for i, h in enumerate(heads)
-                       for last in range(vocab)})
-    return joints
+    return [enumerated_joint(target, prompt, NEW, len(target_tok), process=warped(settings)) for prompt in prompts]
 
 
 def sampled(strategy: str, settings: dict, seed: int = 1234, rows: int = PER_PROMPT, **kwargs):
@@ -281,8 +254,6 @@ def test_sampling_with_another_tokenizer_keeps_the_target_distribution(strategy)
     """The first NEW tokens of each prompt's rows are distributed as the target's own sampling of that prompt (its
     exact joint, by enumeration), with drafts offered, some accepted and some rejected (so the acceptance test
     and the residual both decided tokens)."""
-    from tests.test_sampling import chi_square_rejects
-
     settings = WARPING[strategy]
     prompts, out = sampled(strategy, settings)
     drafted, accepted = out.spec_stats.drafted_tokens.sum().item(), out.spec_stats.accepted_tokens.sum().item()
@@ -297,8 +268,6 @@ def test_a_misplaced_q_is_caught(monkeypatch):
     """The same test rejects the sampler when q lands on other target ids than the drafts are converted to (the
     drafts still mapped right: transformers' pruned-head ordering bug, docs/notes_mtp_assistant.md section 5)."""
     from hf_batchspec.drafters.other_tokenizer import OtherTokenizerDrafter
-    from tests.test_sampling import chi_square_rejects
-
     original = OtherTokenizerDrafter._map_vocabularies
 
     def misplaced(self, *args):
@@ -354,20 +323,15 @@ def test_a_pair_sharing_too_little_is_refused_before_any_forward():
     target, target_tok, _, _ = setup("chars")
     draft_tok = characters(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), ["[PAD]", "[BOS]", "[EOS]"])
     draft = llama(len(draft_tok), 2)
-    forwards = []
-    hooks = [model.register_forward_hook(lambda *_: forwards.append(1)) for model in (target, draft)]
     ids, mask = left_pad(target_tok(["hello", "the"], add_special_tokens=False)["input_ids"], target_tok.pad_token_id)
     call = dict(attention_mask=mask, assistant_model=draft, tokenizer=target_tok, assistant_tokenizer=draft_tok,
                 max_new_tokens=4, pad_token_id=target_tok.pad_token_id)
-    try:
+    with ForwardCount(target, draft) as forwards:
         with pytest.raises(BatchSpecError, match=r"these share 0 .*under the 10% needed.*do_sample=False"):
             target.generate(ids, do_sample=True, **call)
         assert not forwards
         target.generate(ids, do_sample=False, **call)
-        assert forwards
-    finally:
-        for hook in hooks:
-            hook.remove()
+        assert forwards.of(target) and forwards.of(draft)
 
 
 def test_the_vocabulary_map_swaps_the_leading_space_marker():
@@ -403,7 +367,7 @@ def test_sampling_with_a_target_whose_logits_are_wider_than_its_tokenizer():
     spans the target's logits (it was as wide as the tokenizer's ids, and the first verify failed on the shapes),
     so sampling runs and drafts are accepted."""
     _, target_tok, draft, draft_tok = small_pair()
-    target = hf_batchspec.enable(tiny_llama(len(target_tok) + 9, 0))
+    target = hf_batchspec.enable(sampling_llama(len(target_tok) + 9, 0))
     prompts = target_tok(PROMPTS, add_special_tokens=False)["input_ids"]
     ids, mask = left_pad(prompts * 20, target_tok.pad_token_id)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, tokenizer=target_tok,

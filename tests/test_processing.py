@@ -17,8 +17,9 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import PreTrainedTokenizerFast, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
-from tests.reference import left_pad
-from tests.test_equivalence import draft_model, requests, target_model
+from tests.toolkit import left_pad, plain_greedy
+from tests.toolkit import draft_model, target_model
+from tests.toolkit.strategies import requests
 from tests.tiny_models import VOCAB
 
 PROCESSOR_SETTINGS = {
@@ -37,14 +38,6 @@ PROCESSOR_SETTINGS = {
 }
 
 
-def alone(target, prompt, max_new, eos, **kwargs):
-    ids = torch.tensor([prompt])
-    out = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                          eos_token_id=eos, pad_token_id=0, **kwargs)
-    new = out[0, len(prompt):].tolist()
-    return new
-
-
 def check_rows(target, draft, prompts, max_new, k, eos, strategy="exspec", **kwargs):
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec=strategy,
@@ -52,7 +45,7 @@ def check_rows(target, draft, prompts, max_new, k, eos, strategy="exspec", **kwa
                           pad_token_id=0, return_dict_in_generate=True, **{"speculation": "always", **kwargs},
                           **({"max_batch_size": 3} if strategy == "exspec" else {}))
     for row, prompt in enumerate(prompts):
-        expected = alone(target, prompt, max_new, eos, **kwargs)
+        expected = plain_greedy(target, prompt, max_new, eos, **kwargs)
         n = int(out.spec_stats.new_tokens[row])
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + n].tolist() == expected, f"row {row}"
     return out
@@ -155,7 +148,7 @@ def letter_tokenizer() -> PreTrainedTokenizerFast:
 def test_stop_strings_end_rows_inside_accepted_blocks(req, data):
     target = target_model("llama")
     tokenizer = letter_tokenizer()
-    free = alone(target, req["prompts"][0], req["max_new"], None)
+    free = plain_greedy(target, req["prompts"][0], req["max_new"], None)
     text = tokenizer.decode(free)
     start = data.draw(st.integers(0, max(0, len(text) - 3)), label="start")
     stop = text[start:start + data.draw(st.integers(1, 3), label="length")] or "a"
@@ -172,11 +165,11 @@ def test_stop_string_ends_a_row_on_an_accepted_draft(strategy):
     target, k, max_new = target_model("llama"), 3, 24
     tokenizer = letter_tokenizer()
     prompts = seeded_prompts(0, 5)
-    free = alone(target, prompts[0], max_new, None)
+    free = plain_greedy(target, prompts[0], max_new, None)
     stop = None
     for n in (n for n in range(2, max_new) if is_draft_position(n, k)):  # the text through new token n ends the stop
         candidate = tokenizer.decode(free[:n])[-3:]
-        ended = alone(target, prompts[0], max_new, None, stop_strings=[candidate], tokenizer=tokenizer)
+        ended = plain_greedy(target, prompts[0], max_new, None, stop_strings=[candidate], tokenizer=tokenizer)
         if is_draft_position(len(ended), k) and len(ended) < max_new:
             stop = candidate
             break

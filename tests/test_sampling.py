@@ -9,36 +9,21 @@ enough to catch a sampler that skips the residual distribution (see test_a_biase
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import pytest
 import torch
-import transformers
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import hf_batchspec
 from hf_batchspec import acceptance
-from hf_batchspec.processors import ScoreProcessing
-from tests.tiny_models import perturbed
+from tests.toolkit import chi_square_rejects, enumerated_joint, perturbed
+from tests.toolkit.distributions import warped
+from tests.toolkit.models import sampling_llama
 
 V, NEW, ROWS = 5, 4, 30000
 PROMPT = [1, 3, 0, 2]
 
 
-def tiny(seed: int) -> torch.nn.Module:
-    config = transformers.LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                      pad_token_id=None, bos_token_id=None, eos_token_id=None)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(3.0)  # a spread of probabilities, neither uniform nor one-hot
-    return model
-
-
-TARGET = hf_batchspec.enable(tiny(0))
-DRAFTS = {"self": TARGET, "perturbed": perturbed(TARGET, 0.3), "unrelated": tiny(11)}
+TARGET = hf_batchspec.enable(sampling_llama(V, 0))
+DRAFTS = {"self": TARGET, "perturbed": perturbed(TARGET, 0.3), "unrelated": sampling_llama(V, 11)}
 WARPINGS = {
     "plain": dict(temperature=1.0),
     "temp_topk": dict(temperature=0.7, top_k=3),
@@ -46,53 +31,9 @@ WARPINGS = {
 }
 
 
-def warpers(settings: dict) -> list:
-    """The warpers transformers builds for these settings, in its order."""
-    out = [TemperatureLogitsWarper(settings.get("temperature", 1.0))]
-    if "top_k" in settings:
-        out.append(TopKLogitsWarper(settings["top_k"]))
-    if "top_p" in settings:
-        out.append(TopPLogitsWarper(settings["top_p"]))
-    return out
-
-
 def exact_joint(settings: dict) -> dict[tuple, float]:
     """P(t1..t4 | prompt) under the target alone, by enumerating every continuation."""
-    continuations = list(itertools.product(range(V), repeat=NEW - 1))
-    ids = torch.tensor([PROMPT + list(c) for c in continuations])
-    with torch.no_grad():
-        scores = ScoreProcessing(warpers(settings))(TARGET(ids).logits[:, len(PROMPT) - 1:])
-        probs = torch.softmax(scores, -1)  # [V^3, 4, V]
-    joint = {}
-    for row, c in enumerate(continuations):
-        for last in range(V):
-            seq = c + (last,)
-            p = 1.0
-            for i, token in enumerate(seq):
-                p *= probs[row, i, token].item()
-            joint[seq] = p  # identical for every row sharing the prefix: assigning again changes nothing
-    return joint
-
-
-def chi_square_rejects(samples: torch.Tensor, joint: dict[tuple, float], alpha_z: float = 4.75) -> tuple[bool, str]:
-    counts: dict[tuple, int] = {}
-    for seq in map(tuple, samples.tolist()):
-        counts[seq] = counts.get(seq, 0) + 1
-    n = samples.shape[0]
-    stat, df, pooled_e, pooled_o = 0.0, -1, 0.0, 0
-    for seq, p in joint.items():
-        expected, observed = n * p, counts.get(seq, 0)
-        if expected < 5:
-            pooled_e, pooled_o = pooled_e + expected, pooled_o + observed
-            continue
-        stat += (observed - expected) ** 2 / expected
-        df += 1
-    if pooled_e > 0:
-        stat += (pooled_o - pooled_e) ** 2 / pooled_e
-        df += 1
-    # Wilson-Hilferty: the chi-square quantile at the normal quantile alpha_z (4.75 ~ alpha 1e-6)
-    critical = df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
-    return stat > critical, f"chi2={stat:.1f} critical={critical:.1f} df={df}"
+    return enumerated_joint(TARGET, PROMPT, NEW, V, process=warped(settings))
 
 
 def speculative_samples(draft, settings: dict, strategy: str = "eqspec", **kwargs) -> torch.Tensor:
@@ -232,7 +173,7 @@ def test_num_return_sequences_rows_are_independent():
     assert torch.equal(out.sequences[:, :len(PROMPT)], ids.repeat_interleave(2, 0))
     with torch.no_grad():
         logits = TARGET(torch.tensor(prompts)).logits[:, -1:]
-        first = torch.softmax(ScoreProcessing(warpers(settings))(logits)[:, 0], -1)  # [2, V] p of A's, B's first token
+        first = torch.softmax(warped(settings)(logits)[:, 0], -1)  # [2, V] p of A's, B's first token
     pairs = out.sequences[:, len(PROMPT)].view(-1, 2)  # [2 * groups, 2] a group's two rows
     for which, p in enumerate(first.tolist()):
         product = {(a, b): p[a] * p[b] for a in range(V) for b in range(V)}

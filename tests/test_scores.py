@@ -2,8 +2,8 @@
 
 import torch
 
-from tests.reference import left_pad
-from tests.test_equivalence import draft_model, target_model
+from tests.toolkit import left_pad
+from tests.toolkit import draft_model, target_model
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17], [18]]
 

@@ -14,8 +14,10 @@ import hf_batchspec
 from hf_batchspec import CostModel
 from hf_batchspec.speculation import (Acceptance, MeasuredCosts, SpeculationControl, best_draft_length,
                                       expected_tokens)
-from tests.reference import left_pad, plain_greedy
-from tests.test_equivalence import check_against_plain_greedy, draft_model, requests, target_model
+from tests.toolkit import left_pad, plain_greedy
+from tests.toolkit import draft_model, target_model
+from tests.toolkit.checks import check_against_plain_greedy
+from tests.toolkit.strategies import requests
 from tests.tiny_models import build
 
 NEVER_PAYS = CostModel(target_call=1.0, target_token=0.0, draft_call=100.0, draft_token=0.0)
@@ -259,12 +261,33 @@ def test_auto_sampling_is_reproducible_with_a_generator():
     assert torch.equal(runs[0], runs[1])
 
 
-def test_estimated_and_calibrated_cost_models():
+def test_estimated_costs_follow_the_models_sizes():
+    """`CostModel.estimate` prices a forward by the model's decoder layers (per call) and parameters (per token): a
+    perturbed copy of the target costs what the target does, a draft of half the layers half as much per call and
+    less per token, and compiled forwards cost less per call and per round. (That every cost is finite and
+    non-negative is `CostModel`'s own check, made when any is built.)"""
+    target = target_model("llama")
+    same = CostModel.estimate(target, draft_model("llama", "perturbed"))
+    assert (same.draft_call, same.draft_token) == (same.target_call, same.target_token)
+    half = CostModel.estimate(target, build("llama", num_hidden_layers=1))
+    assert half.draft_call == pytest.approx(half.target_call / 2)
+    assert 0 < half.draft_token < half.target_token
+    assert half.target_call == same.target_call and half.round_overhead == same.round_overhead
+    compiled = CostModel.estimate(target, target, compiled=True)
+    assert compiled.target_call < same.target_call and compiled.round_overhead < same.round_overhead
+
+
+def test_calibrated_costs_keep_the_estimates_round_overhead_and_drive_auto_exactly():
+    """`calibrate` measures the forwards' costs (their values are this machine's: not asserted) and takes the
+    loop's own cost per round from the estimate; decoding with the result is exact."""
     target = target_model("llama")
     draft = draft_model("llama", "perturbed")
-    for cost in (CostModel.estimate(target, draft), hf_batchspec.calibrate(target, draft, rows=4, repeats=1)):
-        assert cost.target_call + cost.target_token > 0
-        assert cost.round_cost(8, np.array([0, 1, 3])).tolist() == sorted(cost.round_cost(8, np.array([0, 1, 3])))
+    cost = hf_batchspec.calibrate(target, draft, rows=4, repeats=1)
+    assert cost.round_overhead == CostModel.estimate(target, draft).round_overhead
+    out = _generate(target, draft, PROMPTS, cost, max_new=12, do_sample=False)
+    width = max(len(p) for p in PROMPTS)
+    for row, prompt in enumerate(PROMPTS):
+        assert out.sequences[row, width:].tolist() == plain_greedy(target, prompt, 12, None)
 
 
 def test_bad_speculation_values_are_refused():

@@ -18,7 +18,7 @@ import torch
 
 import hf_batchspec
 from hf_batchspec.cli.loaders import left_pad
-from tests.reference import plain_greedy
+from tests.toolkit import plain_greedy
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3

@@ -17,7 +17,7 @@ from transformers import CompileConfig
 import hf_batchspec
 from hf_batchspec import BatchSpecError
 from hf_batchspec.warmup import _draft_widths
-from tests.reference import left_pad, plain_greedy, unique_graphs
+from tests.toolkit import left_pad, plain_greedy, unique_graphs
 from tests.tiny_models import VOCAB, build, perturbed
 
 MAX_BATCH, MAX_LENGTH = 6, 100

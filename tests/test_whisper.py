@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import hf_batchspec
 from hf_batchspec import BatchSpecError, UnsupportedModelError
 from tests import whisper_models as W
-from tests.test_sampling import chi_square_rejects
+from tests.toolkit import ForwardCount, chi_square_rejects
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,9 @@ def test_every_row_equals_whisper_alone(models, call):
               dict(assistant_model=models[call["draft"]], num_assistant_tokens=call["k"]))
     out = target.generate(features, batch_spec=call["strategy"], speculation="always", **source, **extra, **common)
     assert [trimmed(row) for row in out] == expected
-    assert target.batch_spec_stats.rounds >= 0 and target.batch_spec_stats.new_tokens.sum() >= len(features)
+    stats = target.batch_spec_stats  # the last call Whisper made of ours (one per language group of rows)
+    assert stats.strategy == call["strategy"] and (stats.accepted_tokens <= stats.drafted_tokens).all()
+    assert stats.new_tokens.sum() >= len(features) and (stats.new_tokens >= 1).all()
 
 
 DRAFT_KINDS = ("decoder", "encoder_decoder", "own_encoder")
@@ -130,20 +132,12 @@ def test_each_encoder_runs_once_per_input(models, draft):
     """The target's encoder over each input once (transformers runs it while preparing the call, batched); a draft
     with an encoder of its own runs it once per input too; the decoder-only draft runs none."""
     target, assistant = models["target"], models[draft]
-    rows = {"target": 0, "draft": 0}
-    hooks = [target.get_encoder().register_forward_pre_hook(
-        lambda module, args, kwargs: rows.__setitem__("target", rows["target"] + len(kwargs.get(
-            "input_features", args[0] if args else None))), with_kwargs=True)]
-    if draft == "encoder_decoder":
-        hooks.append(assistant.get_encoder().register_forward_pre_hook(
-            lambda module, args, kwargs: rows.__setitem__("draft", rows["draft"] + len(kwargs.get(
-                "input_features", args[0] if args else None))), with_kwargs=True))
-    try:
+    encoders = [target.get_encoder()] + ([assistant.get_encoder()] if draft == "encoder_decoder" else [])
+    with ForwardCount(*encoders) as forwards:
         target.generate(W.features(5, seed=2), assistant_model=assistant, batch_spec="exspec", max_batch_size=2,
                         max_new_tokens=12, language="en")
-    finally:
-        for hook in hooks:
-            hook.remove()
+    rows = {"target": forwards.rows_of(encoders[0]), "draft": forwards.rows_of(encoders[-1]) if len(encoders) > 1
+            else 0}
     assert rows == {"target": 5, "draft": 5 if draft == "encoder_decoder" else 0}
 
 
@@ -253,13 +247,9 @@ REFUSED = {
 
 @pytest.fixture
 def no_forward(models):
-    calls = []
-    handles = [model.register_forward_pre_hook(lambda *a: calls.append(1)) for model in models.values()]
-    handles += [model.get_encoder().register_forward_pre_hook(lambda *a: calls.append(1))
-                for model in (models["target"], models["encoder_decoder"])]
-    yield calls
-    for handle in handles:
-        handle.remove()
+    encoders = [models[name].get_encoder() for name in ("target", "encoder_decoder")]
+    with ForwardCount(*models.values(), *encoders) as forwards:
+        yield forwards
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
