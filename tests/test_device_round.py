@@ -23,6 +23,7 @@ from hf_batchspec.runner import ModelRunner
 from hf_batchspec.scheduling import ActiveRows
 from tests.toolkit import free_run_tokens, left_pad, plain_greedy
 from tests.toolkit.compiled import COMPILED
+from tests.toolkit.counting import CountedReads
 from tests.tiny_models import VOCAB, build, perturbed
 
 K = 3
@@ -117,34 +118,6 @@ def test_device_round_against_references_from_scratch(pair, data):
         length = int(rows.lengths[row])
         assert tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
         assert kept[row][len(prompt):] == expected
-
-
-# Blocking reads of device data into the host: each is a sync on a GPU.
-READS = ("cpu", "item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-
-
-class CountedReads:
-    """Counts calls of the tensor methods that read device data into the host, while `active`."""
-
-    def __init__(self, monkeypatch):
-        self.active, self.count = False, 0
-        for name in READS:
-            original = getattr(torch.Tensor, name)
-
-            def counted(tensor, *args, _original=original, **kwargs):
-                if self.active:
-                    self.count += 1
-                return _original(tensor, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, counted)
-        original_nonzero = torch.nonzero
-
-        def nonzero(*args, **kwargs):
-            if self.active:
-                self.count += 1
-            return original_nonzero(*args, **kwargs)
-
-        monkeypatch.setattr(torch, "nonzero", nonzero)
 
 
 def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import hf_batchspec
 from tests.toolkit import build, left_pad, perturbed, plain_greedy, strategies
+from tests.toolkit.counting import cuda_syncs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu lane: needs CUDA")]
 
@@ -142,8 +143,7 @@ def test_one_host_sync_per_round(compiled):
             out = target.generate(ids.cuda(), attention_mask=mask.cuda(), assistant_model=draft, num_assistant_tokens=3,
                                   max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=None,
                                   speculation="always", return_dict_in_generate=True, **static)
-        names = [event.name for event in prof.events()]
-        return sum(names.count(n) for n in ("cudaStreamSynchronize", "cudaDeviceSynchronize")), out.spec_stats.rounds
+        return cuda_syncs(prof), out.spec_stats.rounds
 
     syncs_and_rounds(40), syncs_and_rounds(8)  # warm-up: compile every shape
     (long_syncs, long_rounds), (short_syncs, short_rounds) = syncs_and_rounds(40), syncs_and_rounds(8)

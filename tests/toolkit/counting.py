@@ -1,5 +1,6 @@
 """Counters of what really ran: forward calls of modules (hooks, so that the library's own statistics are checked
-against the models, not against themselves) and the graphs dynamo compiled."""
+against the models, not against themselves), the graphs dynamo compiled, the host's blocking reads of tensors (on
+any device: each is a sync on a GPU) and the host syncs a CUDA profile recorded."""
 
 from __future__ import annotations
 
@@ -66,6 +67,41 @@ class ForwardCount:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Blocking reads of device data into the host: each is a sync on a GPU.
+READS = ("cpu", "item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+class CountedReads:
+    """Counts calls of the tensor methods that read device data into the host, while `active`."""
+
+    def __init__(self, monkeypatch):
+        self.active, self.count = False, 0
+        for name in READS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                if self.active:
+                    self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        original_nonzero = torch.nonzero
+
+        def nonzero(*args, **kwargs):
+            if self.active:
+                self.count += 1
+            return original_nonzero(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "nonzero", nonzero)
+
+
+def cuda_syncs(prof) -> int:
+    """Host syncs in a torch profile (`torch.profiler.profile` with the CUDA activity), counted as transformers'
+    own tests count them: cudaStreamSynchronize and cudaDeviceSynchronize events."""
+    names = [event.name for event in prof.events()]
+    return sum(names.count(name) for name in ("cudaStreamSynchronize", "cudaDeviceSynchronize"))
 
 
 def unique_graphs() -> int:
