@@ -21,7 +21,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 from . import compat, encoder_decoder, rules, validation
 from .errors import BatchSpecError
 from .peft_support import RowAdapters, row_adapters
-from .processors import unsupported_processors
+from .rules import check_value
 from .runner import input_device
 from .speculation import CostModel
 from .streaming import BatchStreamer
@@ -124,7 +124,8 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     main_input = inputs if inputs is not None else kwargs.get(model.main_input_name if seq2seq else "input_ids")
     batch_size = batch_size_of(main_input, kwargs.get("inputs_embeds"))
     sources = draft_sources(assistant_model, settings)
-    rows = None if batch_size is None else batch_size * (settings.get("num_return_sequences") or 1)
+    copies = settings.get("num_return_sequences") or 1
+    rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode
     options = dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
                    generator=generator)
     strategy = choose_strategy(batch_spec, sources, rows, streamer)
@@ -138,12 +139,7 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
         check_value("max_length", settings.get("max_length"))
     source, lookup_k = resolve_draft_source(sources, model, assistant_model, settings)
     draft = source.model  # the model that drafts (None for prompt lookup)
-    unsupported = unsupported_processors(logits_processor)
-    if unsupported:
-        raise BatchSpecError(
-            f"These logits processors are not supported with batch_spec: "
-            f"{', '.join(type(p).__name__ for p in unsupported)} (their meaning depends on the padded batch layout or "
-            "the batch index); remove them.")
+    validation.check_processors(logits_processor)  # the caller's own (those from settings: rules.NOT_SERVED)
     if seq2seq:
         encoder_decoder.check_source(source, model)
         encoder_decoder.check_call(model, main_input, kwargs, generation_config, streamer=streamer)
@@ -154,7 +150,6 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
         validation.check_inputs(input_ids, kwargs.get("attention_mask"), settings.get("pad_token_id"), vocab,
                                 kwargs.get("inputs_embeds"), settings.get("eos_token_id"),
                                 kwargs.get("position_ids"))  # the caller's: transformers prepares its own later
-    rows = batch_size * (settings.get("num_return_sequences") or 1)  # rows after transformers' expansion
     max_batch_size, sort_by_length = pool_options(strategy, max_batch_size, sort_by_length, rows)
     # the draft's own settings live in its generation_config; an early-exit draft is the target itself
     draft_settings = assistant_model if assistant_model is not None else model if draft is not None else None
@@ -186,10 +181,6 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
         streamer=streamer, adapters=adapters, attention_mask=None if seq2seq else kwargs.get("attention_mask"),
         generation_config=handed_on_config(generation_config, model.generation_config),
         kwargs=MappingProxyType(handed_on_kwargs(kwargs)))
-
-
-def check_value(name: str, value) -> None:
-    rules.check_value(name, value)
 
 
 # -- routing ---------------------------------------------------------------------------------------------------

@@ -288,17 +288,22 @@ def vocab_size(*models) -> int:
 
 
 
-def check_prepared(config: GenerationConfig, logits_processor, model_kwargs: dict) -> None:
-    """What transformers prepared, checked once more: the rule tables refuse every setting known to build a
-    processor that is not served, and every model kwarg of a decoder-only call, before the preparation; this is the
-    backstop for what they do not know (a processor a later transformers builds from a new setting, the model
-    kwargs an encoder-decoder model's own generate makes). Still before any forward of the decoder."""
+def check_processors(logits_processor) -> None:
+    """Logits processors whose meaning depends on the padded batch layout or the batch index are refused."""
     unsupported = unsupported_processors(logits_processor)
     if unsupported:
         raise BatchSpecError(
             f"These logits processors are not supported with batch_spec: "
             f"{', '.join(type(p).__name__ for p in unsupported)} (their meaning depends on the padded batch layout "
             "or the batch index); remove the settings or processors that create them.")
+
+
+def check_prepared(config: GenerationConfig, logits_processor, model_kwargs: dict) -> None:
+    """What transformers prepared, checked once more: the rule tables refuse every setting known to build a
+    processor that is not served, and every model kwarg of a decoder-only call, before the preparation; this is the
+    backstop for what they do not know (a processor a later transformers builds from a new setting, the model
+    kwargs an encoder-decoder model's own generate makes). Still before any forward of the decoder."""
+    check_processors(logits_processor)
     unknown = sorted(set(model_kwargs) - _PREPARED_MODEL_KWARGS)
     if unknown:
         raise BatchSpecError(f"Model kwargs {unknown} are not supported with batch_spec.")
