@@ -86,8 +86,8 @@ VALUE_RULES: dict[str, ValueRule] = {rule.name: rule for rule in (
               "builds its own per-row caches"),
     ValueRule("speculation", _speculation,
               "'auto' (draft only as much as pays, from the round costs measured in this process and each row's "
-              "acceptance; the default at batch > 1), 'always' (draft num_assistant_tokens every round, as "
-              "transformers does; the default at batch 1), or a hf_batchspec.CostModel (e.g. from "
+              "acceptance; the default), 'always' (draft num_assistant_tokens every round, as transformers' "
+              "assisted generation does), or a hf_batchspec.CostModel (e.g. from "
               "hf_batchspec.calibrate(target, draft))"),
 )}
 

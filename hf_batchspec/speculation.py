@@ -3,7 +3,7 @@
 Speculation trades draft forwards and a wider verify for more tokens per round. At batch 1 on a GPU the
 verify is nearly free and almost any draft pays; at a large batch, or on a CPU, a verify over k+1 tokens per
 row costs close to k+1 single-token steps, and with low acceptance the round yields less than it costs.
-`speculation="auto"` (the default at batch > 1) decides each round, for the batch as it is:
+`speculation="auto"` (the default) decides each round, for the batch as it is:
 
     tokens(K) = sum over rows of E(alpha_row, min(budget_row, K)),   E(a, k) = 1 + a + ... + a^k
     cost(K)   = what a round of K drafts over `rows` rows costs

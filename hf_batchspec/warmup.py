@@ -10,7 +10,7 @@ What a compiled call's graphs depend on, and how warm-up covers it:
   plus `max_new_tokens` fits takes it (`decoding.static_length`) instead of its own power of two;
 - the draft length k: a program per verify width, so warm-up runs one call per width the call's settings can reach
   (`draft_buckets`: k alone for a constant k with `speculation="always"`; powers of two below the cap and rounds
-  of no draft where the length varies: `speculation="auto"` (the default at batch > 1), a heuristic schedule, a
+  of no draft where the length varies: `speculation="auto"` (the default), a heuristic schedule, a
   confidence threshold).
 
 Each warm call decodes 2 new tokens per prompt: one round, which runs the round's program whatever the budgets
@@ -184,7 +184,7 @@ def _draft_widths(target, draft, num_assistant_tokens, kwargs: dict) -> list[int
     k = kwargs.get("prompt_lookup_num_tokens") or plan.resolve_num_assistant_tokens(call, settings)
     schedule, threshold = plan.resolve_draft_schedule(kwargs, settings)
     cap = draft_cap(k, schedule)
-    # speculation unset may mean "auto" (the default at batch > 1): only "always" keeps one width
+    # speculation unset may mean "auto" (the default): only "always" keeps one width
     varies = kwargs.get("speculation") != "always" or schedule != "constant" or bool(threshold)
     widths = [int(w) for w in draft_buckets(cap, all_lengths=varies)]
     return [0] + widths if varies else widths

@@ -107,7 +107,7 @@ def test_batch_4_after_batch_8_compiles_nothing(pair):
 
 def test_draft_widths_follow_the_settings(pair):
     """The widths warm-up compiles are those `_Decoder` buckets a round's k into: k alone for a constant k that
-    always drafts; with a varying length (auto, the default at batch > 1; the heuristic schedule up to 20) the
+    always drafts; with a varying length (auto, the default; the heuristic schedule up to 20) the
     powers of two below the cap, the cap and 0 (a round of no draft)."""
     target, draft = pair
     assert _draft_widths(target, draft, 3, dict(speculation="always")) == [3]

@@ -94,7 +94,7 @@ def run_bench(args, on_batch_size=None, setup: dict | None = None) -> list[Resul
     if setup is not None:
         setup.update(describe_setup(args, target, draft, prompts))
         print(setup_line(setup), flush=True)
-    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats)
+    bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device, args.repeats, args.calls)
     cost = compiled_cost = "auto"
     if args.calibrate:  # once, before anything is timed, as a deployment would
         from .profiling import calibrate
@@ -160,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "so they stay constant-k rows (exspec-auto: speculation='auto'). 'defaults' selects all "
                         "four -default rows. With --compile, " + ", ".join(m.name for m in OURS.values() if m.compiled)
                         + " also run compiled (<name>-compiled)")
+    parser.add_argument("--calls", choices=("one", "per-batch"), default="one",
+                        help="how our exspec rows take the prompts: one call over all of them with max_batch_size = "
+                             "the batch (a freed slot takes the next prompt), or per-batch: one generate per batch of "
+                             "prompts, as a user looping over batches calls it (at batch 1, one prompt per call)")
     parser.add_argument("--other-draft", metavar="PATH",
                         help="a draft with a tokenizer of its own (model and tokenizer in one directory) for uad and "
                              "the exspec-other rows. Default: the bundled one, but only with the bundled target: "

@@ -53,8 +53,11 @@ class Bench:
     """Builds each method's call on one set of prompts and models and times them; the first timed rows (HF greedy
     at batch 1) are the reference every other method's rows are compared with."""
 
-    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1):
+    def __init__(self, target, draft, prompts, max_new_tokens, k, device, repeats=1, calls="one"):
         self.target, self.draft, self.prompts, self.device = target, draft, prompts, device
+        # our exspec rows: "one" call over every prompt (max_batch_size = the batch), or "per-batch": one call per
+        # batch of prompts, as a user loops over batches (and as HF greedy runs)
+        self.calls = calls
         self.max_new, self.k, self.repeats = max_new_tokens, k, repeats
         config = target.generation_config
         eos = config.eos_token_id
@@ -197,7 +200,8 @@ class Bench:
         def run(prompts, warmup):
             kwargs = dict(batch_spec=strategy, **chosen, return_dict_in_generate=True, **source, **self.common,
                           **generate_kwargs)
-            chunks = [prompts] if strategy == "exspec" else _chunks(prompts, batch_size)
+            one = strategy == "exspec" and self.calls == "one"
+            chunks = [prompts] if one else _chunks(prompts, batch_size)
             if strategy == "exspec":
                 kwargs["max_batch_size"] = batch_size
             rows, stats = [], []

@@ -64,7 +64,8 @@ def describe_setup(args, target, draft, prompts) -> dict:
         k=args.k, lookup_tokens=args.lookup_tokens, early_exit=args.early_exit, max_new_tokens=args.max_new_tokens,
         prompts=args.prompts or "hf_batchspec/data/code_prompts.jsonl", num_prompts=len(prompts),
         batch_sizes=list(args.batch_sizes), methods=list(args.methods), ours=list(args.ours),
-        repeats=args.repeats, compile=args.compile, calibrate=args.calibrate, threads=torch.get_num_threads(),
+        repeats=args.repeats, calls=args.calls, compile=args.compile, calibrate=args.calibrate,
+        threads=torch.get_num_threads(),
         device=args.device, device_name=torch.cuda.get_device_name(torch.device(args.device))
         if args.device.startswith("cuda") else platform.processor() or platform.machine(),
         dtype=args.dtype, torch=torch.__version__, transformers=transformers.__version__,
@@ -76,9 +77,10 @@ def setup_line(setup: dict) -> str:
     """The setup in one line: the plot's title and the line printed above the table."""
     millions = lambda n: f"{n / 1e6:.1f}M params" if n is not None else "size ?"  # noqa: E731
     draft = setup["draft"] + (", random init" if setup.get("draft_init") == "random" else "")
+    calls = ", ours one call per batch" if setup.get("calls") == "per-batch" else ""
     return (f"target {setup['target']} ({millions(setup.get('target_parameters'))}), draft {draft} "
             f"({millions(setup.get('draft_parameters'))}); k={setup['k']}, max_new_tokens={setup['max_new_tokens']}, "
-            f"{setup['num_prompts']} prompts ({setup['prompts']}); {setup['device']} {setup['dtype']}, "
+            f"{setup['num_prompts']} prompts ({setup['prompts']}{calls}); {setup['device']} {setup['dtype']}, "
             f"torch threads {setup['threads']}; torch {setup['torch']}, transformers {setup['transformers']}, "
             f"hf_batchspec {setup['hf_batchspec']}, {setup['date']}")
 

@@ -19,7 +19,7 @@ def compiled_pair():
     return target, perturbed(target, 0.05, seed=12)
 
 
-# a constant k (the default at batch > 1, speculation="auto", compiles a program per width it chooses)
+# a constant k (the default, speculation="auto", compiles a program per width it chooses)
 COMPILED = dict(batch_spec="exspec", num_assistant_tokens=3, max_batch_size=4, compile_config=CompileConfig(),
                 speculation="always")
 
