@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_TARGET = ROOT / "hf_batchspec" / "demo_pair" / "target"
 
@@ -132,6 +134,7 @@ def test_draft_sources_example_runs_and_every_row_is_exact():
     assert "(12, " in result.stdout  # 3 prompts x 4 samples
 
 
+@pytest.mark.slow  # compiles the bundled pair for us and for transformers in a new process: 4 minutes on 2 cores
 def test_compiled_example_runs_and_every_row_is_exact():
     script = ROOT / "examples" / "compiled.py"
     result = subprocess.run([sys.executable, str(script), "--batch-size", "2", "--num-prompts", "4",

@@ -144,7 +144,9 @@ def test_compiled_auto_equals_plain_greedy(compiled_pair, data):
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
 
-@pytest.mark.parametrize("arch", ["qwen3_sliding", "gpt2"])
+# GPT-2 (absolute positions, clamped inside the program) compiles for a minute: slow, as are the device rounds of
+# every test architecture (tests/test_compiled_architectures.py); the default run keeps sliding-window layers
+@pytest.mark.parametrize("arch", ["qwen3_sliding", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_whole_step_programs_on_other_architectures(arch):
     """The whole-step compiled program on a model with sliding-window layers (a mask per layer type inside the
     program) and on one with absolute positions (position ids clamped inside it): every round runs as the
@@ -163,6 +165,7 @@ def test_whole_step_programs_on_other_architectures(arch):
             assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
 
+@pytest.mark.slow  # a program per verify width (up to 5 of them): two and a half minutes of compiling on 2 cores
 def test_compiled_adaptive_draft_lengths_stay_exact():
     """transformers' heuristic schedule (k grows to 20) and a confidence threshold on the compiled path: the verify
     takes a few widths below the cap (not 20 every round), the threshold keeps the draft's steps on the host, and
@@ -283,6 +286,23 @@ def test_compiled_tail_bucket_takes_the_warmed_graphs(compiled_pair, warmed):
         assert out.sequences[row, width:width + len(expected)].tolist() == expected, f"row {row}"
 
 
+def test_batch_8_then_batch_4_take_the_graphs_of_a_4_row_call(compiled_pair, warmed):
+    """The row bucket of one call is not the next call's: with max_batch_size=8, a call of 8 rows and then one of 4
+    run the graphs a 4-row call compiled (the row count is dynamic from the first compile, across calls)."""
+    target, draft = compiled_pair
+    before = unique_graphs()
+    for lengths in ([3, 9, 1, 5, 12, 2, 7, 4], [6, 2, 10, 1]):
+        prompts = [[3 + (7 * i + j) % 120 for j in range(n)] for i, n in enumerate(lengths)]
+        ids, mask = left_pad(prompts, 0)
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=10, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+                              **{**COMPILED, "max_batch_size": 8})
+        assert unique_graphs() == before, f"a call of {len(prompts)} rows compiled a graph of its own"
+        assert out.spec_stats.cache_rows == len(prompts) and out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
+        for row, prompt in enumerate(prompts):
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 10, None), f"row {row}"
+
+
 @pytest.mark.parametrize("speculation", ["always", "auto"])
 def test_greedy_round_is_one_compiled_call(compiled_pair, warmed, speculation):
     """Each greedy round is one compiled call (draft steps, verify, acceptance, commit in `device_round`): with a
@@ -335,6 +355,7 @@ def test_static_scores_and_streaming_equal_dynamic_shapes():
     assert streamed[0] == streamed[1] and sorted(streamed[1]) == list(range(5))
 
 
+@pytest.mark.slow  # calibrate compiles forwards of its own widths: a minute on 2 cores
 def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
     """`calibrate(compile_config=...)` times the compiled static-shape forwards generate runs; auto decides
     with it, and the rows stay exact."""

@@ -1,7 +1,7 @@
 """The whole-step compiled programs (`device_round`) on every test architecture: exact against plain greedy, every
 round a device round. Compiling all 24 takes about 15 minutes on 2 CPU cores, too long for the default suite:
 marked slow (`tox -e slow`, or `pytest -m slow tests/test_compiled_architectures.py`); the default suite compiles
-the programs on Llama, Qwen3 with sliding layers and GPT-2 (tests/test_compiled.py)."""
+the programs on Llama and on Qwen3 with sliding layers (tests/test_compiled.py)."""
 
 from __future__ import annotations
 

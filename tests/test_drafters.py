@@ -47,7 +47,7 @@ def check(target, req, data, strategy, source, **kwargs):
 @pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
 @pytest.mark.parametrize("source", sorted(SOURCES))
 @pytest.mark.parametrize("arch", CORE)
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(req=requests(), data=st.data())
 def test_other_sources_equal_plain_greedy(arch, source, strategy, req, data):
     kwargs = dict(max_batch_size=data.draw(st.integers(1, 4))) if strategy == "exspec" else {}

@@ -24,7 +24,7 @@ CORE_ARCHITECTURES = ("llama", "qwen3_sliding", "mistral", "gpt2")
 
 
 @pytest.mark.parametrize("arch", CORE_ARCHITECTURES)
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(req=requests(), data=st.data())
 def test_eqspec_equals_plain_greedy(arch, req, data):
     target = target_model(arch)

@@ -91,7 +91,7 @@ def test_acceptance_estimates_move_with_what_rows_see():
 
 @pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3_sliding", "gpt2"])
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(req=requests(max_rows=10, max_prompt=24, max_new=40), data=st.data())
 def test_auto_equals_plain_greedy(strategy, arch, req, data):
     """Random cost models make rounds with and without drafts alternate; after rounds without drafts the
