@@ -245,7 +245,8 @@ class _Decoder:
         planned = rows.draft_len_h
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None, rows.live_h)
+                                                  self.k_buckets if self.static else None, rows.live_h,
+                                                  self.drafter.backlog(rows))
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         return budget_h, planned
 

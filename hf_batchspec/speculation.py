@@ -83,6 +83,14 @@ class CostModel:
         """Cost of a round with draft length k (array) over `rows` rows."""
         return self.width_cost(rows, np.asarray(k, dtype=np.float64))
 
+    def plain(self, rows: int) -> float:
+        """Cost of a round without drafts over `rows` rows."""
+        return self.width_cost(rows, 0)
+
+    def catch_up(self, rows: int, tokens: int) -> float:
+        """Cost of a draft forward over `tokens` more positions per row (a catch-up after rounds off)."""
+        return self.draft_token * rows * tokens
+
     def width_cost(self, rows: int, k):  # k: an int, or a float array
         """`round_cost` without numpy's conversion, so that one width costs plain float arithmetic (a measured
         decision asks for it dozens of times a round). The first draft step re-feeds the token before the pending
@@ -133,14 +141,16 @@ class MeasuredCosts:
 
     The first round of each width is dropped (it pays a compile, compiled rounds being one program per width, or
     first-call allocations), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
-    It also carries the pooled acceptance (`acceptance`) and the probes' backoff (`probe_misses`) from call to
-    call, so that a later call starts from what the draft was seen to accept, not from the prior, and a caller
-    looping over batches with a draft that does not pay is not probed afresh in every call."""
+    It also carries the pooled acceptance (`acceptance`), the probes' backoff (`probe_misses`) and their budget
+    (`probe_credit`) from call to call, so that a later call starts from what the draft was seen to accept, not
+    from the prior, and a caller looping over batches with a draft that does not pay is not probed afresh in every
+    call."""
 
     def __init__(self, prior: CostModel, keep: int = 8, outlier: float = 20.0):
         self.prior, self.keep, self.outlier = prior, keep, outlier
         self.acceptance = Acceptance()
         self.probe_misses = 0  # fruitless probes in a row, carried across calls as the acceptance is
+        self.probe_credit = 0.0  # seconds probes may still cost (`SpeculationControl.credit`)
         self._rounds: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, seconds)
         self._warmed: set[int] = set()
         self._memo: dict[tuple, float] = {}  # estimates, until the next observation
@@ -187,6 +197,11 @@ class MeasuredCosts:
                 return self.plain(1) / self.prior.width_cost(1, 0)
             return max(statistics.median(scales), 0.05)  # drafting never costs nothing
         return self._cached(("scale", k), compute)
+
+    def catch_up(self, rows: int, tokens: int) -> float:
+        """Seconds a draft forward over `tokens` more positions per row costs (a catch-up after rounds off): the
+        prior's per-token draft cost, scaled as what drafts add is."""
+        return self._scale(1) * self.prior.draft_token * rows * tokens
 
     def _cost(self, rows: int, k: int) -> float:
         if k == 0:
@@ -278,6 +293,13 @@ class SpeculationControl:
     `probe_every` rounds off, spaced wider when a probe round costs more than a plain one (so that probes cost
     about `probe_share` of the time at most), and twice as wide after each probe that did not turn drafting back
     on (up to 8 times): a draft that never pays costs a few percent, not one round in eight.
+
+    A probe also pays for the draft's catch-up: a draft model that ran none of the rounds off (or whose prefill
+    was deferred) first runs every token it missed, for every row (`Drafter.backlog`). That grows with the time
+    off, so spacing alone cannot bound it: each round off earns `probe_share` of its cost as credit, and a probe
+    runs only when the credit covers what it adds (its wider verify, its draft step and the catch-up). Measured
+    costs keep the credit across calls, so a draft whose catch-up costs more than one call's share is still
+    probed now and then, once enough rounds ran off to pay for it.
     """
 
     def __init__(self, cost: CostModel | MeasuredCosts, probe_every: int = 8, probe_share: float = 0.03):
@@ -290,6 +312,30 @@ class SpeculationControl:
         self.misses = self._shared.probe_misses if self._shared is not None else 0
         self._probed = False
         self._interval = probe_every  # rounds off before the next probe (`probe_interval`, set on turning off)
+        self._credit = 0.0  # a fixed cost model's probe credit (measured costs carry theirs across calls)
+
+    @property
+    def credit(self) -> float:
+        """What probes may still cost: `probe_share` of the rounds run off, less what probes cost."""
+        return self._shared.probe_credit if self._shared is not None else self._credit
+
+    @credit.setter
+    def credit(self, value: float) -> None:
+        if self._shared is not None:
+            self._shared.probe_credit = value
+        else:
+            self._credit = value
+
+    def _rest(self, budgets: np.ndarray) -> np.ndarray:
+        """A round off: no drafts, and its share of credit for a later probe."""
+        self.credit += self.probe_share * self.cost.plain(len(budgets))
+        return np.zeros_like(budgets)
+
+    def probe_cost(self, rows: int, backlog: int) -> float:
+        """What a probe round over `rows` rows adds to a plain one, its draft's catch-up of `backlog` tokens per
+        row included."""
+        plain, probe = self.cost.round_cost(rows, np.array([0, 1]))
+        return float(probe - plain) + self.cost.catch_up(rows, backlog)
 
     def begin(self, budgets: np.ndarray, widths: np.ndarray | None = None) -> None:
         """Before a call's first admission: start off when what earlier calls measured (the pooled acceptance and
@@ -300,7 +346,8 @@ class SpeculationControl:
         unseen = np.zeros(len(budgets))
         if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths) == 0:
             self._interval = self.probe_interval(len(budgets))
-            self.rounds_off = 1
+            self.rounds_off = 1  # counted as a round off, and credited as one (the first probe comes as it would)
+            self.credit += self.probe_share * self.cost.plain(len(budgets))
 
     @property
     def off(self) -> bool:
@@ -320,15 +367,17 @@ class SpeculationControl:
         return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live) > 0
 
     def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
-                      widths: np.ndarray | None = None, live: np.ndarray | None = None) -> np.ndarray:
+                      widths: np.ndarray | None = None, live: np.ndarray | None = None,
+                      backlog: int = 0) -> np.ndarray:
         """Each row's budget for this round, capped at the batch-wide K (one of `widths`, when given); `live`
-        marks the rows that decode a prompt (the others are static shapes' idle rows)."""
+        marks the rows that decode a prompt (the others are static shapes' idle rows); `backlog` is what the
+        draft must catch up before it drafts (tokens per row, `Drafter.backlog`), which a probe pays."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
         if 0 < self.rounds_off and self.rounds_off + 1 < self._interval:
             # off until the next probe: no draft ran, so no acceptance moved; the costs drift too little to matter
             self.rounds_off += 1
-            return np.zeros_like(budgets)
+            return self._rest(budgets)
         k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live)
         probed, self._probed = self._probed, False
         if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):
@@ -341,10 +390,17 @@ class SpeculationControl:
                 self._interval = self.probe_interval(len(budgets))
             self.rounds_off += 1
             if self.rounds_off < self._interval:
-                return np.zeros_like(budgets)
+                return self._rest(budgets)
             if not self.could_pay(budgets, widths, live):  # no acceptance could turn it on: do not probe
                 self.rounds_off = 0
+                return self._rest(budgets)
+            share = self.probe_share * self.cost.plain(len(budgets))  # what this round earns, probe or not
+            self.credit += share
+            cost = self.probe_cost(len(budgets), backlog)
+            if cost > self.credit:  # not paid for yet: look again once enough more rounds off would pay
+                self._interval = self.rounds_off + max(1, min(math.ceil((cost - self.credit) / share), 1 << 20))
                 return np.zeros_like(budgets)
+            self.credit -= cost
             k, self._probed = 1, True
         else:
             self.misses = 0

@@ -156,6 +156,45 @@ def test_probes_cost_a_bounded_share_and_back_off():
     assert gaps.tolist()[:2] == [8, 16]  # a cheap probe: every 8 rounds, then backing off
 
 
+def test_a_probe_pays_for_the_drafts_catch_up_out_of_credit_earned_off():
+    """A draft model that ran none of the rounds off first runs every token it missed, for every row
+    (`Drafter.backlog`): the catch-up grows with the time off, so spacing probes alone lets them cost far more than
+    their share. Each round off earns 3% of its cost as credit, kept with the measured costs across calls, and a
+    probe runs once the credit covers all it adds, catch-up included: a caller looping over calls with such a
+    draft pays its probes' share and no more, and still gets probes (without a backlog they come as before)."""
+    # a round's fixed cost dominates (drafting pays at full acceptance), but a catch-up token costs half a target one
+    prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.1, draft_token=0.05)
+    costs, budgets, zeros = MeasuredCosts(prior), np.full(4, 5), np.zeros(4)
+    for k in (0, 0, 0, 1, 1, 1):
+        costs.observe(4, k, float(prior.round_cost(4, np.array([k]))[0]))
+    costs.acceptance.pooled_hits = 0.0  # a draft that never agrees: every call starts off
+    plain, probe = prior.round_cost(4, np.array([0, 1]))
+    calls, rounds, deferred = 60, 64, 30  # each call's prompts: 30 tokens the draft never ran (a deferred prefill)
+    probes, spent = [], 0.0
+    for call in range(calls):
+        control = SpeculationControl(costs)
+        control.begin(budgets)
+        assert control.off
+        behind = deferred
+        for r in range(rounds):
+            backlog = behind + r  # tokens since the call began (or since its last probe) that the draft never ran
+            if control.draft_lengths(budgets, zeros, zeros, backlog=backlog).max() > 0:
+                probes.append(call * rounds + r)
+                spent += probe - plain + prior.catch_up(4, backlog)
+                behind = -r - 1
+    assert probes, "no probe in 60 calls off: a draft that might pay would never be looked at again"
+    assert spent <= 0.03 * calls * rounds * plain
+    # before, the spacing alone decided (a probe every 8-64 rounds): dozens of probes with their catch-ups
+    assert len(probes) < calls * rounds / (8 << 3)
+    free_tokens = CostModel(target_call=1.0, target_token=0.1, draft_call=0.1, draft_token=0.0)
+    free = SpeculationControl(free_tokens)
+    free.acceptance.pooled_hits = 0.0
+    gaps = np.diff([-1] + [r for r in range(200) if free.draft_lengths(budgets, zeros, zeros, backlog=50).max() > 0])
+    plain, probe = free_tokens.round_cost(4, np.array([0, 1]))
+    first = max(8, math.ceil((probe / plain - 1) / 0.03))
+    assert gaps.tolist()[:2] == [first, 2 * first]  # nothing to catch up at any backlog: spaced as before
+
+
 def test_measured_costs_correct_the_plain_step_and_what_drafts_add():
     """A round's cost is a plain step (the prior's, scaled by measured plain rounds) plus what its drafts add
     (the prior's addition, scaled by measured rounds of that width, else by every drafting round's)."""

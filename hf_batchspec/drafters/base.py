@@ -91,6 +91,12 @@ class Drafter:
         not call it."""
         raise NotImplementedError
 
+    def backlog(self, rows: ActiveRows) -> int:
+        """Positions per row the next `propose` runs before its first draft beyond the one or two a round re-feeds
+        (the most over live rows): what the draft catches up after rounds without drafts or a deferred prefill,
+        which `speculation="auto"` charges to a probe. 0 for a source with no model state behind the target's."""
+        return 0
+
     def set_on_rows(self, on_rows) -> None:
         """`on_rows(ids)` is called before each forward with its rows' original indices (per-row adapters)."""
 

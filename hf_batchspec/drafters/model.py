@@ -55,6 +55,10 @@ class ModelDrafter(Drafter):
         catch-up costs about what the prefill would have. Eager only: a compiled first step has a few widths."""
         self.cache.set_lengths(np.zeros(len(slots), dtype=np.int64), rows=slots)
 
+    def backlog(self, rows: ActiveRows) -> int:
+        missing = rows.lengths_h - self.cache.lengths  # [B] committed tokens the draft has not run
+        return max(int(missing[rows.live_h].max(initial=0)) - 2, 0)
+
     def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
         """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column
         of each row's pending token among them)."""
