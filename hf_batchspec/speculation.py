@@ -326,9 +326,15 @@ class SpeculationControl:
         else:
             self._credit = value
 
+    def _earn(self, rows: int) -> float:
+        """A round off over `rows` rows adds `probe_share` of its cost to the credit; returns that share."""
+        share = self.probe_share * self.cost.plain(rows)
+        self.credit += share
+        return share
+
     def _rest(self, budgets: np.ndarray) -> np.ndarray:
         """A round off: no drafts, and its share of credit for a later probe."""
-        self.credit += self.probe_share * self.cost.plain(len(budgets))
+        self._earn(len(budgets))
         return np.zeros_like(budgets)
 
     def probe_cost(self, rows: int, backlog: int) -> float:
@@ -347,7 +353,7 @@ class SpeculationControl:
         if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths) == 0:
             self._interval = self.probe_interval(len(budgets))
             self.rounds_off = 1  # counted as a round off, and credited as one (the first probe comes as it would)
-            self.credit += self.probe_share * self.cost.plain(len(budgets))
+            self._earn(len(budgets))
 
     @property
     def off(self) -> bool:
@@ -394,8 +400,7 @@ class SpeculationControl:
             if not self.could_pay(budgets, widths, live):  # no acceptance could turn it on: do not probe
                 self.rounds_off = 0
                 return self._rest(budgets)
-            share = self.probe_share * self.cost.plain(len(budgets))  # what this round earns, probe or not
-            self.credit += share
+            share = self._earn(len(budgets))  # this round earns its share, probe or not
             cost = self.probe_cost(len(budgets), backlog)
             if cost > self.credit:  # not paid for yet: look again once enough more rounds off would pay
                 self._interval = self.rounds_off + max(1, min(math.ceil((cost - self.credit) / share), 1 << 20))

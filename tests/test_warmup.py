@@ -3,9 +3,9 @@ to `max_batch_size` and any prompt + new tokens up to `max_length` compile nothi
 decoding of its prompt alone.
 
 Real inductor compiles (tens of seconds each on CPU): one warm-up for the module, one graph (a constant k with
-`speculation="always"`); batch 4 after batch 8 without a warm-up is tests/test_compiled.py's. Cache length
-128 (max_length 100): no other test module compiles that one, so the warm-up's own graphs are counted whatever ran
-before it in the session.
+`speculation="always"`); batch 8 then batch 4 on the graphs of a 4-row call is tests/test_compiled.py's. Cache
+length 128 (max_length 100): no other test module compiles that one, so the warm-up's own graphs are counted whatever
+ran before it in the session.
 """
 
 from __future__ import annotations

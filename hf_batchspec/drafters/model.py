@@ -55,9 +55,11 @@ class ModelDrafter(Drafter):
         catch-up costs about what the prefill would have. Eager only: a compiled first step has a few widths."""
         self.cache.set_lengths(np.zeros(len(slots), dtype=np.int64), rows=slots)
 
+    def _missing(self, rows: ActiveRows) -> np.ndarray:  # [B] committed tokens the draft has not run (>= 1)
+        return rows.lengths_h - self.cache.lengths
+
     def backlog(self, rows: ActiveRows) -> int:
-        missing = rows.lengths_h - self.cache.lengths  # [B] committed tokens the draft has not run
-        return max(int(missing[rows.live_h].max(initial=0)) - 2, 0)
+        return max(int(self._missing(rows)[rows.live_h].max(initial=0)) - 2, 0)
 
     def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
         """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column
@@ -67,7 +69,7 @@ class ModelDrafter(Drafter):
         # token before the pending one (the draft's own last draft, never run), after rounds without drafts
         # all tokens since it last drafted. Rows with fewer missing tokens get padding queries past their
         # end, which write scratch slots nobody reads; each row's logits are taken at its pending token.
-        missing_h = rows.lengths_h - self.cache.lengths  # [B] >= 1: the pending token at least
+        missing_h = self._missing(rows)  # [B] >= 1: the pending token at least
         width = int(missing_h.max())
         if static:  # a catch-up width from a few buckets, set by live rows only: 2 in steady state (1 or
             # 2 tokens missing), so the first step has one shape whether or not the last round was fully accepted
