@@ -404,9 +404,10 @@ def resolve_speculation(speculation, target, source: "DraftSource", *, compiled:
         return speculation
     if speculation == "always":
         return None
-    prior = source.spec.prior(target, source, compiled)
+    def prior():  # the models' sizes, summed over every parameter: once per target and source, not per call
+        return source.spec.prior(target, source, compiled)
     if do_sample:
-        return prior
+        return prior()
     return measured_costs(target, _source_key(target, source, compiled, static), prior)
 
 

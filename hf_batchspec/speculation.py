@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import statistics
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,12 +219,13 @@ class MeasuredCosts:
 _MEASURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def measured_costs(target: torch.nn.Module, key: tuple, prior: CostModel) -> MeasuredCosts:
-    """The `MeasuredCosts` this process keeps for `target` drafting from the source `key` (made from `prior` the
-    first time): later calls start from what earlier ones measured."""
+def measured_costs(target: torch.nn.Module, key: tuple, prior: Callable[[], CostModel]) -> MeasuredCosts:
+    """The `MeasuredCosts` this process keeps for `target` drafting from the source `key` (made from `prior()` the
+    first time, which sums the models' parameters: a loop of short calls pays it once): later calls start from what
+    earlier ones measured."""
     per_target = _MEASURED.setdefault(target, {})
     if key not in per_target:
-        per_target[key] = MeasuredCosts(prior)
+        per_target[key] = MeasuredCosts(prior())
     return per_target[key]
 
 
@@ -235,11 +237,12 @@ def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
 
 
 def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel | MeasuredCosts,
-                      widths: np.ndarray | None = None, live: np.ndarray | None = None) -> int:
+                      widths: np.ndarray | None = None, live: np.ndarray | None = None, margin: float = 0.0) -> int:
     """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost; with
     `widths` (static shapes: the verify is padded to the next of these widths, so a K between two of them costs
     as much as the wider one) K is 0 or one of them. With `live`, the other rows (static shapes' idle rows) cost
-    as much as any but yield no token."""
+    as much as any but yield no token. With `margin`, a K > 0 must beat a plain step's tokens per cost by that
+    share (0.03: 3%) to be chosen: a predicted gain within the noise of the estimates is not worth the risk."""
     top = int(budgets.max()) if len(budgets) else 0
     ks = np.arange(top + 1)  # [K]
     if widths is not None and top > 0:  # widths ascend and end at the largest k, so one covers `top`
@@ -248,7 +251,9 @@ def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel | 
     drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
     yields = expected_tokens(alpha[None, :], drafts)  # [K, B]
     tokens = (yields if live is None else yields * live[None, :]).sum(1)  # [K]
-    return int(ks[np.argmax(tokens / cost.round_cost(len(budgets), ks))])
+    rates = tokens / cost.round_cost(len(budgets), ks)  # [K]
+    rates[0] *= 1.0 + margin  # ks[0] is 0
+    return int(ks[np.argmax(rates)])
 
 
 class Acceptance:
@@ -300,10 +305,14 @@ class SpeculationControl:
     runs only when the credit covers what it adds (its wider verify, its draft step and the catch-up). Measured
     costs keep the credit across calls, so a draft whose catch-up costs more than one call's share is still
     probed now and then, once enough rounds ran off to pay for it.
+
+    Drafting must beat a plain step by `margin` (3%) in predicted tokens per second: measured round costs move by
+    about that much from round to round, and near break-even a plain step is the choice that is never slower.
     """
 
-    def __init__(self, cost: CostModel | MeasuredCosts, probe_every: int = 8, probe_share: float = 0.03):
-        self.cost, self.probe_every, self.probe_share = cost, probe_every, probe_share
+    def __init__(self, cost: CostModel | MeasuredCosts, probe_every: int = 8, probe_share: float = 0.03,
+                 margin: float = 0.03):
+        self.cost, self.probe_every, self.probe_share, self.margin = cost, probe_every, probe_share, margin
         # measured costs carry the pooled acceptance across calls; a fixed cost model starts each call afresh
         self.acceptance = cost.acceptance if isinstance(cost, MeasuredCosts) else Acceptance()
         self._shared = cost if isinstance(cost, MeasuredCosts) else None
@@ -350,7 +359,8 @@ class SpeculationControl:
         if self._shared is None or not self.cost.samples(0) or not len(budgets) or budgets.max() == 0:
             return
         unseen = np.zeros(len(budgets))
-        if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths) == 0:
+        if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths,
+                             margin=self.margin) == 0:
             self._interval = self.probe_interval(len(budgets))
             self.rounds_off = 1  # counted as a round off, and credited as one (the first probe comes as it would)
             self._earn(len(budgets))
@@ -370,7 +380,7 @@ class SpeculationControl:
                   live: np.ndarray | None = None) -> bool:
         """Whether drafting would pay if every draft were accepted: if not, no acceptance a probe could see
         would turn it on, and probing only costs."""
-        return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live) > 0
+        return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live, self.margin) > 0
 
     def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
                       widths: np.ndarray | None = None, live: np.ndarray | None = None,
@@ -384,7 +394,7 @@ class SpeculationControl:
             # off until the next probe: no draft ran, so no acceptance moved; the costs drift too little to matter
             self.rounds_off += 1
             return self._rest(budgets)
-        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live)
+        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live, self.margin)
         probed, self._probed = self._probed, False
         if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):
             return np.zeros_like(budgets)  # measure a plain step, to weigh the measured drafting rounds against

@@ -66,6 +66,25 @@ def test_static_draft_length_is_a_verify_width(alpha, budget, costs):
     assert best_draft_length(np.full(3, 0.9), np.array([3, 3, 1]), FREE_DRAFTS, widths) == 4  # pads to 4: free
 
 
+def test_drafting_must_beat_a_plain_step_by_the_margin():
+    """Near break-even a plain step is the choice that is never slower: a K > 0 whose predicted gain over a plain
+    step is within the margin (the noise of measured round costs) is not chosen, by the function nor by the control
+    (3% by default); a gain beyond it still is."""
+    cost = CostModel(target_call=1.0, target_token=0.1, draft_call=0.28, draft_token=0.0)
+    alpha, budgets = np.full(4, 0.5), np.full(4, 3)
+
+    def rate(k):
+        return expected_tokens(alpha, np.minimum(budgets, k)).sum() / cost.round_cost(4, np.array([k]))[0]
+    best = best_draft_length(alpha, budgets, cost)
+    gain = rate(best) / rate(0) - 1.0
+    assert best > 0 and 0.0 < gain < 0.03  # drafting pays, but by less than the default margin
+    assert best_draft_length(alpha, budgets, cost, margin=gain - 0.002) == best
+    assert best_draft_length(alpha, budgets, cost, margin=gain + 0.002) == 0
+    hits, trials = np.full(4, 50.0), np.full(4, 100.0)  # a rate of 0.5 that the pooled prior hardly moves
+    assert SpeculationControl(cost, margin=0.0).draft_lengths(budgets, hits, trials).max() == best
+    assert SpeculationControl(cost).draft_lengths(budgets, hits, trials).max() == 0
+
+
 def test_idle_rows_cost_but_yield_nothing():
     """Static shapes' idle rows run in every forward but yield no token: counted as yielding one token each (a row
     at its last token does), they would dilute what drafting gains and hold K down."""
