@@ -88,8 +88,8 @@ class _ForwardPlan:
         if key not in self._flat:
             slots, _ = self.on(device)
             b = slots.shape[0]
-            rows = torch.arange(b, device=device).view(b, 1, 1) * heads + torch.arange(heads, device=device).view(1, heads, 1)
-            self._flat[key] = (rows * slots_per_row + slots[:, None, :]).reshape(-1)
+            rows = torch.arange(b * heads, device=device).view(b, heads, 1)  # b * heads + h
+            self._flat[key] = (rows * slots_per_row + slots.unsqueeze(1)).view(-1)
         return self._flat[key]
 
 
@@ -133,7 +133,9 @@ class RaggedLayer(CacheLayerMixin):
                 _copy_slots(self.values, self._plan.flat(self.device, self.values.shape[1], self.max_cache_len),
                             value_states)
             b = key_states.shape[0]
-            return self.keys[:b, :, :kv_len], self.values[:b, :, :kv_len]
+            if b < self.keys.shape[0]:
+                return self.keys[:b, :, :kv_len], self.values[:b, :, :kv_len]
+            return self.keys.narrow(2, 0, kv_len), self.values.narrow(2, 0, kv_len)  # one op each
         # A forward over some rows only (a refill's prefill): advanced indexing puts [b, q] first.
         self.keys[rows[:, None], :, slots] = key_states.transpose(1, 2)
         self.values[rows[:, None], :, slots] = value_states.transpose(1, 2)

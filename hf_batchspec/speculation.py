@@ -135,8 +135,10 @@ class MeasuredCosts:
     `round_cost(rows, K)` = plain(rows) + scale_K x (prior(rows, K) - prior(rows, 0)): the plain step is the
     prior's times the median measured/prior ratio of plain rounds; a drafting width's addition (its draft steps
     and the wider verify) is the prior's addition times the median measured scale of that width's rounds, or of
-    every drafting round while the width has none. The prior carries a measurement to other batch sizes (and to a
-    call's tail, where rows leave); the addition is scaled apart from the plain step because that is what the prior
+    every drafting round while the width has none; each from the rounds over the same row count where there are
+    any (a call's tail, a few rows, would otherwise outvote the full batch's rounds through the prior's shape, which
+    is only roughly right). The prior carries a measurement to other batch sizes (and to a call's tail, where rows
+    leave); the addition is scaled apart from the plain step because that is what the prior
     gets wrong most (a draft's per-call overhead, another tokenizer's text round trip). Before any plain round the
     prior's plain step stands; before any drafting round, the plain step's ratio scales the addition too.
 
@@ -152,13 +154,15 @@ class MeasuredCosts:
         self.acceptance = Acceptance()
         self.probe_misses = 0  # fruitless probes in a row, carried across calls as the acceptance is
         self.probe_credit = 0.0  # seconds probes may still cost (`SpeculationControl.credit`)
-        self._rounds: dict[int, list[tuple[int, float]]] = {}  # width -> recent (rows, seconds)
+        # width -> rows -> recent seconds: the latest `keep` of each row count, so that a call's tail (a few rows)
+        # does not push out what the full batch measured
+        self._rounds: dict[int, dict[int, list[float]]] = {}
         self._warmed: set[int] = set()
         self._memo: dict[tuple, float] = {}  # estimates, until the next observation
 
     def samples(self, k: int) -> int:
         """Measured rounds of width k that count."""
-        return len(self._rounds.get(int(k), ()))
+        return sum(map(len, self._rounds.get(int(k), {}).values()))
 
     def observe(self, rows: int, k: int, seconds: float) -> None:
         """One round of width k over `rows` forward rows took `seconds` (wall, its host sync included)."""
@@ -170,10 +174,17 @@ class MeasuredCosts:
             return
         if self.samples(k) and seconds > self.outlier * self._cost(rows, k):
             return
-        kept = self._rounds.setdefault(k, [])
-        kept.append((rows, seconds))
+        kept = self._rounds.setdefault(k, {}).setdefault(rows, [])
+        kept.append(seconds)
         del kept[: -self.keep]
         self._memo.clear()
+
+    def _measured(self, k: int, rows: int) -> list[tuple[int, float]]:
+        """Width k's measured (rows, seconds): those over `rows` rows when there are any, else every row count's."""
+        by_rows = self._rounds.get(k, {})
+        if rows in by_rows:
+            return [(rows, seconds) for seconds in by_rows[rows]]
+        return [(r, seconds) for r, kept in by_rows.items() for seconds in kept]
 
     def _cached(self, key: tuple, compute) -> float:
         if key not in self._memo:
@@ -183,32 +194,31 @@ class MeasuredCosts:
     def plain(self, rows: int) -> float:
         """Seconds of a round without drafts over `rows` rows."""
         def compute():
-            ratios = [(r, s / self.prior.width_cost(r, 0)) for r, s in self._rounds.get(0, [])]
-            here = [ratio for r, ratio in ratios if r == rows] or [ratio for _, ratio in ratios]
-            return self.prior.width_cost(rows, 0) * (statistics.median(here) if here else 1.0)
+            ratios = [s / self.prior.width_cost(r, 0) for r, s in self._measured(0, rows)]
+            return self.prior.width_cost(rows, 0) * (statistics.median(ratios) if ratios else 1.0)
         return self._cached(("plain", rows), compute)
 
-    def _scale(self, k: int) -> float:
-        """What scales the prior's addition for width k (see the class docstring)."""
+    def _scale(self, k: int, rows: int) -> float:
+        """What scales the prior's addition for width k over `rows` rows (see the class docstring)."""
         def compute():
             widths = [k] if self.samples(k) else [w for w in self._rounds if w > 0]
             scales = [(s - self.plain(r)) / (self.prior.width_cost(r, w) - self.prior.width_cost(r, 0))
-                      for w in widths for r, s in self._rounds[w]]
+                      for w in widths for r, s in self._measured(w, rows)]
             if not scales:  # no drafting round yet: as the plain step's ratio
                 return self.plain(1) / self.prior.width_cost(1, 0)
             return max(statistics.median(scales), 0.05)  # drafting never costs nothing
-        return self._cached(("scale", k), compute)
+        return self._cached(("scale", k, rows), compute)
 
     def catch_up(self, rows: int, tokens: int) -> float:
         """Seconds a draft forward over `tokens` more positions per row costs (a catch-up after rounds off): the
         prior's per-token draft cost, scaled as what drafts add is."""
-        return self._scale(1) * self.prior.draft_token * rows * tokens
+        return self._scale(1, rows) * self.prior.draft_token * rows * tokens
 
     def _cost(self, rows: int, k: int) -> float:
         if k == 0:
             return self.plain(rows)
         added = self.prior.width_cost(rows, k) - self.prior.width_cost(rows, 0)
-        return self.plain(rows) + self._scale(k) * added
+        return self.plain(rows) + self._scale(k, rows) * added
 
     def round_cost(self, rows: int, k: np.ndarray) -> np.ndarray:  # [K] -> [K] seconds
         k = np.asarray(k)
@@ -262,11 +272,15 @@ class Acceptance:
     A round tells us, per row that drafted, how many drafts were accepted and whether a rejection ended the
     run: `hits` accepted, `trials` = hits + (1 if rejected). Old rounds decay (a row's text changes character
     as it goes). A row with few trials leans on the pooled rate, so a newly admitted prompt starts from what
-    the batch has seen.
+    the batch has seen. The pooled rate decays more slowly (`pooled_decay`, about 20 rounds): it is the draft's
+    rate over prompts, not a row's, and over the 5 rounds a row's decay keeps it moved by 0.1 either way on the
+    layer-skip pair at batch 8 (0.53-0.83 around a true 0.68), enough to turn drafting off and on by chance near
+    break-even.
     """
 
-    def __init__(self, decay: float = 0.8, prior_rate: float = 0.6, prior_weight: float = 2.0):
-        self.decay, self.prior_weight = decay, prior_weight
+    def __init__(self, decay: float = 0.8, prior_rate: float = 0.6, prior_weight: float = 2.0,
+                 pooled_decay: float = 0.95):
+        self.decay, self.prior_weight, self.pooled_decay = decay, prior_weight, pooled_decay
         self.pooled_hits, self.pooled_trials = prior_rate * prior_weight, prior_weight
 
     @property
@@ -284,8 +298,8 @@ class Acceptance:
         new_trials = accepted + (accepted < budgets)
         hits = np.where(drafted, self.decay * hits + accepted, hits)
         trials = np.where(drafted, self.decay * trials + new_trials, trials)
-        self.pooled_hits = self.decay * self.pooled_hits + accepted[drafted].sum()
-        self.pooled_trials = self.decay * self.pooled_trials + new_trials[drafted].sum()
+        self.pooled_hits = self.pooled_decay * self.pooled_hits + accepted[drafted].sum()
+        self.pooled_trials = self.pooled_decay * self.pooled_trials + new_trials[drafted].sum()
         return hits, trials
 
 

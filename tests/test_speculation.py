@@ -98,14 +98,14 @@ def test_idle_rows_cost_but_yield_nothing():
 
 
 def test_acceptance_estimates_move_with_what_rows_see():
-    acc = Acceptance(decay=0.5, prior_rate=0.6, prior_weight=2.0)
+    acc = Acceptance(decay=0.5, prior_rate=0.6, prior_weight=2.0, pooled_decay=0.9)
     hits, trials = np.zeros(3), np.zeros(3)
     # row 0 accepts all 4 drafts, row 1 none of 4, row 2 did not draft
     hits, trials = acc.observe(hits, trials, accepted=np.array([4, 0, 0]), budgets=np.array([4, 4, 0]))
     rates = acc.rates(hits, trials)
     assert rates[0] > rates[2] > rates[1]  # row 2 has only the pooled rate
     assert trials.tolist() == [4.0, 1.0, 0.0]  # all accepted: no rejection seen; row 1: one rejection
-    assert acc.pooled == pytest.approx((0.5 * 1.2 + 4) / (0.5 * 2 + 5))
+    assert acc.pooled == pytest.approx((0.9 * 1.2 + 4) / (0.9 * 2 + 5))  # the pooled rate decays at its own rate
 
 
 @pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
@@ -237,6 +237,26 @@ def test_measured_costs_correct_the_plain_step_and_what_drafts_add():
     assert costs.samples(0) == 2 and costs.round_cost(8, np.array([0]))[0] == pytest.approx(2.0 * p(8, 0))
     assert costs.round_cost(8, np.array([3]))[0] == pytest.approx(6.0 * p(8, 3))  # still what was measured
     assert costs.round_cost(16, np.array([0]))[0] == pytest.approx(2.0 * p(16, 0))
+
+
+def test_a_calls_tail_does_not_outvote_the_full_batchs_measured_rounds():
+    """Rounds over the batch's own row count decide its estimate: a call's tail (one or two rows, where the prior's
+    shape is furthest off) neither pushes the full batch's rounds out nor averages into them; a row count never
+    measured still takes every round's, through the prior."""
+    prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.2, draft_token=0.0)
+    p = lambda rows, k: float(prior.round_cost(rows, np.array([k]))[0])  # noqa: E731
+    costs = MeasuredCosts(prior, keep=4)
+    for k in (0, 3):
+        costs.observe(8, k, 1.0)  # a width's first round: dropped
+        for _ in range(4):
+            costs.observe(8, k, 2.0 * p(8, k))  # the full batch: twice the prior
+    for _ in range(20):  # the tail: a round over one row costs five times the prior
+        costs.observe(1, 0, 5.0 * p(1, 0))
+        costs.observe(1, 3, 5.0 * p(1, 3))
+    assert costs.round_cost(8, np.array([0, 3])) == pytest.approx([2.0 * p(8, 0), 2.0 * p(8, 3)])
+    assert costs.round_cost(1, np.array([0, 3])) == pytest.approx([5.0 * p(1, 0), 5.0 * p(1, 3)])
+    assert costs.samples(0) == costs.samples(3) == 8  # the latest 4 of each row count
+    assert costs.plain(4) == pytest.approx(p(4, 0) * 3.5)  # unmeasured: the median over both row counts' ratios
 
 
 @pytest.mark.parametrize("drafting_costs", [1.0, 10.0])
