@@ -186,6 +186,16 @@ class MeasuredCosts:
             return [(rows, seconds) for seconds in by_rows[rows]]
         return [(r, seconds) for r, kept in by_rows.items() for seconds in kept]
 
+    def _drafting(self, k: int, rows: int) -> list[tuple[int, int, float]]:
+        """The drafting rounds (width, rows, seconds) that scale width k's addition over `rows` rows, nearest first:
+        width k's over these rows; else other widths' over these rows (across widths at one row count the prior's
+        shape holds better than across row counts: its split of a forward's cost into per-call and per-token work
+        is what it gets most wrong); else width k's over other row counts; else every drafting round."""
+        drafting = [w for w in self._rounds if w > 0 and self._rounds[w]]
+        here = [w for w in drafting if rows in self._rounds[w]]
+        widths = [k] if k in here else here or ([k] if k in drafting else drafting)
+        return [(w, r, seconds) for w in widths for r, seconds in self._measured(w, rows)]
+
     def _cached(self, key: tuple, compute) -> float:
         if key not in self._memo:
             self._memo[key] = compute()
@@ -201,9 +211,8 @@ class MeasuredCosts:
     def _scale(self, k: int, rows: int) -> float:
         """What scales the prior's addition for width k over `rows` rows (see the class docstring)."""
         def compute():
-            widths = [k] if self.samples(k) else [w for w in self._rounds if w > 0]
             scales = [(s - self.plain(r)) / (self.prior.width_cost(r, w) - self.prior.width_cost(r, 0))
-                      for w in widths for r, s in self._measured(w, rows)]
+                      for w, r, s in self._drafting(k, rows)]
             if not scales:  # no drafting round yet: as the plain step's ratio
                 return self.plain(1) / self.prior.width_cost(1, 0)
             return max(statistics.median(scales), 0.05)  # drafting never costs nothing

@@ -241,8 +241,9 @@ def test_measured_costs_correct_the_plain_step_and_what_drafts_add():
 
 def test_a_calls_tail_does_not_outvote_the_full_batchs_measured_rounds():
     """Rounds over the batch's own row count decide its estimate: a call's tail (one or two rows, where the prior's
-    shape is furthest off) neither pushes the full batch's rounds out nor averages into them; a row count never
-    measured still takes every round's, through the prior."""
+    shape is furthest off) neither pushes the full batch's rounds out nor averages into them, and a width not yet
+    run at this row count takes the scale of widths that were before that of its own rounds at other row counts;
+    a row count never measured still takes every round's, through the prior."""
     prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.2, draft_token=0.0)
     p = lambda rows, k: float(prior.round_cost(rows, np.array([k]))[0])  # noqa: E731
     costs = MeasuredCosts(prior, keep=4)
@@ -257,6 +258,10 @@ def test_a_calls_tail_does_not_outvote_the_full_batchs_measured_rounds():
     assert costs.round_cost(1, np.array([0, 3])) == pytest.approx([5.0 * p(1, 0), 5.0 * p(1, 3)])
     assert costs.samples(0) == costs.samples(3) == 8  # the latest 4 of each row count
     assert costs.plain(4) == pytest.approx(p(4, 0) * 3.5)  # unmeasured: the median over both row counts' ratios
+    for _ in range(3):  # width 1 measured over one row only (the first is dropped)
+        costs.observe(1, 1, 10.0 * p(1, 1))
+    # over 8 rows width 1 takes the scale of the widths measured there (twice the prior), not its own 1-row rounds'
+    assert costs.round_cost(8, np.array([1]))[0] == pytest.approx(2.0 * p(8, 1))
 
 
 @pytest.mark.parametrize("drafting_costs", [1.0, 10.0])
