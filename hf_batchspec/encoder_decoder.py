@@ -251,8 +251,9 @@ NOT_SERVED = {
 
 def check_call(model, features, kwargs: dict, generation_config, *, streamer) -> None:
     """What an encoder-decoder call is refused before any work, besides the rule tables (`rules`): options not
-    served, features that the encoder cannot read, long-form audio without what makes it exact, and streaming (not
-    served yet). What transformers' preparation would refuse later (after running the encoder) is refused here."""
+    served, features that the encoder cannot read, long-form audio without what makes it exact, and streamers it
+    cannot feed (`check_streamer`). What transformers' preparation would refuse later (after running the encoder)
+    is refused here."""
     config = generation_config if generation_config is not None else model.generation_config
     whisper = model.config.model_type == "whisper"
     for name, why in NOT_SERVED.items() if whisper else [("decoder_input_ids", NOT_SERVED["decoder_input_ids"])]:
@@ -260,8 +261,7 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
         if value is not None and value is not False:
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
-    if streamer is not None:
-        raise BatchSpecError("streamer is not supported with batch_spec for encoder-decoder models yet: drop it.")
+    check_streamer(streamer, features, kwargs, config, long_form=whisper and _long_form(model, features))
     if not whisper:
         return check_source_ids(model, features, kwargs.get("attention_mask"))
     if not isinstance(features, torch.Tensor):
@@ -293,6 +293,33 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                 "condition_on_prev_tokens is not supported with batch_spec: transformers' batched long-form "
                 "decoding gives each window a token budget from the batch's padded prompt width, so a row would "
                 "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
+
+
+def _long_form(model, features) -> bool:
+    """Whisper features longer than one 30 s window (long-form audio: decoded window by window)."""
+    return isinstance(features, torch.Tensor) and features.dim() == 3 and (
+        features.shape[2] > 2 * model.config.max_source_positions)
+
+
+def check_streamer(streamer, inputs, kwargs: dict, config, *, long_form: bool) -> None:
+    """A streamer is served for one decoding of the whole batch (short-form audio, or a text encoder's inputs): a
+    `BatchStreamer` gets each row's generated tokens by input row (the decoder prompt is not streamed), a
+    transformers streamer the one row's decoder prompt and then its tokens, as transformers' generate gives them.
+    Refused before the encoder runs: long-form audio (Whisper decodes window by window over the files still
+    running, so a decoding's rows are not the inputs), and a transformers streamer for more than one row."""
+    if streamer is None:
+        return
+    from .streaming import BatchStreamer
+
+    if long_form:
+        raise BatchSpecError("a streamer is not supported with batch_spec for long-form audio (over 30 s: Whisper "
+                             "decodes it window by window over the files still running): drop streamer, or stream "
+                             "inputs of up to 30 s.")
+    copies = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None)) or 1
+    rows = (inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() >= 1 else 1) * copies
+    if not isinstance(streamer, BatchStreamer) and rows > 1:
+        raise BatchSpecError(f"{type(streamer).__name__} streams one sequence; for a batch of {rows} rows use "
+                             "hf_batchspec.BatchIteratorStreamer, which streams (row, tokens) for every row.")
 
 
 def check_source_ids(model, input_ids, attention_mask) -> None:

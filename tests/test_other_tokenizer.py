@@ -127,6 +127,25 @@ def test_stops_and_auto_work_with_another_tokenizer():
     run("chars", ["hello world", "the quick"], 16, eos=[free[5]], speculation="auto")
 
 
+def test_the_catch_up_after_rounds_off_is_the_drafts_backlog(monkeypatch):
+    """While drafting is off the draft with another tokenizer runs nothing, and what it must catch up before its next
+    draft (its backlog, which `speculation="auto"` charges to a probe) grows by one with every round off."""
+    from hf_batchspec.drafters.other_tokenizer import OtherTokenizerDrafter
+
+    seen = []
+    backlog = OtherTokenizerDrafter.backlog
+
+    def recorded(self, rows):
+        seen.append(backlog(self, rows))
+        return seen[-1]
+    monkeypatch.setattr(OtherTokenizerDrafter, "backlog", recorded)
+    never = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=100.0, draft_token=0.0)
+    stats = run("chars", ["hello world", "the quick"], 16, speculation=never)
+    assert stats.draft_forward_calls == 1  # its prefill: no round drafted
+    # a round re-feeds two tokens at most; after the first round off each adds one (15 rounds of one token each)
+    assert seen == sorted(seen) and seen[0] == 0 and seen[-1] == 16 - 3
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(cache_implementation="static"), "not supported with a draft of another tokenizer"),
     (dict(batch_spec="eqspec-realign"), "cannot realign"),

@@ -233,6 +233,24 @@ def test_compiled_rounds_equal_whisper_alone(models):
         assert (stats.cache_rows, stats.cache_slots_per_row) == (4, 64)
 
 
+@pytest.mark.parametrize("draft", ["decoder", "encoder_decoder"])
+def test_a_batch_streamer_gets_every_rows_transcription(models, draft):
+    """Short-form audio streamed by input row, through refills: each row's streamed tokens, through its EOS, are its
+    transcription as Whisper's generate returns it, equal to Whisper alone (the decoder prompt is not streamed)."""
+    target = models["target"]
+    features = features_of([32, 20, 9, 27, 14], [21, 22, 23, 24, 25])
+    streamer = hf_batchspec.BatchIteratorStreamer()
+    out = target.generate(features, assistant_model=models[draft], batch_spec="exspec", max_batch_size=2,
+                          speculation="always", max_new_tokens=16, language="en", streamer=streamer)
+    streamed: dict[int, list[int]] = {}
+    for row, ids in streamer:  # generate has returned: every row's tokens, then the end, are queued
+        streamed.setdefault(row, []).extend(ids)
+    expected = alone(target, features, max_new_tokens=16, language="en")
+    assert [trimmed(row) for row in out] == expected
+    assert sorted(streamed) == list(range(len(features)))
+    assert [trimmed(torch.tensor(streamed[row])) for row in range(len(features))] == expected
+
+
 REFUSED = {
     "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
     "no_speech": (dict(no_speech_threshold=0.6), "no_speech_threshold"),
@@ -242,6 +260,11 @@ REFUSED = {
     "condition_on_prev_tokens": (dict(condition_on_prev_tokens=True, attention_mask=torch.ones(2, 3 * W.FRAMES),
                                       features=W.features(2, frames=3 * W.FRAMES)), "condition_on_prev_tokens"),
     "frame_mask_shape": (dict(attention_mask=torch.ones(2, 5)), "frame mask"),
+    "text_streamer_for_a_batch": (dict(streamer=transformers.generation.streamers.BaseStreamer()),
+                                  "BatchIteratorStreamer"),
+    "streamer_long_form": (dict(streamer=hf_batchspec.BatchIteratorStreamer(),
+                                attention_mask=torch.ones(2, 3 * W.FRAMES),
+                                features=W.features(2, frames=3 * W.FRAMES)), "long-form"),
 }
 
 

@@ -80,6 +80,7 @@ class OtherTokenizerDrafter(Drafter):
         self.limits = torch.full((slots,), limit, dtype=torch.long, device=self.device)
         self.tokens = torch.zeros((len(prompt_lengths) + 1, self.capacity), dtype=torch.long, device=self.device)
         self.ran = np.zeros((slots, self.capacity), dtype=np.int64)  # draft ids in its cache, per slot
+        self.synced = np.zeros(slots, dtype=np.int64)  # target tokens each slot's text had when the draft last ran
         self.sampling = options.do_sample
         if self.sampling:
             self._map_vocabularies(model, vocab_map.vocab_map(target_tokenizer, draft_tokenizer), target_vocab,
@@ -119,11 +120,21 @@ class OtherTokenizerDrafter(Drafter):
         prompts_d = to_device(padded, self.device)  # [n, P_d]
         self.tokens[to_device(ids, self.device), : padded.shape[1]] = prompts_d
         self.ran[slots, : padded.shape[1]] = padded
+        self.synced[slots] = lengths
         return self.inner.admit(prompts_d, packed_positions(len(ids), padded.shape[1], self.device),
                                 self.limits[: len(ids)], padded.shape[1], cache_rows, ids, slots, draft_lengths)
 
+    def backlog(self, rows: ActiveRows) -> int:
+        """Target tokens committed since the draft last ran a row's text, beyond the two a round re-feeds (the most
+        over live rows): after rounds without drafts the next `propose` re-encodes and runs all of them. Counted in
+        target tokens; the draft's own tokens for the same text are about as many (`speculation="auto"` prices a
+        probe's catch-up by them)."""
+        missing = rows.lengths_h - self.synced[: len(rows)]
+        return max(int(missing[rows.live_h].max(initial=0)) - 2, 0)
+
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
+        self.synced[: len(rows)] = rows.lengths_h
         padded, new_len = retokenize.pad(retokenize.draft_view(self.target_tokenizer, self.draft_tokenizer,
                                                                committed, rows.lengths_h))
         room = new_len <= self.capacity - k - 1  # a row whose text outgrew the draft's cache drafts nothing
@@ -168,12 +179,14 @@ class OtherTokenizerDrafter(Drafter):
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.inner.select_rows(index)
-        self.ran = self.ran[index.cpu().numpy()]
+        kept = index.cpu().numpy()
+        self.ran, self.synced = self.ran[kept], self.synced[kept]
         self.limits = self.limits[: len(index)]
 
     def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         self.inner.copy_rows(sources, targets)
         self.ran[targets] = self.ran[sources]
+        self.synced[targets] = self.synced[sources]
 
     def left_align(self, offsets: np.ndarray) -> None:
         raise NotImplementedError("a draft with another tokenizer has positions of its own: no shared layout")
