@@ -160,6 +160,7 @@ class _Decoder:
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
+        self._backlog = 0  # what the draft catches up before this round's first draft (`_plan`)
         if self.control is not None:  # off from the start, when earlier calls measured that drafting does not pay
             widths = self.k_buckets if self.static else None
             self.control.begin(np.full(min(slots, n_rows), min(k, max_new - 1)), widths)
@@ -233,7 +234,7 @@ class _Decoder:
         # was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, forwards)
-        if self.clock is not None:  # what a round of this width costs here, for the next decisions
+        if self._measures(k_round):  # what a round of this width costs here, for the next decisions
             self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
 
@@ -243,12 +244,19 @@ class _Decoder:
         rows = self.rows
         budget_h = rows.budgets(self.settings.max_new_tokens)
         planned = rows.draft_len_h
+        self._backlog = 0
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
+            self._backlog = self.drafter.backlog(rows)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None, rows.live_h,
-                                                  self.drafter.backlog(rows))
+                                                  self.k_buckets if self.static else None, rows.live_h, self._backlog)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         return budget_h, planned
+
+    def _measures(self, width: int) -> bool:
+        """Whether this round's wall time goes into the measured costs: not a drafting round whose draft first
+        caught up on rounds without drafts (a probe's, mostly), which would price every round of its width as if
+        it carried that catch-up, and keep drafting off where it pays."""
+        return self.clock is not None and not (width and self._backlog)
 
     def _program_width(self, offer: int) -> int:
         """The verify's draft width for a round whose rows offer up to `offer` drafts. Compiled, one program per
@@ -276,7 +284,7 @@ class _Decoder:
         launched = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
                                       self._offers[offer], self._fused_stop_ids, self._max_new,
                                       width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
-                                      clock=LaunchClock(self.reader.cuda) if self.clock is not None else None)
+                                      clock=LaunchClock(self.reader.cuda) if self._measures(k) else None)
         self.drafter.runner.cache.end()
         self.target.cache.end()
         self.stats.draft_forward_calls += max(k, 1)

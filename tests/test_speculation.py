@@ -316,6 +316,56 @@ def test_admissions_while_drafting_is_off_skip_the_draft_prefill_and_catch_up_wh
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None)
 
 
+def test_a_probes_catch_up_is_not_measured_as_the_cost_of_its_width(monkeypatch):
+    """A drafting round whose draft first catches up on rounds off (a probe's, mostly: every token it missed) is
+    kept out of the measured costs: counted as an ordinary round of its width it made every later round of that width
+    look as dear and kept drafting off where it pays. The other rounds are measured as before."""
+    from hf_batchspec import speculation
+    from hf_batchspec.drafters.model import ModelDrafter
+
+    target = target_model("llama")
+    prior = CostModel.estimate(target, target)  # seconds, as the rounds' clock measures them
+    costs = MeasuredCosts(prior)
+    for _ in range(3):  # plain steps as the prior has them (the call's own replace them)
+        costs.observe(2, 0, prior.plain(2))
+    costs.acceptance.pooled_hits, costs.probe_credit = 0.0, 1e9  # starts off; a probe is paid for at once
+    monkeypatch.setattr(speculation, "measured_costs", lambda *args: costs)
+    events = []
+    backlog, observe = ModelDrafter.backlog, MeasuredCosts.observe
+
+    def recorded_backlog(self, rows):
+        events.append(("backlog", backlog(self, rows)))
+        return events[-1][1]
+
+    def recorded_observe(self, rows, k, seconds):
+        events.append(("observed", k))
+        return observe(self, rows, k, seconds)
+    monkeypatch.setattr(ModelDrafter, "backlog", recorded_backlog)
+    monkeypatch.setattr(MeasuredCosts, "observe", recorded_observe)
+    ids, mask = left_pad(PROMPTS[:2], 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=target, batch_spec="exspec", max_new_tokens=80,
+                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
+    widths = out.spec_stats.draft_widths
+    rounds = [[value for _, value in group] for group in _rounds_of(events)]  # [backlog, (observed width)]
+    assert len(rounds) == len(widths)
+    caught_up = [r for r, width in zip(rounds, widths) if width and r[0]]
+    assert caught_up, "no drafting round caught up: the case this test is about did not happen"
+    assert all(len(r) == 1 for r in caught_up)  # none of them measured
+    assert sum(len(r) == 2 for r, width in zip(rounds, widths) if width and not r[0]) > 0  # the others are
+    for row, prompt in enumerate(PROMPTS[:2]):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 80, None)
+
+
+def _rounds_of(events):
+    """Split a log of ("backlog", n) / ("observed", k) events into rounds, each starting at its backlog."""
+    rounds = []
+    for event in events:
+        if event[0] == "backlog":
+            rounds.append([])
+        rounds[-1].append(event)
+    return rounds
+
+
 def test_the_default_at_batch_one_turns_a_draft_that_rarely_agrees_off():
     """batch_spec at batch 1 with no `speculation=`, as a caller loops over single prompts: the default is auto there
     too, so a draft whose drafts are almost never accepted ends up drafting in few rounds (the costs and acceptance

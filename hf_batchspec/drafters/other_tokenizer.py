@@ -174,8 +174,13 @@ class OtherTokenizerDrafter(Drafter):
         probs.index_add_(2, self.mapped_to, q.index_select(2, self.mapped))  # several draft ids may share one
         return Proposal(targets.clamp(min=0), probs, torch.minimum(proposal.budget, counts), proposal.forwards)
 
-    def rollback(self, *args) -> None:
-        pass  # the next round keeps the prefix of what the draft ran that the committed text still starts with
+    def rollback(self, lengths_h: np.ndarray, old_lengths_h: np.ndarray, steps: int) -> None:
+        """The cache needs nothing: the next round keeps the prefix of what the draft ran that the committed text
+        still starts with. For `backlog`: the accepted drafts it ran (about one target token each) are text it has
+        run."""
+        if steps:
+            rows = len(lengths_h)
+            self.synced[:rows] = np.minimum(lengths_h, self.synced[:rows] + steps - 1)
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.inner.select_rows(index)
