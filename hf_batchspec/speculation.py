@@ -329,6 +329,9 @@ class SpeculationControl:
     costs keep the credit across calls, so a draft whose catch-up costs more than one call's share is still
     probed now and then, once enough rounds ran off to pay for it.
 
+    Off, the choice is weighed again whenever the rows' budgets grow (prompts admitted into freed slots): rows near
+    their end may not pay for drafts that new rows would.
+
     Drafting must beat a plain step by `margin` (3%) in predicted tokens per second: measured round costs move by
     about that much from round to round, and near break-even a plain step is the choice that is never slower.
     """
@@ -345,6 +348,7 @@ class SpeculationControl:
         self._probed = False
         self._interval = probe_every  # rounds off before the next probe (`probe_interval`, set on turning off)
         self._credit = 0.0  # a fixed cost model's probe credit (measured costs carry theirs across calls)
+        self._offered_off = 0  # the rows' summed budgets when drafting was last weighed and left off
 
     @property
     def credit(self) -> float:
@@ -387,6 +391,7 @@ class SpeculationControl:
             self._interval = self.probe_interval(len(budgets))
             self.rounds_off = 1  # counted as a round off, and credited as one (the first probe comes as it would)
             self._earn(len(budgets))
+            self._offered_off = int(budgets.sum())
 
     @property
     def off(self) -> bool:
@@ -413,10 +418,14 @@ class SpeculationControl:
         draft must catch up before it drafts (tokens per row, `Drafter.backlog`), which a probe pays."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
-        if 0 < self.rounds_off and self.rounds_off + 1 < self._interval:
-            # off until the next probe: no draft ran, so no acceptance moved; the costs drift too little to matter
+        offered = int(budgets.sum())
+        if 0 < self.rounds_off and self.rounds_off + 1 < self._interval and offered <= self._offered_off:
+            # off until the next probe: no draft ran, so no acceptance moved, and no row may draft more than when
+            # it turned off; the costs drift too little to matter. Rows admitted since (larger budgets than those
+            # of rows near their end, which a draft may not pay for) are weighed again at once.
             self.rounds_off += 1
             return self._rest(budgets)
+        self._offered_off = offered
         k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live, self.margin)
         probed, self._probed = self._probed, False
         if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):

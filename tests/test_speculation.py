@@ -85,6 +85,19 @@ def test_drafting_must_beat_a_plain_step_by_the_margin():
     assert SpeculationControl(cost).draft_lengths(budgets, hits, trials).max() == 0
 
 
+def test_rows_admitted_while_off_are_weighed_at_once():
+    """Rows near their end (budgets of 0 or 1) can make drafting not pay for the batch; prompts admitted into freed
+    slots the next round bring full budgets, and a draft that pays for them drafts at once, not after the probe
+    interval (before: off for a probe interval each time a cohort of rows ended, a quarter of the rounds on the
+    layer-skip pair at batch 8)."""
+    cost = CostModel(target_call=1.0, target_token=0.1, draft_call=0.1, draft_token=0.0)
+    hits, trials = np.full(4, 90.0), np.full(4, 100.0)
+    control = SpeculationControl(cost)
+    assert control.draft_lengths(np.array([0, 0, 0, 1]), hits, trials).max() == 0 and control.off
+    assert control.draft_lengths(np.array([0, 0, 0, 1]), hits, trials).max() == 0  # nothing new: still off
+    assert control.draft_lengths(np.array([5, 5, 5, 0]), hits, trials).max() > 0  # admitted: drafts now
+
+
 def test_idle_rows_cost_but_yield_nothing():
     """Static shapes' idle rows run in every forward but yield no token: counted as yielding one token each (a row
     at its last token does), they would dilute what drafting gains and hold K down."""
