@@ -164,6 +164,10 @@ class MeasuredCosts:
         """Measured rounds of width k that count."""
         return sum(map(len, self._rounds.get(int(k), {}).values()))
 
+    def measured(self, k: int, rows: int) -> bool:
+        """Whether rounds of width k over `rows` rows were measured."""
+        return bool(self._rounds.get(int(k), {}).get(int(rows)))
+
     def observe(self, rows: int, k: int, seconds: float) -> None:
         """One round of width k over `rows` forward rows took `seconds` (wall, its host sync included)."""
         k, rows = int(k), int(rows)
@@ -382,8 +386,11 @@ class SpeculationControl:
     def begin(self, budgets: np.ndarray, widths: np.ndarray | None = None) -> None:
         """Before a call's first admission: start off when what earlier calls measured (the pooled acceptance and
         round costs) already says that drafting does not pay, so that the call neither prefills the draft for
-        nothing (`ModelDrafter.defer`) nor pays a round to find out; the first probe comes as it would have."""
-        if self._shared is None or not self.cost.samples(0) or not len(budgets) or budgets.max() == 0:
+        nothing (`ModelDrafter.defer`) nor pays a round to find out; the first probe comes as it would have. Only
+        from plain rounds measured over as many rows: a call at a batch size not seen yet starts on and measures it
+        (extrapolated from other row counts through the prior, a batch-8 call after batch-1 calls started off where
+        k=3 paid 14%, and deferred prefills then made every probe's catch-up too dear to pay for)."""
+        if self._shared is None or not self.cost.measured(0, len(budgets)) or not len(budgets) or budgets.max() == 0:
             return
         unseen = np.zeros(len(budgets))
         if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths,

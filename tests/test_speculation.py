@@ -482,6 +482,9 @@ def test_a_call_starts_off_where_earlier_calls_measured_that_drafting_does_not_p
     later = SpeculationControl(costs)
     later.begin(budgets)
     assert later.off and later.probe_interval(4) == 2 * interval
+    other = SpeculationControl(costs)
+    other.begin(np.full(8, 4))  # a batch size whose plain step was never measured: it starts on and measures it
+    assert not other.off
 
 
 def test_a_later_call_with_a_draft_that_does_not_pay_skips_its_prefill_and_drafts_nothing_before_a_probe():
