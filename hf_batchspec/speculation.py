@@ -183,7 +183,7 @@ class MeasuredCosts:
         del kept[: -self.keep]
         self._memo.clear()
 
-    def _measured(self, k: int, rows: int) -> list[tuple[int, float]]:
+    def _timed(self, k: int, rows: int) -> list[tuple[int, float]]:
         """Width k's measured (rows, seconds): those over `rows` rows when there are any, else every row count's."""
         by_rows = self._rounds.get(k, {})
         if rows in by_rows:
@@ -198,7 +198,7 @@ class MeasuredCosts:
         drafting = [w for w in self._rounds if w > 0 and self._rounds[w]]
         here = [w for w in drafting if rows in self._rounds[w]]
         widths = [k] if k in here else here or ([k] if k in drafting else drafting)
-        return [(w, r, seconds) for w in widths for r, seconds in self._measured(w, rows)]
+        return [(w, r, seconds) for w in widths for r, seconds in self._timed(w, rows)]
 
     def _cached(self, key: tuple, compute) -> float:
         if key not in self._memo:
@@ -208,7 +208,7 @@ class MeasuredCosts:
     def plain(self, rows: int) -> float:
         """Seconds of a round without drafts over `rows` rows."""
         def compute():
-            ratios = [s / self.prior.width_cost(r, 0) for r, s in self._measured(0, rows)]
+            ratios = [s / self.prior.width_cost(r, 0) for r, s in self._timed(0, rows)]
             return self.prior.width_cost(rows, 0) * (statistics.median(ratios) if ratios else 1.0)
         return self._cached(("plain", rows), compute)
 
