@@ -70,6 +70,22 @@ def test_drafts_are_accepted(pair):
     assert 0 < stats.accepted_tokens.sum() <= stats.drafted_tokens.sum()
 
 
+def test_a_batch_streamer_gets_every_rows_output(pair):
+    """Each source row's streamed tokens, through its EOS, are what generate returns for it after the decoder start
+    (4 sources through 2 slots: refills)."""
+    target, draft = pair
+    ids, mask = S.sources([5, 12, 8, 17], seed=5)
+    streamer = hf_batchspec.BatchIteratorStreamer()
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
+                          speculation="always", max_new_tokens=12, do_sample=False, streamer=streamer)
+    streamed: dict[int, list[int]] = {}
+    for row, tokens in streamer:  # generate has returned: every row's tokens, then the end, are queued
+        streamed.setdefault(row, []).extend(tokens)
+    assert sorted(streamed) == list(range(len(ids)))
+    until_eos = [row[: row.index(S.EOS)] if S.EOS in row else row for row in (streamed[i] for i in range(len(ids)))]
+    assert until_eos == [trimmed(row) for row in out]
+
+
 def test_position_hooks_leave_with_the_call(pair):
     """The per-row position lookup is the call's: afterwards the model's own generate and forward are unchanged."""
     target, draft = pair
