@@ -20,7 +20,8 @@ Where cost(K) comes from:
 - `MeasuredCosts`: the rounds of this process as they ran. The decoder hands over each round's wall time
   (`profiling.RoundClock`, the one clock the loop reads); a round's cost is a plain step plus what its drafts
   add, each the prior's scaled by the measured rounds (see the class), so one measurement carries to every batch
-  size the prior scales to. The first round of each width is dropped (a compile, first-call allocations), and
+  size the prior scales to. The first round of each width and row count is dropped (a compile, first-call
+  allocations), and
   the measurements and the pooled acceptance are kept per target, draft source, compile mode, device and dtype
   across calls (`measured_costs`), so a caller looping over batches pays the exploration once: in a fresh
   process, two rounds without drafts after the first drafting rounds.
@@ -142,8 +143,9 @@ class MeasuredCosts:
     gets wrong most (a draft's per-call overhead, another tokenizer's text round trip). Before any plain round the
     prior's plain step stands; before any drafting round, the plain step's ratio scales the addition too.
 
-    The first round of each width is dropped (it pays a compile, compiled rounds being one program per width, or
-    first-call allocations), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
+    The first round of each width and row count is dropped (it pays a compile, compiled rounds being one program per
+    width, or first-call allocations: the first 16-row round of k=3 on the bundled pair measured 4x a plain step, and
+    that one sample kept drafting off for the rest of the call), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
     It also carries the pooled acceptance (`acceptance`), the probes' backoff (`probe_misses`) and their budget
     (`probe_credit`) from call to call, so that a later call starts from what the draft was seen to accept, not
     from the prior, and a caller looping over batches with a draft that does not pay is not probed afresh in every
@@ -157,7 +159,7 @@ class MeasuredCosts:
         # width -> rows -> recent seconds: the latest `keep` of each row count, so that a call's tail (a few rows)
         # does not push out what the full batch measured
         self._rounds: dict[int, dict[int, list[float]]] = {}
-        self._warmed: set[int] = set()
+        self._warmed: set[tuple[int, int]] = set()  # (width, rows) whose first round was dropped
         self._memo: dict[tuple, float] = {}  # estimates, until the next observation
 
     def samples(self, k: int) -> int:
@@ -171,8 +173,8 @@ class MeasuredCosts:
     def observe(self, rows: int, k: int, seconds: float) -> None:
         """One round of width k over `rows` forward rows took `seconds` (wall, its host sync included)."""
         k, rows = int(k), int(rows)
-        if k not in self._warmed:
-            self._warmed.add(k)
+        if (k, rows) not in self._warmed:  # a new shape's first round: a compile, or first allocations
+            self._warmed.add((k, rows))
             return
         if not math.isfinite(seconds) or seconds <= 0:
             return

@@ -277,6 +277,18 @@ def test_a_calls_tail_does_not_outvote_the_full_batchs_measured_rounds():
     assert costs.round_cost(8, np.array([1]))[0] == pytest.approx(2.0 * p(8, 1))
 
 
+def test_the_first_round_of_each_width_and_row_count_is_dropped():
+    """A batch size's first round of a width pays first-call costs (allocations for the new shapes; compiled, a
+    compile): dropped like a width's very first round, or one such sample (4x a plain step on the bundled pair at 16
+    rows) keeps drafting off for the rest of the call."""
+    prior = CostModel(target_call=1.0, target_token=0.1, draft_call=0.2, draft_token=0.0)
+    costs = MeasuredCosts(prior)
+    for rows, seconds in ((2, 9.0), (2, 1.0), (16, 40.0), (16, 3.0)):
+        costs.observe(rows, 3, seconds)
+    assert costs.samples(3) == 2 and costs.measured(3, 16)
+    assert costs.round_cost(16, np.array([3]))[0] == pytest.approx(3.0)  # the second 16-row round, not the first
+
+
 @pytest.mark.parametrize("drafting_costs", [1.0, 10.0])
 def test_measured_auto_weighs_drafting_rounds_against_plain_ones(drafting_costs):
     """With measured costs the controller first drafts as the prior says, then runs plain steps until one is

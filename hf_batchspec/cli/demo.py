@@ -4,7 +4,8 @@ Loads the bundled target/draft pair (trained by scripts/train_demo_pair on the P
 shipped with the package; `--target`/`--draft` take any HF model id or local path instead), generates for a
 batch of prompts, checks every row against plain greedy decoding of its prompt alone (token ids, through the
 first EOS) and prints tokens/s, tokens per round and the speedup over transformers' greedy at the same batch;
-exspec also drafts by prompt lookup (no draft model) and with the bundled draft of another tokenizer.
+exspec also drafts by prompt lookup (no draft model) and with the bundled draft of another tokenizer. Our rows run
+with the library's default `speculation="auto"` (a user's call), or with `--speculation always`, k every round.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main(argv=None) -> None:
     parser.add_argument("--num-prompts", type=int, default=16, help="how many prompts to take, from the first")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per prompt at most")
     parser.add_argument("--k", type=positive_int, default=3, metavar="K", help="num_assistant_tokens (k): " + K_HELP)
+    parser.add_argument("--speculation", choices=("auto", "always"), default="auto",
+                        help="our rows' speculation: auto (the library's default: up to k drafts per round, as many "
+                             "as pay, none when drafting does not pay) or always (k drafts every round, as "
+                             "transformers' assisted generation does)")
     parser.add_argument("--other-draft", metavar="PATH",
                         help="a draft with a tokenizer of its own (model and tokenizer in one directory; default: the "
                              "bundled one)")
@@ -41,22 +46,24 @@ def main(argv=None) -> None:
     prompts = load_prompts(args.prompts, tokenizer, args.num_prompts)
     bench = Bench(target, draft, prompts, args.max_new_tokens, args.k, args.device)
     b = args.batch_size
+    speculation = None if args.speculation == "auto" else args.speculation  # None: the library's default, unpassed
     results = [bench.timed("HF greedy, batch 1 (the reference)", 1, bench.hf_greedy(1))]
     methods = [(f"HF greedy, batch {b}", bench.hf_greedy(b), False),
-               (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b), True),
-               (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b), True),
-               ("  the same, prompt lookup (no draft)", bench.ours("exspec", b, source=dict(
+               (f"hf-batchspec eqspec, batch {b}", bench.ours("eqspec", b, speculation), True),
+               (f"hf-batchspec exspec, max_batch_size {b}", bench.ours("exspec", b, speculation), True),
+               ("  the same, prompt lookup (no draft)", bench.ours("exspec", b, speculation, source=dict(
                    prompt_lookup_num_tokens=args.k)), True)]
     other = load_other_draft(args.other_draft, torch.float32, args.device)  # the text round trip: any target
     if other is not None:
-        methods.append(("  the same, a draft with its own tokenizer", bench.ours("exspec", b, source=dict(
+        methods.append(("  the same, a draft with its own tokenizer", bench.ours("exspec", b, speculation, source=dict(
             assistant_model=other[0], tokenizer=tokenizer, assistant_tokenizer=other[1], num_assistant_tokens=args.k)),
             True))
     results += bench.compare(methods, b)
     reference, greedy = results[0], results[1]
 
-    print(f"{len(prompts)} prompts, up to {args.max_new_tokens} new tokens, k={args.k}, {reference.tokens} tokens "
-          f"through the first EOS. First prompt and its continuation:")
+    drafts = f"up to k={args.k} drafts per round as pay" if speculation is None else f"k={args.k} drafts every round"
+    print(f"{len(prompts)} prompts, up to {args.max_new_tokens} new tokens, speculation={args.speculation} ({drafts}), "
+          f"{reference.tokens} tokens through the first EOS. First prompt and its continuation:")
     print("  " + tokenizer.decode(prompts[0] + bench.reference[0]).replace("\n", "\n  "))
     print(f"\n{'method':<44}{'tokens/s':>9}{'vs HF greedy batch':>20}{'tokens/round':>14}{'exact rows':>12}")
     for r in results:
