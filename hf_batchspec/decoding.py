@@ -160,7 +160,6 @@ class _Decoder:
         self.queue = PromptQueue(prompt_lengths, settings.sort_by_length)
         self.last_draft_lengths = None  # per-row k after the last round (the heuristic schedule's state)
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
-        self._backlog = 0  # what the draft catches up before this round's first draft (`_plan`)
         if self.control is not None:  # off from the start, when earlier calls measured that drafting does not pay
             widths = self.k_buckets if self.static else None
             self.control.begin(np.full(min(slots, n_rows), min(k, max_new - 1)), widths)
@@ -207,7 +206,7 @@ class _Decoder:
             self.clock.start()
         if self.settings.realign_every_round:
             self._left_align()
-        budget_h, planned = self._plan()
+        budget_h, planned, backlog = self._plan()
         budget = to_device(budget_h, self.device)
         offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
         k_round = self._program_width(int(budget_h.max()))
@@ -234,29 +233,29 @@ class _Decoder:
         # was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, forwards)
-        if self._measures(k_round):  # what a round of this width costs here, for the next decisions
+        if self._measures(k_round, backlog):  # what a round of this width costs here, for the next decisions
             self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
 
-    def _plan(self) -> tuple[np.ndarray, np.ndarray]:  # [B] drafts each row may offer, [B] each row's planned k
+    def _plan(self) -> tuple[np.ndarray, np.ndarray, int]:  # [B] drafts each row may offer, [B] planned k, backlog
         """Each row's draft budget for the next round (its k, cut at what it still needs; idle rows 0) and the k the
         heuristic schedule learns against."""
         rows = self.rows
         budget_h = rows.budgets(self.settings.max_new_tokens)
         planned = rows.draft_len_h
-        self._backlog = 0
+        backlog = 0
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
-            self._backlog = self.drafter.backlog(rows)
+            backlog = self.drafter.backlog(rows)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None, rows.live_h, self._backlog)
+                                                  self.k_buckets if self.static else None, rows.live_h, backlog)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
-        return budget_h, planned
+        return budget_h, planned, backlog
 
-    def _measures(self, width: int) -> bool:
+    def _measures(self, width: int, backlog: int) -> bool:
         """Whether this round's wall time goes into the measured costs: not a drafting round whose draft first
         caught up on rounds without drafts (a probe's, mostly), which would price every round of its width as if
         it carried that catch-up, and keep drafting off where it pays."""
-        return self.clock is not None and not (width and self._backlog)
+        return self.clock is not None and not (width and backlog)
 
     def _program_width(self, offer: int) -> int:
         """The verify's draft width for a round whose rows offer up to `offer` drafts. Compiled, one program per
@@ -276,7 +275,7 @@ class _Decoder:
             # the round in flight may finish every row: read it before launching one that would run idle
             self._inflight = None
             return self._absorb(flight)
-        budget_h, planned = self._plan()
+        budget_h, planned, backlog = self._plan()
         offer = int(budget_h.max(initial=0))
         k = self._program_width(offer)
         inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
@@ -284,7 +283,7 @@ class _Decoder:
         launched = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
                                       self._offers[offer], self._fused_stop_ids, self._max_new,
                                       width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
-                                      clock=LaunchClock(self.reader.cuda) if self._measures(k) else None)
+                                      clock=LaunchClock(self.reader.cuda) if self._measures(k, backlog) else None)
         self.drafter.runner.cache.end()
         self.target.cache.end()
         self.stats.draft_forward_calls += max(k, 1)

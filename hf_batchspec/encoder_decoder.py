@@ -261,8 +261,8 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
         if value is not None and value is not False:
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
-    check_streamer(streamer, features, kwargs, config, long_form=whisper and _long_form(model, features))
     if not whisper:
+        check_streamer(streamer, features, kwargs, config, long_form=False)
         return check_source_ids(model, features, kwargs.get("attention_mask"))
     if not isinstance(features, torch.Tensor):
         raise BatchSpecError(f"input_features must be a tensor [batch, {model.config.num_mel_bins}, frames] of log-mel "
@@ -281,6 +281,7 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                                                                                           features.shape[2])):
         raise BatchSpecError(f"attention_mask must be the features' frame mask [batch, frames] = "
                              f"{(features.shape[0], features.shape[2])}; got {getattr(mask, 'shape', mask)}.")
+    check_streamer(streamer, features, kwargs, config, long_form=features.shape[2] > window)
     if features.shape[2] > window:
         # Long-form: Whisper's own window loop calls the decode loop once per window over the files still running.
         if features.shape[0] > 1 and mask is None:
@@ -295,12 +296,6 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                 "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
 
 
-def _long_form(model, features) -> bool:
-    """Whisper features longer than one 30 s window (long-form audio: decoded window by window)."""
-    return isinstance(features, torch.Tensor) and features.dim() == 3 and (
-        features.shape[2] > 2 * model.config.max_source_positions)
-
-
 def check_streamer(streamer, inputs, kwargs: dict, config, *, long_form: bool) -> None:
     """A streamer is served for one decoding of the whole batch (short-form audio, or a text encoder's inputs): a
     `BatchStreamer` gets each row's generated tokens by input row (the decoder prompt is not streamed), a
@@ -309,17 +304,15 @@ def check_streamer(streamer, inputs, kwargs: dict, config, *, long_form: bool) -
     running, so a decoding's rows are not the inputs), and a transformers streamer for more than one row."""
     if streamer is None:
         return
-    from .streaming import BatchStreamer
+    from .streaming import check_streamer_rows
 
     if long_form:
         raise BatchSpecError("a streamer is not supported with batch_spec for long-form audio (over 30 s: Whisper "
                              "decodes it window by window over the files still running): drop streamer, or stream "
                              "inputs of up to 30 s.")
     copies = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None)) or 1
-    rows = (inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() >= 1 else 1) * copies
-    if not isinstance(streamer, BatchStreamer) and rows > 1:
-        raise BatchSpecError(f"{type(streamer).__name__} streams one sequence; for a batch of {rows} rows use "
-                             "hf_batchspec.BatchIteratorStreamer, which streams (row, tokens) for every row.")
+    check_streamer_rows(streamer, (inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() >= 1 else 1)
+                        * copies)
 
 
 def check_source_ids(model, input_ids, attention_mask) -> None:

@@ -145,7 +145,8 @@ class MeasuredCosts:
 
     The first round of each width and row count is dropped (it pays a compile, compiled rounds being one program per
     width, or first-call allocations: the first 16-row round of k=3 on the bundled pair measured 4x a plain step, and
-    that one sample kept drafting off for the rest of the call), and so is a later one far beyond the estimate (`outlier` times, a recompile's).
+    that one sample kept drafting off for the rest of the call), and so is a later one far beyond the estimate
+    (`outlier` times, a recompile's).
     It also carries the pooled acceptance (`acceptance`), the probes' backoff (`probe_misses`) and their budget
     (`probe_credit`) from call to call, so that a later call starts from what the draft was seen to accept, not
     from the prior, and a caller looping over batches with a draft that does not pay is not probed afresh in every

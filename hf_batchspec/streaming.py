@@ -112,10 +112,16 @@ def token_sink(streamer, input_ids: torch.Tensor):
         return None
     if isinstance(streamer, BatchStreamer):
         return streamer.put_rows
-    if input_ids.shape[0] != 1:
-        raise BatchSpecError(
-            f"{type(streamer).__name__} streams one sequence; for a batch of {input_ids.shape[0]} use "
-            "hf_batchspec.BatchIteratorStreamer (or another BatchStreamer)."
-        )
+    check_streamer_rows(streamer, input_ids.shape[0])
     streamer.put(input_ids.cpu())
     return lambda rows, tokens: streamer.put(torch.tensor(tokens[0])) if tokens[0] else None
+
+
+def check_streamer_rows(streamer, rows: int) -> None:
+    """A transformers streamer takes one sequence: refused for a call of more than one row (before any work where
+    the caller knows the rows early, e.g. before an encoder runs)."""
+    if not isinstance(streamer, BatchStreamer) and rows != 1:
+        raise BatchSpecError(
+            f"{type(streamer).__name__} streams one sequence; for a batch of {rows} use "
+            "hf_batchspec.BatchIteratorStreamer (or another BatchStreamer)."
+        )

@@ -31,6 +31,12 @@ from ..processors import ScoreProcessing
 from ..scheduling import ActiveRows
 
 
+def backlog_of(missing: np.ndarray, live: np.ndarray) -> int:  # [B] tokens each row's draft has not run, [B] bool
+    """`Drafter.backlog` from each row's tokens not yet run by the draft: the most over live rows, beyond the two a
+    round re-feeds anyway (the pending token, and after a fully accepted round the last draft)."""
+    return max(int(missing[live].max(initial=0)) - 2, 0)
+
+
 @dataclass
 class Proposal:
     drafts: torch.Tensor  # [B, k'] proposed tokens; column j of row b counts only when j < budget[b]

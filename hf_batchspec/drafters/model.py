@@ -10,7 +10,7 @@ from ..acceptance import sample
 from ..processors import probabilities
 from ..runner import ModelRunner
 from ..scheduling import ActiveRows, to_device
-from .base import DraftOptions, Drafter, Proposal
+from .base import DraftOptions, Drafter, Proposal, backlog_of
 
 
 class ModelDrafter(Drafter):
@@ -59,7 +59,7 @@ class ModelDrafter(Drafter):
         return rows.lengths_h - self.cache.lengths
 
     def backlog(self, rows: ActiveRows) -> int:
-        return max(int(self._missing(rows)[rows.live_h].max(initial=0)) - 2, 0)
+        return backlog_of(self._missing(rows), rows.live_h)
 
     def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
         """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column

@@ -14,7 +14,7 @@ from .. import retokenize, vocab_map
 from ..masks import packed_positions
 from ..processors import ScoreProcessing
 from ..scheduling import ActiveRows, to_device
-from .base import DraftOptions, Drafter, Proposal
+from .base import DraftOptions, Drafter, Proposal, backlog_of
 from .model import ModelDrafter
 
 
@@ -129,8 +129,7 @@ class OtherTokenizerDrafter(Drafter):
         over live rows): after rounds without drafts the next `propose` re-encodes and runs all of them. Counted in
         target tokens; the draft's own tokens for the same text are about as many (`speculation="auto"` prices a
         probe's catch-up by them)."""
-        missing = rows.lengths_h - self.synced[: len(rows)]
-        return max(int(missing[rows.live_h].max(initial=0)) - 2, 0)
+        return backlog_of(rows.lengths_h - self.synced[: len(rows)], rows.live_h)
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         committed = tokens[rows.ids, : int(rows.lengths_h.max())].cpu().numpy()  # [B, T] a second host sync
