@@ -66,11 +66,14 @@ class _ForwardPlan:
         self.rows: torch.Tensor | None = None  # [b] cache rows the forward touches; None = all rows in order
         self.kv_len = 0
         self.batch = 0  # rows of the current forward
+        # host-known: every row's queries sit at slots start..start+q-1 (a batch of one row, rows of one length, a
+        # prefill's packed block); None when rows write at their own slots
+        self.start: int | None = None
         self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._flat: dict[tuple, torch.Tensor] = {}  # (device, heads, slots per row) -> `flat`
 
-    def set(self, slots: torch.Tensor | None, kv_len: int, rows: torch.Tensor | None) -> None:
-        self.slots, self.rows, self.kv_len = slots, rows, kv_len
+    def set(self, slots: torch.Tensor | None, kv_len: int, rows: torch.Tensor | None, start: int | None = None) -> None:
+        self.slots, self.rows, self.kv_len, self.start = slots, rows, kv_len, start
         self.batch = 0 if slots is None else int(slots.shape[0])
         self._per_device = {} if slots is None else {slots.device: (slots, rows)}
         self._flat = {}
@@ -122,17 +125,21 @@ class RaggedLayer(CacheLayerMixin):
         # key_states: [b, H, q, D]; returns [b, H, kv_len, D] views (or gathered rows for a subset forward)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        slots, rows = self._plan.on(key_states.device)
-        kv_len = self._plan.kv_len
+        plan = self._plan
+        kv_len, b = plan.kv_len, key_states.shape[0]
+        if plan.start is not None and plan.rows is None:  # one block of slots for every row: a slice's copy
+            keys, values = (self.keys, self.values) if b == self.keys.shape[0] else (self.keys[:b], self.values[:b])
+            keys.narrow(2, plan.start, key_states.shape[2]).copy_(key_states)
+            values.narrow(2, plan.start, value_states.shape[2]).copy_(value_states)
+            return keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)
+        slots, rows = plan.on(key_states.device)
         if rows is None:  # the first b rows, in order (all of them, unless a static cache was narrowed)
             if torch.compiler.is_compiling():  # an index_put_, written in place (see _index_slots)
                 _index_slots(self.keys, slots, key_states)
                 _index_slots(self.values, slots, value_states)
             else:
-                _copy_slots(self.keys, self._plan.flat(self.device, self.keys.shape[1], self.max_cache_len), key_states)
-                _copy_slots(self.values, self._plan.flat(self.device, self.values.shape[1], self.max_cache_len),
-                            value_states)
-            b = key_states.shape[0]
+                _copy_slots(self.keys, plan.flat(self.device, self.keys.shape[1], self.max_cache_len), key_states)
+                _copy_slots(self.values, plan.flat(self.device, self.values.shape[1], self.max_cache_len), value_states)
             if b < self.keys.shape[0]:
                 return self.keys[:b, :, :kv_len], self.values[:b, :, :kv_len]
             return self.keys.narrow(2, 0, kv_len), self.values.narrow(2, 0, kv_len)  # one op each
@@ -219,12 +226,15 @@ class RaggedCache(Cache):
     def batch_size(self) -> int:
         return int(self.lengths.shape[0])
 
-    def begin(self, slots: torch.Tensor, kv_len: int, rows: torch.Tensor | None = None) -> None:
+    def begin(self, slots: torch.Tensor, kv_len: int, rows: torch.Tensor | None = None,
+              start: int | None = None) -> None:
         """Announce the next forward: query token j of row b goes to slot `slots[b, j]`; attention reads the
-        first `kv_len` slots. With `rows`, the forward covers only those cache rows (a refill's prefill)."""
+        first `kv_len` slots. With `rows`, the forward covers only those cache rows (a refill's prefill). `start`,
+        when the host knows that every row's slots are start, start+1, ..: the layers write one slice (two ops
+        instead of an index and a copy; not inside a compiled program, where an int would be a constant)."""
         if kv_len > self.num_slots:
             raise ValueError(f"kv_len {kv_len} exceeds the cache's {self.num_slots} slots")
-        self._plan.set(slots, kv_len, rows)
+        self._plan.set(slots, kv_len, rows, start)
 
     def end(self) -> None:
         """Forget the last forward's plan. After a compiled program, its slot index is one of the program's output

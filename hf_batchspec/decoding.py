@@ -25,7 +25,7 @@ from .acceptance import greedy_accept, one_hot, sample, speculative_sample, trun
 from .compat import static_compile_settings
 from .device_round import InFlight, LaggedRead, device_round, kept_and_finished, verify_greedy, verify_input
 from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs
-from .masks import packed_positions
+from .masks import common_start, packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
@@ -181,6 +181,12 @@ class _Decoder:
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
         self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
+        # drafting off runs its plain steps back to back (`_plain_run`): eager greedy, with nothing that needs the
+        # host between two steps (processors, criteria, streaming, recorded scores, a drafter that reads the verify)
+        self._plain_runs = (self.control is not None and not self.static and not settings.do_sample
+                            and not self.processing.steps and not settings.criteria and on_tokens is None
+                            and not self.recorder.active and not self._verify_outputs
+                            and not settings.realign_every_round)
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -207,9 +213,11 @@ class _Decoder:
         if self.settings.realign_every_round:
             self._left_align()
         budget_h, planned, backlog = self._plan()
+        k_round = self._program_width(int(budget_h.max()))
+        if k_round == 0 and self._plain_runs:
+            return self._plain_run()
         budget = to_device(budget_h, self.device)
         offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
-        k_round = self._program_width(int(budget_h.max()))
         accepted, candidates, count, finished, budget, forwards = self._draft_and_verify(k_round, budget)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
         acc_h, count_h, fin_h, budget_h = to_host(torch.stack((accepted, count, finished.long(), budget)))
@@ -236,6 +244,56 @@ class _Decoder:
         if self._measures(k_round, backlog):  # what a round of this width costs here, for the next decisions
             self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
         return fin_h.astype(bool)
+
+    def _plain_run(self) -> np.ndarray:  # [B] rows that finished
+        """Plain steps (k = 0) back to back while `speculation="auto"` keeps drafting off: this round and those
+        before the next probe (`SpeculationControl.rounds_off_ahead`), up to a row's last token or a stop id. What
+        a round does besides its forward (statistics, the decisions, cache lengths, the measured cost) runs once
+        for the run: round by round it cost as much again outside the forward as transformers' greedy loop, which
+        made a batch of one slower than its greedy wherever drafting did not pay. The outputs are the rounds' own,
+        step by step (greedy, with nothing that needs the host between two steps: `_plain_runs`)."""
+        rows, max_new = self.rows, self.settings.max_new_tokens
+        live_generated = rows.generated_h[rows.live_h]
+        steps = 1 + min(self.control.rounds_off_ahead(), int((max_new - live_generated).min()) - 1)
+        ran, stopped = self._plain_steps(steps)
+        finished = rows.generated_h + ran >= max_new
+        if stopped is not None:
+            finished |= to_host(stopped)
+        count_h = np.full(len(rows), ran)
+        self.stats.add_round(rows.ids_h, np.zeros_like(count_h), np.zeros_like(count_h), count_h, self._waiting(),
+                             len(rows), width=0, rounds=ran)
+        # the steps after the first are rounds off, but for one where every row was at its last token: no budget to
+        # weigh, which `draft_lengths` does not count as off either
+        self.control.rest(ran - 1 - (ran > 1 and bool((live_generated + ran >= max_new).all())), len(rows))
+        old_lengths = rows.lengths_h
+        rows.advance(count_h, ran)
+        self.target.cache.set_lengths(rows.lengths_h - 1)
+        self.drafter.rollback(rows.lengths_h, old_lengths, 0)
+        self.last_draft_lengths = rows.draft_len_h
+        if self._measures(0, 0):
+            self.settings.cost_model.observe(len(rows), 0, self.clock.stop() / ran)
+        return finished
+
+    def _plain_steps(self, steps: int) -> tuple[int, torch.Tensor | None]:  # steps run, [B] rows that stopped
+        """Up to `steps` steps of the target alone: each writes every row's next token after its committed ones and
+        ends the run when a row chose a stop id (one host sync per step; none without stop ids). The row state
+        (`ActiveRows`, cache lengths) is the caller's to advance."""
+        rows, stop_ids = self.rows, self.stop_ids
+        start = common_start(rows.lengths_h - 1)
+        top = self.target.cache.top_slot(rows.lengths_h)
+        lengths, stopped, ran = rows.lengths, None, 0  # [B] committed tokens, on the device
+        while ran < steps:
+            positions = (lengths - 1).unsqueeze(1)  # [B, 1] the pending token's
+            logits = self.target.forward(self.tokens[rows.ids.unsqueeze(1), positions], positions, rows.limits,
+                                         top + ran, row_ids=rows.ids_h, start=None if start is None else start + ran)
+            chosen = logits[:, -1].argmax(-1).to(self.device)  # [B]
+            self.tokens[rows.ids, lengths] = chosen
+            lengths, ran = lengths + 1, ran + 1
+            if stop_ids is not None and stop_ids.numel():
+                stopped = torch.isin(chosen, stop_ids)
+                if ran < steps and bool(stopped.any()):
+                    break
+        return ran, stopped
 
     def _plan(self) -> tuple[np.ndarray, np.ndarray, int]:  # [B] drafts each row may offer, [B] planned k, backlog
         """Each row's draft budget for the next round (its k, cut at what it still needs; idle rows 0) and the k the
@@ -369,8 +427,9 @@ class _Decoder:
         tokens, positions = verify_input(self._pending(), drafts, rows.lengths)
         top = self.target.cache.top_slot(rows.lengths_h)
         hidden = "hidden_states" in self._verify_outputs
+        start = None if self.static else common_start(rows.lengths_h - 1)  # (static: idle rows sit elsewhere)
         out = self.target.forward(tokens, positions, rows.limits, top + drafts.shape[1], row_ids=rows.ids_h,
-                                  hidden=hidden)
+                                  hidden=hidden, start=start)
         logits, states = out if hidden else (out, None)
         return logits.to(self.device), states
 
@@ -536,7 +595,7 @@ class _Decoder:
         keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
         hidden = "hidden_states" in self._verify_outputs and max_new > 1  # a drafter that reads the prompt's
         out = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
-                                  prefill=True, hidden=hidden)
+                                  prefill=True, hidden=hidden, start=0)
         logits, states = out if hidden else (out, None)
         last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
         stats.target_forward_calls += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import UnsupportedModelError
@@ -81,12 +82,31 @@ def additive_mask(
     return mask.unsqueeze(1)
 
 
+def common_start(first: np.ndarray) -> int | None:  # [b] host position of each row's first query
+    """The first query position every row of a forward shares (a batch of one, rows of one length), else None. With
+    it the forward's cache writes are one slice and a decode step's mask one `zeros` (`ModelRunner.forward`)."""
+    first = np.asarray(first)
+    return int(first[0]) if len(first) and (first == first[0]).all() else None
+
+
+def reads_all(start: int | None, q: int, kv_len: int, window: int | None) -> bool:
+    """Whether a forward's every query may read every one of its `kv_len` slots: one query per row, at the host-known
+    slot `start` = kv_len - 1 of every row, and no window that reaches back less far (a decode step of one row, or of
+    rows of one length)."""
+    return start is not None and q == 1 and kv_len == start + 1 and (window is None or kv_len <= window)
+
+
 def build_masks(
-    layout: AttentionLayout, slots: torch.Tensor, kv_len: int, dtype: torch.dtype, first: torch.Tensor | None = None
+    layout: AttentionLayout, slots: torch.Tensor, kv_len: int, dtype: torch.dtype, first: torch.Tensor | None = None,
+    start: int | None = None,  # host-known first slot of every row's queries (`ModelRunner.forward`), or None
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The `attention_mask` argument for one forward, from the slots its queries write (= their positions,
-    unless the cache is left-aligned: then `first` gives each row's first slot)."""
-    masks = {kind: additive_mask(slots, kv_len, dtype, window, first) for kind, window in layout.windows.items()}
+    unless the cache is left-aligned: then `first` gives each row's first slot). A mask that hides nothing is one
+    `zeros` (a batch-one decode step's), not the seven ops of `additive_mask`."""
+    b, q = slots.shape
+    masks = {kind: torch.zeros((b, 1, 1, kv_len), dtype=dtype, device=slots.device)
+             if reads_all(start, q, kv_len, window) else additive_mask(slots, kv_len, dtype, window, first)
+             for kind, window in layout.windows.items()}
     return masks if layout.as_dict else masks[FULL]
 
 

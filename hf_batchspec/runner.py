@@ -122,6 +122,7 @@ class ModelRunner:
         row_ids=None,  # [b] host array: the original prompt index of each row (for `on_rows`)
         prefill: bool = False,  # a prompt's first forward: never compiled (its width varies with the prompts)
         hidden: bool = False,  # also return the last hidden states [b, q, H] (a drafter that reads the verify's)
+        start: int | None = None,  # host-known: every row's positions are start..start+q-1 (see `common_start`)
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [b, kept, V] (and [b, q, H] with `hidden`)
         if self.on_rows is not None:
             self.on_rows(row_ids)
@@ -137,7 +138,10 @@ class ModelRunner:
         slots = slots.clamp(max=self.cache.num_slots - 1)
         decode = rows is None and not prefill
         kv_len = self.cache.num_slots if self.static and decode else min(kv_len, self.cache.num_slots)
-        self.cache.begin(slots, kv_len, rows)
+        compiled = decode and self._decode_call is not self.model
+        if compiled or first is not None or rows is not None or start is None or start + tokens.shape[1] > kv_len:
+            start = None  # (a compiled program's positions are its inputs, never constants)
+        self.cache.begin(slots, kv_len, rows, start)
         if prefill and self.seq2seq is not None:  # admitted inputs: their cross keys and values into their rows
             cache_rows = rows if rows is not None else torch.arange(len(tokens), device=self.device)
             self.seq2seq.admit(row_ids, cache_rows)
@@ -146,7 +150,7 @@ class ModelRunner:
         position_ids = torch.minimum(positions, position_limit.to(self.device).unsqueeze(1))
         kwargs = {
             self._cache_kwarg: self.cache,
-            "attention_mask": build_masks(self.layout, slots, kv_len, self.dtype, first),
+            "attention_mask": build_masks(self.layout, slots, kv_len, self.dtype, first, start),
             "position_ids": position_ids,
             "use_cache": True,
         }
@@ -156,7 +160,7 @@ class ModelRunner:
             kwargs["logits_to_keep"] = keep
         if hidden:
             kwargs["output_hidden_states"] = True
-        if decode and self._decode_call is not self.model:
+        if compiled:
             masks = kwargs["attention_mask"]
             # the cache reads the slots from its plan (`begin`): an input of the graph too
             rows_dynamic(tokens, position_ids, slots, *(masks.values() if isinstance(masks, dict) else (masks,)), self)

@@ -56,16 +56,17 @@ class BatchSpecStats:
                 setattr(self, name, np.zeros(self.num_rows, dtype=np.int64))
 
     def add_round(self, rows: np.ndarray, drafted: np.ndarray, accepted: np.ndarray, emitted: np.ndarray,
-                  waiting: int = 0, forward_rows: int | None = None, *, width: int) -> None:
-        """Account one verify round for the active `rows` (original indices, unique), in a forward over
-        `forward_rows` rows (default: the active rows alone) with `width` drafts per row."""
-        self.rounds += 1
-        self.draft_widths.append(int(width))
-        self.active_rows.append(len(rows))
-        self.forward_rows.append(len(rows) if forward_rows is None else forward_rows)
-        self.waiting_rows.append(waiting)
-        self.target_forward_calls += 1
-        self.row_rounds[rows] += 1
+                  waiting: int = 0, forward_rows: int | None = None, *, width: int, rounds: int = 1) -> None:
+        """Account a verify round for the active `rows` (original indices, unique), in a forward over
+        `forward_rows` rows (default: the active rows alone) with `width` drafts per row; or `rounds` such rounds
+        back to back, with the counts their sums (plain steps, `_Decoder._plain_run`)."""
+        self.rounds += rounds
+        self.draft_widths.extend([int(width)] * rounds)
+        self.active_rows.extend([len(rows)] * rounds)
+        self.forward_rows.extend([len(rows) if forward_rows is None else forward_rows] * rounds)
+        self.waiting_rows.extend([waiting] * rounds)
+        self.target_forward_calls += rounds
+        self.row_rounds[rows] += rounds
         self.drafted_tokens[rows] += drafted
         self.accepted_tokens[rows] += accepted
         self.target_tokens[rows] += emitted - accepted

@@ -33,6 +33,29 @@ def test_writes_land_at_per_row_slots():
     assert torch.equal(values, -keys)
 
 
+@pytest.mark.parametrize("batch, staging", [(1, 0), (3, 0), (3, 2)])
+def test_a_shared_first_slot_writes_what_the_per_row_index_writes(batch, staging):
+    """`begin(start=)`: every row's queries at slots start.. (a batch of one, rows of one length) are written as one
+    slice per tensor. Caches and returned views equal those of the per-row index, staging rows untouched."""
+    caches = [RaggedCache(num_layers=1, batch_size=batch, max_cache_len=9, staging=staging) for _ in range(2)]
+    torch.manual_seed(0)
+    before = torch.randn(batch + staging, 2, 9, 4)
+    for cache in caches:
+        cache.begin(torch.arange(9).expand(batch + staging, 9), kv_len=9)
+        cache.update(before, -before, 0)
+    new = torch.randn(batch, 2, 3, 4)
+    slots = torch.arange(4, 7).expand(batch, 3)
+    outs = []
+    for cache, start in zip(caches, (None, 4)):
+        cache.begin(slots, kv_len=7, start=start)
+        outs.append(cache.update(new, -new, 0))
+    (keys, values), (sliced_keys, sliced_values) = outs
+    assert torch.equal(keys, sliced_keys) and torch.equal(values, sliced_values) and keys.shape == (batch, 2, 7, 4)
+    assert torch.equal(caches[0].layers[0].keys, caches[1].layers[0].keys)
+    assert torch.equal(caches[1].layers[0].keys[:batch, :, 4:7], new)
+    assert torch.equal(caches[1].layers[0].keys[batch:], before[batch:])  # staged prompts' rows keep theirs
+
+
 def test_rollback_moves_lengths_without_copying():
     cache, _ = filled()
     before = [layer.keys.data_ptr() for layer in cache.layers]

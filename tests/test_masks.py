@@ -3,7 +3,8 @@ import torch
 import transformers
 
 from hf_batchspec.errors import UnsupportedModelError
-from hf_batchspec.masks import FULL, SLIDING, additive_mask, attention_layout, right_pack
+from hf_batchspec.masks import (FULL, SLIDING, AttentionLayout, additive_mask, attention_layout, build_masks,
+                                common_start, right_pack)
 
 
 def test_right_pack_moves_prompts_to_slot_zero():
@@ -20,6 +21,21 @@ def test_additive_mask_causal_and_window():
     assert mask.min().item() == torch.finfo(torch.float32).min and mask.dtype == torch.float32
     windowed = (additive_mask(positions, 5, torch.float32, window=2) == 0).squeeze(1).int().tolist()
     assert windowed[0] == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0]]  # p - slot < 2
+
+
+def test_a_step_that_reads_every_slot_gets_the_same_mask_as_zeros():
+    """With a shared first position (`common_start`), a one-token step reading slots 0..start gets zeros, equal to
+    `additive_mask`; any other forward (a window that reaches back less far, several queries, rows at their own
+    positions) gets `additive_mask` itself."""
+    assert common_start([4, 4, 4]) == 4 and common_start([4, 5]) is None and common_start([7]) == 7
+    for window in (None, 3, 8):
+        layout = AttentionLayout(windows={FULL: None, SLIDING: window}, as_dict=True)
+        for slots, start in ((torch.tensor([[5], [5]]), 5), (torch.tensor([[5, 6], [5, 6]]), 5),
+                             (torch.tensor([[5], [2]]), None)):
+            kv_len = int(slots.max()) + 1
+            masks = build_masks(layout, slots, kv_len, torch.float32, start=start)
+            assert torch.equal(masks[FULL], additive_mask(slots, kv_len, torch.float32))
+            assert torch.equal(masks[SLIDING], additive_mask(slots, kv_len, torch.float32, window))
 
 
 def test_layouts_read_from_configs():

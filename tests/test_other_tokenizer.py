@@ -139,6 +139,8 @@ def test_the_catch_up_after_rounds_off_is_the_drafts_backlog(monkeypatch):
         seen.append(backlog(self, rows))
         return seen[-1]
     monkeypatch.setattr(OtherTokenizerDrafter, "backlog", recorded)
+    # every round decided on its own, so that each asks for the backlog (rounds off otherwise run back to back)
+    monkeypatch.setattr(hf_batchspec.speculation.SpeculationControl, "rounds_off_ahead", lambda self: 0)
     never = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=100.0, draft_token=0.0)
     stats = run("chars", ["hello world", "the quick"], 16, speculation=never)
     assert stats.draft_forward_calls == 1  # its prefill: no round drafted

@@ -371,12 +371,15 @@ def test_a_probes_catch_up_is_not_measured_as_the_cost_of_its_width(monkeypatch)
     out = target.generate(ids, attention_mask=mask, assistant_model=target, batch_spec="exspec", max_new_tokens=80,
                           eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
     widths = out.spec_stats.draft_widths
-    rounds = [[value for _, value in group] for group in _rounds_of(events)]  # [backlog, (observed width)]
-    assert len(rounds) == len(widths)
-    caught_up = [r for r, width in zip(rounds, widths) if width and r[0]]
-    assert caught_up, "no drafting round caught up: the case this test is about did not happen"
-    assert all(len(r) == 1 for r in caught_up)  # none of them measured
-    assert sum(len(r) == 2 for r, width in zip(rounds, widths) if width and not r[0]) > 0  # the others are
+    # one group per decision: [backlog, (observed width)]; a run of plain rounds (drafting off) is one decision
+    rounds = [[value for _, value in group] for group in _rounds_of(events)]
+    unmeasured = [r for r in rounds if len(r) == 1]
+    drafting = unmeasured + [r for r in rounds if len(r) == 2 and r[1] > 0]
+    assert len(drafting) == sum(width > 0 for width in widths)  # every drafting round is one decision
+    assert unmeasured, "no drafting round caught up: the case this test is about did not happen"
+    assert all(r[0] > 0 for r in unmeasured)  # only rounds that caught up go unmeasured...
+    assert not [r for r in drafting if r[0] and len(r) == 2]  # ...and none of those was measured
+    assert [r for r in drafting if not r[0] and len(r) == 2]  # the others are
     for row, prompt in enumerate(PROMPTS[:2]):
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 80, None)
 
@@ -514,3 +517,83 @@ def test_a_later_call_with_a_draft_that_does_not_pay_skips_its_prefill_and_draft
     for out in calls:
         for row, prompt in enumerate(PROMPTS):
             assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 40, None)
+
+
+# Drafting pays only where drafts are mostly accepted: a draft of fresh weights turns it off, probes find it off.
+PAYS_IF_ACCEPTED = CostModel(target_call=1.0, target_token=0.0, draft_call=0.5, draft_token=0.0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_plain_rounds_run_back_to_back_as_they_would_one_by_one(monkeypatch, batch):
+    """While drafting is off, the rounds before the next probe run back to back (`_Decoder._plain_run`): one decision
+    for the run, a forward per step. Against the same calls with every plain round decided on its own (no rounds
+    ahead), the outputs, the rounds' widths, every row's counts and the probe credit are the same; rows stop inside a
+    run (stop ids), at their budgets, and prompts wait for slots. Every row equals plain greedy."""
+    target = target_model("llama")
+    draft = build("gpt2", seed=541)
+    prompts = PROMPTS + [[7, 8, 9, 10], [12] * 5]
+    stop = plain_greedy(target, prompts[0], 40, None)[12]  # a token some rows stop at inside a run
+    decisions = []
+    draft_lengths = SpeculationControl.draft_lengths
+
+    def counted(self, *args, **kwargs):
+        decisions.append(1)
+        budgets = draft_lengths(self, *args, **kwargs)
+        credit.append(self.credit)
+        return budgets
+    monkeypatch.setattr(SpeculationControl, "draft_lengths", counted)
+    credit = []
+    rest = SpeculationControl.rest
+    monkeypatch.setattr(SpeculationControl, "rest",
+                        lambda self, rounds, rows: (rest(self, rounds, rows), credit.append(self.credit))[0])
+
+    def run():
+        decisions.clear(), credit.clear()
+        ids, mask = left_pad(prompts, 0)
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec",
+                              num_assistant_tokens=3, max_new_tokens=40, eos_token_id=stop, pad_token_id=0,
+                              speculation=PAYS_IF_ACCEPTED, max_batch_size=batch, return_dict_in_generate=True)
+        return out, len(decisions), credit[-1]
+
+    runs, run_decisions, run_credit = run()
+    monkeypatch.setattr(SpeculationControl, "rounds_off_ahead", lambda self: 0)
+    single, single_decisions, single_credit = run()
+    stats, one_by_one = runs.spec_stats, single.spec_stats
+    assert single_decisions == one_by_one.rounds  # every round decided on its own...
+    assert run_decisions < stats.rounds / 2  # ...against runs of plain rounds
+    assert torch.equal(runs.sequences, single.sequences)
+    assert stats.draft_widths == one_by_one.draft_widths and 0 < sum(stats.draft_widths) < stats.rounds
+    for name in ("new_tokens", "row_rounds", "drafted_tokens", "accepted_tokens", "target_tokens"):
+        assert np.array_equal(getattr(stats, name), getattr(one_by_one, name)), name
+    assert stats.target_forward_calls == one_by_one.target_forward_calls
+    assert math.isclose(run_credit, single_credit)
+    width, ended = left_pad(prompts, 0)[0].shape[1], 0
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, 40, stop)
+        ended += len(expected) < 40
+        got = runs.sequences[row, width:].tolist()
+        assert got[:len(expected)] == expected and set(got[len(expected):]) <= {0}
+    assert ended  # some row stopped at the stop id
+
+
+def test_drafting_turns_off_only_when_a_standard_deviation_up_would_not_pay_either():
+    """Turning off costs a probe interval, a round drafted too many one round: while drafting is on, a batch whose
+    estimates fall just below break-even by a row's chance dip stays on (`Acceptance.upper`); a batch whose mean is
+    as sure to be below (many rows), or rows far below, turn it off; once off, the same estimates do not turn it
+    back on (only a probe's acceptance does)."""
+    cost = CostModel(target_call=1.0, target_token=0.0, draft_call=0.5, draft_token=0.0)  # k=1 pays above 0.545
+
+    def decide(rows, hits, trials, control=None):
+        control = control or SpeculationControl(cost)
+        budgets = np.full(rows, 3)
+        k = control.draft_lengths(budgets, np.full(rows, hits), np.full(rows, trials)).max()
+        return k, control
+
+    rates = Acceptance().rates(np.array([4.0]), np.array([8.0]))
+    assert best_draft_length(rates, np.array([3]), cost, margin=0.03) == 0  # the point estimate alone: off
+    k, control = decide(1, 4.0, 8.0)
+    assert k > 0 and control.rounds_off == 0  # one row: its dip is within its noise
+    assert decide(64, 4.0, 8.0)[0] == 0  # 64 rows: the mean's noise is an eighth of that
+    k, control = decide(1, 0.0, 6.0)
+    assert k == 0 and control.rounds_off == 1  # far below: off
+    assert decide(1, 4.0, 8.0, control)[0] == 0  # off: rates that only an upward deviation pays for keep it off

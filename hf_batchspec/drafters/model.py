@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..acceptance import sample
+from ..masks import common_start
 from ..processors import probabilities
 from ..runner import ModelRunner
 from ..scheduling import ActiveRows, to_device
@@ -44,7 +45,8 @@ class ModelDrafter(Drafter):
               lengths: np.ndarray) -> int:  # forwards run
         """Prefill admitted prompts (`prompts` [n, P] right-packed) into cache rows `slots`. Its logits over the
         prompt are never used: its first step runs the pending first token."""
-        self.runner.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids, prefill=True)
+        self.runner.forward(prompts, positions, limits, width, keep=1, rows=cache_rows, row_ids=ids, prefill=True,
+                            start=0)
         self.cache.set_lengths(lengths, rows=slots)
         return 1
 
@@ -63,7 +65,7 @@ class ModelDrafter(Drafter):
 
     def _first_step(self, rows: ActiveRows, tokens: torch.Tensor):
         """The first draft step's query: ([B, w] tokens, [B, w] positions, kv_len, logits to keep, [B] the column
-        of each row's pending token among them)."""
+        of each row's pending token among them, the first position when every row shares it (`common_start`))."""
         device, static = tokens.device, self.options.static
         # The first step feeds every committed token the draft has not run: after a fully accepted round the
         # token before the pending one (the draft's own last draft, never run), after rounds without drafts
@@ -85,7 +87,8 @@ class ModelDrafter(Drafter):
             columns = np.unique(missing_h - 1)  # the columns some row's pending token sits in
             keep = 1 if len(columns) == 1 else to_device(columns, device)
             pick = np.searchsorted(columns, missing_h - 1)
-        return step_input, positions, kv_len, keep, to_device(pick, device)
+        start = None if static else common_start(rows.lengths_h - missing_h)  # (static: idle rows sit elsewhere)
+        return step_input, positions, kv_len, keep, to_device(pick, device), start
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         """Up to k drafts per row, cut where a row's draft fell below the confidence threshold (fewer than k
@@ -93,11 +96,13 @@ class ModelDrafter(Drafter):
         device = tokens.device
         threshold = self.options.confidence_threshold
         top = self.cache.top_slot(rows.lengths_h)
-        step_input, positions, kv_len, keep, pick = self._first_step(rows, tokens)
+        step_input, positions, kv_len, keep, pick, start = self._first_step(rows, tokens)
+        pending = None if self.options.static else common_start(rows.lengths_h - 1)  # every row's pending position
         per_row = not isinstance(keep, int) or keep != 1  # the first step's logits: one column per row to pick
         drafts, probs = [], []
         for j in range(k):  # the draft is sequential: one forward per draft token
-            logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h)
+            logits = self.runner.forward(step_input, positions, rows.limits, kv_len, keep=keep, row_ids=rows.ids_h,
+                                         start=start)
             if j == 0 and per_row:
                 logits = logits[torch.arange(len(rows), device=logits.device), pick.to(logits.device)].unsqueeze(1)
             keep = 1
@@ -118,6 +123,7 @@ class ModelDrafter(Drafter):
             step_input = drafts[-1].unsqueeze(1)
             positions = (rows.lengths + j).unsqueeze(1)  # d_{j+1} sits at position length + j
             kv_len = top + j + 1
+            start = None if pending is None else pending + j + 1
         return Proposal(torch.stack(drafts, 1), torch.stack(probs, 1) if probs else None, budget, len(drafts))
 
     def rollback(self, lengths_h: np.ndarray, old_lengths: np.ndarray, steps: int) -> None:
