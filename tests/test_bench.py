@@ -200,8 +200,9 @@ def test_constant_k_rows_pass_speculation_and_k_and_default_rows_pass_neither(ca
     constant-k (or auto) row then. Compiled rows likewise. Checked on the arguments each planned call passes to
     the target's real `generate` (stopped there: nothing needs to decode, nor compile)."""
     plan, calls, args = planned_calls(["--batch-sizes", "2", "--methods", "", "--compile", "--k", "4"])
-    compiled = ["exspec-compiled", "exspec-auto-compiled", "exspec-default-compiled"]
-    assert [name for name, *_ in plan if "exspec" in name][-3:] == compiled
+    compiled = ["exspec-compiled", "exspec-auto-compiled", "exspec-default-compiled", "exspec-lookup-default-compiled",
+                "exspec-early-exit-default-compiled"]
+    assert [name for name, *_ in plan if "exspec" in name][-5:] == compiled
     unset = object()
     for name, kwargs in calls.items():
         if "batch_spec" not in kwargs:
@@ -216,7 +217,7 @@ def test_constant_k_rows_pass_speculation_and_k_and_default_rows_pass_neither(ca
         if "lookup" in name:
             assert kwargs["prompt_lookup_num_tokens"] == args.lookup_tokens and "assistant_model" not in kwargs
     defaults = {"exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
-                "exspec-default-compiled"}
+                "exspec-default-compiled", "exspec-lookup-default-compiled", "exspec-early-exit-default-compiled"}
     assert defaults <= set(calls) and {"exspec", "exspec-lookup", "exspec-early-exit", "exspec-other-tokenizer"} <= set(
         calls)
     assert calls["exspec-other-default"]["assistant_tokenizer"] is not None

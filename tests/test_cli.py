@@ -158,7 +158,9 @@ def test_bench_help_names_the_default_rows_the_random_draft_and_the_skipped_rows
     flat = " ".join(out.split())
     assert code == 0
     for name in ("exspec-default", "exspec-lookup-default", "exspec-early-exit-default", "exspec-other-default",
-                 "'defaults'", "exspec-auto, exspec-default also run compiled (<name>-compiled)"):
+                 "'defaults'",
+                 "exspec-auto, exspec-default, exspec-lookup-default, exspec-early-exit-default also run compiled "
+                 "(<name>-compiled)"):
         assert name in flat, name
     assert "--draft-init {trained,random}" in flat and "torch.manual_seed(0)" in flat
     assert "skipped" in flat and "unless --other-draft is given" in flat  # why the bundled other draft is not used
