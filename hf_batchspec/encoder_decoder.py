@@ -262,8 +262,7 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
     if not whisper:
-        check_streamer(streamer, features, kwargs, config, long_form=False)
-        return check_source_ids(model, features, kwargs.get("attention_mask"))
+        return check_streamer(streamer, features, kwargs, config, long_form=False)  # ids: validation.check_token_ids
     if not isinstance(features, torch.Tensor):
         raise BatchSpecError(f"input_features must be a tensor [batch, {model.config.num_mel_bins}, frames] of log-mel "
                              f"features (a WhisperProcessor's output); got {type(features).__name__}.")
@@ -313,27 +312,6 @@ def check_streamer(streamer, inputs, kwargs: dict, config, *, long_form: bool) -
     copies = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None)) or 1
     check_streamer_rows(streamer, (inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() >= 1 else 1)
                         * copies)
-
-
-def check_source_ids(model, input_ids, attention_mask) -> None:
-    """A text encoder's inputs: integer ids `[batch, width]` inside the vocabulary, and a 0/1 mask of their shape
-    (either padding side: the encoder reads every row whole, and each row's padding is masked in cross-attention)."""
-    vocab = int(model.config.vocab_size)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or 0 in input_ids.shape:
-        raise BatchSpecError("input_ids must be a non-empty [batch, width] tensor of the encoder's token ids; got "
-                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}.")
-    if input_ids.dtype not in (torch.int64, torch.int32):
-        raise BatchSpecError(f"input_ids must be int64 (or int32) token ids; got {input_ids.dtype}.")
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab:
-        raise BatchSpecError(f"input_ids hold {low if low < 0 else high}, outside the vocabulary [0, {vocab}).")
-    if attention_mask is None:
-        return
-    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise BatchSpecError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}; got "
-                             f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}.")
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()) or not bool((attention_mask.sum(-1) > 0).all()):
-        raise BatchSpecError("attention_mask must be 0/1 with at least one 1 per row.")
 
 
 @contextlib.contextmanager

@@ -143,6 +143,9 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     if seq2seq:
         encoder_decoder.check_source(source, model)
         encoder_decoder.check_call(model, main_input, kwargs, generation_config, streamer=streamer)
+        if model.config.model_type != "whisper":  # a text encoder's ids (Whisper's features: check_call)
+            validation.check_token_ids(main_input, kwargs.get("attention_mask"), int(model.config.vocab_size),
+                                       encoder=True)
     else:
         check_model_kwargs(settings)
         input_ids = main_input

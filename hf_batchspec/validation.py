@@ -86,6 +86,18 @@ def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, input
         raise BatchSpecError("batch_spec needs `input_ids` [batch, length] (the tokenizer's return_tensors='pt').")
     if inputs_embeds is not None:
         raise BatchSpecError("Pass either input_ids or inputs_embeds, not both (batch_spec decodes from input_ids).")
+    real = check_token_ids(input_ids, attention_mask, vocab_size)  # [B, W] bool: prompt tokens, not padding
+    if attention_mask is None:
+        check_unmasked_padding(input_ids, pad_token_id, eos_token_id)
+    check_position_ids(position_ids, real)
+
+
+def check_token_ids(input_ids, attention_mask, vocab_size: int, *, encoder: bool = False) -> torch.Tensor:  # [B, W]
+    """Token ids and their mask, the checks a decoder's prompt and a text encoder's input share: an integer
+    `[batch, length]` tensor an embedding takes, ids inside the vocabulary, a 0/1 mask of its shape with a token
+    in every row. A decoder's prompt is left-padded (positions count its real tokens) and only its real tokens are
+    read; an encoder reads every position of every row, so its mask may pad either side and its padding ids are
+    checked too. Returns the real tokens `[B, W]` (bool)."""
     if not isinstance(input_ids, torch.Tensor):
         raise BatchSpecError(f"input_ids must be a torch.LongTensor [batch, length]; got {type(input_ids).__name__} "
                              "(tokenize with return_tensors='pt').")
@@ -103,18 +115,18 @@ def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, input
         )
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise BatchSpecError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs a token.")
-    real = check_attention_mask(attention_mask, input_ids)  # [B, W] bool: the tokens that are prompt, not padding
+    real = check_attention_mask(attention_mask, input_ids, left_padding=not encoder)  # [B, W] bool: not padding
     ids = input_ids.long()  # [B, W] compared in int64, where no id wraps
-    outside = real & ((ids < 0) | (ids >= vocab_size))
+    read = torch.ones_like(real) if encoder else real  # an encoder embeds every position, its padding too
+    outside = read & ((ids < 0) | (ids >= vocab_size))
     if bool(outside.any()):
         row, col = (int(i) for i in outside.nonzero()[0])
         raise BatchSpecError(
             f"input_ids[{row}, {col}] = {int(ids[row, col])} is outside the vocabulary [0, {vocab_size}) of "
-            "the target and assistant models: the ids must come from the models' own tokenizer."
+            f"{'the encoder' if encoder else 'the target and assistant models'}: the ids must come from the models' "
+            "own tokenizer."
         )
-    if attention_mask is None:
-        check_unmasked_padding(input_ids, pad_token_id, eos_token_id)
-    check_position_ids(position_ids, real)
+    return real
 
 
 # The index dtypes torch's embedding takes (transformers' mask inference reads these as token ids, too).
@@ -227,8 +239,9 @@ def check_cache_memory(target, draft, rows: int, width: int, max_new: int) -> No
             "call needs (rows stop at EOS), or fewer rows at once (max_batch_size with batch_spec='exspec').")
 
 
-def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tensor:  # [B, W] bool
-    """A left-padding mask: each row is zeros, then at least one one. Returns it as booleans."""
+def check_attention_mask(attention_mask, input_ids: torch.Tensor, left_padding: bool = True) -> torch.Tensor:
+    """A 0/1 mask of input_ids' shape with a one in every row; with `left_padding`, each row is zeros, then ones.
+    Returns it as booleans `[B, W]`."""
     if attention_mask is None:
         return torch.ones_like(input_ids, dtype=torch.bool)
     if not isinstance(attention_mask, torch.Tensor):
@@ -249,6 +262,8 @@ def check_attention_mask(attention_mask, input_ids: torch.Tensor) -> torch.Tenso
     if bool(empty.any()):
         raise BatchSpecError(f"Row {int(empty.nonzero()[0])} of attention_mask is all zeros: every prompt needs at "
                              "least one token.")
+    if not left_padding:
+        return mask
     rises = (mask[:, 1:] & ~mask[:, :-1]).sum(-1)  # [B] 0 -> 1 steps
     falls = (~mask[:, 1:] & mask[:, :-1]).sum(-1)  # [B] 1 -> 0 steps
     right = (falls == 1) & (rises == 0) & mask[:, 0]  # ones, then zeros

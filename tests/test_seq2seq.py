@@ -102,13 +102,18 @@ def test_bad_source_ids_refused_before_any_forward(pair):
     target, draft = pair
     ids, mask = S.sources([4, 6])
     with ForwardCount(target, draft, target.get_encoder()) as forwards:
-        for bad, message in ((ids + S.VOCAB, "outside the vocabulary"), (ids.float(), "int64"),
-                             (ids[0], r"\[batch, width\]")):
+        for bad, message in ((ids + S.VOCAB, "outside the vocabulary"), (ids.float(), "integer token ids"),
+                             (ids[0], r"\[batch, length\]")):
             with pytest.raises(BatchSpecError, match=message):
                 target.generate(bad, assistant_model=draft, batch_spec="eqspec", max_new_tokens=4)
         with pytest.raises(BatchSpecError, match="attention_mask"):
             target.generate(ids, attention_mask=mask[:, :2], assistant_model=draft, batch_spec="eqspec",
                             max_new_tokens=4)
+        padded = ids.clone()
+        padded[mask == 0] = S.VOCAB  # the encoder embeds its padding too (a decoder prompt's is never read)
+        assert (mask == 0).any()
+        with pytest.raises(BatchSpecError, match=r"input_ids\[0, 4\] = .* vocabulary .* of the encoder"):
+            target.generate(padded, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=4)
     assert not forwards
 
 

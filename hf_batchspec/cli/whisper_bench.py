@@ -55,10 +55,11 @@ def layer_skip_pair(decoder_layers: int = 12, draft_layers: int = 2, d_model: in
     from transformers import GenerationConfig, WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration
 
     torch.manual_seed(seed)
+    heads = d_model // 64  # Whisper's head width at every size (tiny 384/6 .. large 1280/20)
     vocab = 51865
     eos, sot, en, transcribe, translate, nots = 50257, 50258, 50259, 50359, 50358, 50363
     config = WhisperConfig(vocab_size=vocab, num_mel_bins=80, d_model=d_model, encoder_layers=encoder_layers,
-                           decoder_layers=decoder_layers, encoder_attention_heads=12, decoder_attention_heads=12,
+                           decoder_layers=decoder_layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
                            encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500,
                            max_target_positions=448, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
                            decoder_start_token_id=sot, tie_word_embeddings=False, init_std=0.1,
@@ -196,7 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", help="a Whisper checkpoint (default: the synthetic layer-skip pair)")
     parser.add_argument("--draft", help="its draft: a WhisperForCausalLM or a smaller Whisper checkpoint")
-    parser.add_argument("--d-model", type=int, default=768, help="the synthetic pair's width (a multiple of 12)")
+    parser.add_argument("--d-model", type=int, default=768, help="the synthetic pair's width (a multiple of 64: "
+                        "Whisper's heads are 64 wide)")
     parser.add_argument("--decoder-layers", type=int, default=12, help="the synthetic target's decoder layers")
     parser.add_argument("--num-inputs", type=int, default=16, help="inputs (random log-mel features, 5-30 s)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated; 1 gives transformers' assisted row")
