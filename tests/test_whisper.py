@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import hf_batchspec
 from hf_batchspec import BatchSpecError, UnsupportedModelError
+from hf_batchspec.speculation import CostModel
 from tests import whisper_models as W
 from tests.toolkit import ForwardCount, chi_square_rejects
 
@@ -125,6 +126,27 @@ def test_drafts_are_accepted_and_rows_refill(models):
     assert [trimmed(row) for row in out] == alone(target, features, max_new_tokens=20, language="en")
     assert stats.accepted_tokens.sum() > stats.drafted_tokens.sum() / 2
     assert stats.cache_rows <= 2 + 1  # two slots and a staging row, however many inputs wait
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder_decoder"])
+def test_admissions_while_drafting_is_off_write_the_drafts_store_when_it_resumes(models, kind):
+    """Off at first (a draft step costs 0.8 plain steps: no k pays at the prior's acceptance), inputs admitted
+    into freed slots skip the draft's prefill and its cross-attention store; a probe finds the drafts right,
+    drafting resumes, and each such row's store is written from its own input's encoder output before the draft's
+    first forward over it. The draft here is the target's whole decoder, so with the right store every draft is
+    the target's own token (another input's store, or none, would not be); every row equals Whisper alone."""
+    target = models["target"]
+    whole = W.target().config.decoder_layers
+    draft = W.decoder_draft(target, whole) if kind == "decoder" else W.encoder_decoder_draft(target, whole)
+    cost = CostModel(target_call=1.0, target_token=0.0, draft_call=0.8, draft_token=0.0)
+    features = W.features(6, seed=4)
+    out = target.generate(features, assistant_model=draft, batch_spec="exspec", max_batch_size=2, max_new_tokens=24,
+                          language="en", speculation=cost)
+    stats = target.batch_spec_stats
+    assert [trimmed(row) for row in out] == alone(target, features, max_new_tokens=24, language="en")
+    assert stats.draft_prefill_calls < stats.target_prefill_calls  # admitted while off: no prefill, no store
+    assert stats.draft_widths[0] == 0 and max(stats.draft_widths) > 1  # off, then on after a probe
+    assert stats.accepted_tokens.sum() == stats.drafted_tokens.sum() > 0
 
 
 @pytest.mark.parametrize("draft", ["decoder", "encoder_decoder"])

@@ -26,8 +26,10 @@ class ModelDrafter(Drafter):
         self.options = options
         self.runner = ModelRunner(model, slots, cache_len, compile_config, options.static, staging,
                                   encoder=options.encoder)
-        # a row admitted without a forward would have no cross-attention store: encoder-decoder drafts prefill
-        self.defers = options.encoder is None
+        # [R] cache rows admitted without a forward whose cross-attention store is not written yet (a draft that
+        # reads an encoder output); it moves with the rows, and the first `propose` over them writes it
+        self._unprojected = (np.zeros(self.cache.cross.rows, dtype=bool) if self.runner.seq2seq is not None
+                             else None)
         # A greedy draft without a confidence threshold decides nothing on the host between its steps, so the
         # decoder compiles its k steps into the round's program (`greedy_steps` inside `device_round`): one call
         # (one CUDA graph) per round, the steps' masks, gathers and argmaxes inside it.
@@ -54,8 +56,22 @@ class ModelDrafter(Drafter):
         """Admit prompts into cache rows `slots` without a forward: their rows hold nothing yet, so the next
         draft step runs every token of them (the catch-up of `_first_step`). Worth it while drafting is off
         (`speculation="auto"`): a prefill the draft may never use is not paid, and if drafting resumes the
-        catch-up costs about what the prefill would have. Eager only: a compiled first step has a few widths."""
+        catch-up costs about what the prefill would have. A draft that reads an encoder output also leaves its
+        rows' cross-attention keys and values (one projection of every encoder frame per layer, for Whisper
+        costlier than the prefill) until it drafts for them. Eager only: a compiled first step has a few widths."""
         self.cache.set_lengths(np.zeros(len(slots), dtype=np.int64), rows=slots)
+        if self._unprojected is not None:
+            self._unprojected[slots] = True
+
+    def _project_deferred(self, rows: ActiveRows) -> None:
+        """The cross-attention store of deferred rows, before the draft's first forward over them (each row's
+        from its own input's encoder output; an idle row's is never read as live)."""
+        if self._unprojected is None or not self._unprojected.any():
+            return
+        slots = np.flatnonzero(self._unprojected[: len(rows)] & rows.live_h)
+        if len(slots):
+            self.runner.seq2seq.admit(rows.ids_h[slots], torch.as_tensor(slots, device=self.runner.device))
+            self._unprojected[slots] = False
 
     def _missing(self, rows: ActiveRows) -> np.ndarray:  # [B] committed tokens the draft has not run (>= 1)
         return rows.lengths_h - self.cache.lengths
@@ -95,6 +111,7 @@ class ModelDrafter(Drafter):
         columns when every row stopped early). `tokens` [N+1, T] is the loop's token buffer."""
         device = tokens.device
         threshold = self.options.confidence_threshold
+        self._project_deferred(rows)
         top = self.cache.top_slot(rows.lengths_h)
         step_input, positions, kv_len, keep, pick, start = self._first_step(rows, tokens)
         pending = None if self.options.static else common_start(rows.lengths_h - 1)  # every row's pending position
@@ -134,9 +151,14 @@ class ModelDrafter(Drafter):
 
     def select_rows(self, index: torch.Tensor) -> None:
         self.cache.select_rows(index)
+        if self._unprojected is not None:  # (a host read when rows leave, and only while some wait for a store)
+            self._unprojected = (self._unprojected[index.cpu().numpy()] if self._unprojected.any()
+                                 else np.zeros(len(index), dtype=bool))
 
     def copy_rows(self, sources: np.ndarray, targets: np.ndarray) -> None:  # [n], [n] cache rows (host)
         self.cache.copy_rows(sources, targets)
+        if self._unprojected is not None:
+            self._unprojected[targets] = self._unprojected[sources]
 
     def left_align(self, offsets: np.ndarray) -> None:
         self.cache.left_align(offsets)
