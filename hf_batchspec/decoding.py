@@ -23,7 +23,8 @@ import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
 from .compat import static_compile_settings
-from .device_round import InFlight, LaggedRead, device_round, kept_and_finished, verify_greedy, verify_input
+from .device_round import (InFlight, LaggedRead, RoundRead, device_round, kept_and_finished, verify_greedy,
+                           verify_input)
 from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs
 from .masks import common_start, packed_positions
 from .outputs import ScoreRecorder
@@ -200,14 +201,14 @@ class _Decoder:
                 break
             free = self._round() if self._device_round is None else self._lagged_round()
         self._drain()  # a last round launched before the host saw every row finish: all its rows were idle
-        new_tokens = self.stats.new_tokens.copy()
+        new_tokens = self.rows.generated_by_id[:-1].copy()  # [N] the output's row lengths, from the row state
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
         return DecodeResult(self.tokens[:-1], self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
                             **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
-        rows, stats = self.rows, self.stats
+        rows = self.rows
         if self.clock is not None:
             self.clock.start()
         if self.settings.realign_every_round:
@@ -217,33 +218,52 @@ class _Decoder:
         if k_round == 0 and self._plain_runs:
             return self._plain_run()
         budget = to_device(budget_h, self.device)
-        offered_h = budget_h  # what the round asked of the drafter (a lookup row without a match drafts less)
+        live = rows.live_h
         accepted, candidates, count, finished, budget, forwards = self._draft_and_verify(k_round, budget)
         # The round's one host sync: counts decide budgets, cache lengths and which rows leave.
-        acc_h, count_h, fin_h, budget_h = to_host(torch.stack((accepted, count, finished.long(), budget)))
-        live = rows.live_h
+        acc_h, count_h, fin_h, cut_h = to_host(torch.stack((accepted, count, finished.long(), budget)))
         if self.on_tokens is not None:  # a second transfer, only when streaming
             self._stream(rows.ids_h[live], to_host(candidates)[live], count_h[live])
-        kept_drafts = np.minimum(acc_h, count_h)  # accepted drafts a stop did not cut off
-        stats.add_round(rows.ids_h[live], budget_h[live], kept_drafts[live], count_h[live], self._waiting(),
-                        len(rows), width=k_round)
-        stats.draft_forward_calls += forwards
-        old_lengths = rows.lengths_h
+        # the acceptance counts against what was offered: a row the drafter had nothing for (prompt lookup without
+        # a match) yields no draft token, and counting it as not having drafted would price lookup as if every
+        # row matched
+        read = RoundRead(acc_h, count_h, fin_h.astype(bool), cut_h, live, budget_h, k_round, len(rows), planned,
+                         self._waiting(), forwards, self.clock.stop if self._measures(k_round, backlog) else None)
+        return self._conclude(read, count)
+
+    def _conclude(self, read: RoundRead, count: torch.Tensor | None = None) -> np.ndarray:  # [B] rows finished
+        """What the host does with a round it has read, whichever form ran it: statistics, the acceptance
+        estimates, the host copies of the row state (and the device's, `count` [B], when the round did not commit
+        on the device), the heuristic schedule, the caches' lengths (rejected slots simply lie beyond them: the
+        target keeps the pending token and the accepted drafts, the drafter what it ran that was accepted) and the
+        measured round cost."""
+        rows, stats, live = self.rows, self.stats, read.live
+        kept_drafts = np.minimum(read.accepted, read.count)  # accepted drafts a stop did not cut off
+        if read.waiting:  # slots idle while prompts waited (a row finished, refilled a round late)
+            stats.idle_slot_rounds += int((~live[: self.capacity]).sum())
+        if live.any():
+            stats.add_round(rows.ids_h[live], read.budget[live], kept_drafts[live], read.count[live], read.waiting,
+                            read.forward_rows, width=read.width)
+        else:
+            stats.lagged_idle_rounds += 1
+        stats.draft_forward_calls += read.forwards
         if self.control is not None:
-            # against what was offered: a row the drafter had nothing for (prompt lookup without a match) yields
-            # no draft token, and counting it as not having drafted would price lookup as if every row matched
             rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
-                                                                         offered_h)
-        rows.advance(count_h, count)
-        rows.adapt(acc_h, planned, self.settings.schedule, self.k_cap)
+                                                                         read.offered)
+        old_lengths = rows.lengths_h
+        if count is None:  # the program advanced the device's row state itself
+            rows.absorb(read.count, read.finished)
+        else:
+            rows.advance(read.count, count)
+        rows.adapt(read.accepted, read.planned, self.settings.schedule, self.k_cap)
+        if self._device_round is not None and self.settings.schedule != "constant":
+            rows.set_caps()  # the program's input
         self.last_draft_lengths = rows.draft_len_h
-        # Rollback by length: the target keeps pending + accepted drafts; the drafter keeps what it ran that
-        # was accepted. Rejected slots are simply beyond the new lengths.
         self.target.cache.set_lengths(rows.lengths_h - 1)
-        self.drafter.rollback(rows.lengths_h, old_lengths, forwards)
-        if self._measures(k_round, backlog):  # what a round of this width costs here, for the next decisions
-            self.settings.cost_model.observe(len(rows), k_round, self.clock.stop())
-        return fin_h.astype(bool)
+        self.drafter.rollback(rows.lengths_h, old_lengths, read.forwards)
+        if read.seconds is not None:  # what a round of this width costs here, for the next decisions
+            self.settings.cost_model.observe(read.forward_rows, read.width, read.seconds())
+        return read.finished
 
     def _plain_run(self) -> np.ndarray:  # [B] rows that finished
         """Plain steps (k = 0) back to back while `speculation="auto"` keeps drafting off: this round and those
@@ -344,7 +364,6 @@ class _Decoder:
                                       clock=LaunchClock(self.reader.cuda) if self._measures(k, backlog) else None)
         self.drafter.runner.cache.end()
         self.target.cache.end()
-        self.stats.draft_forward_calls += max(k, 1)
         if not self.reader.lagged:  # the device has run the round already (a CPU): read it now
             return self._absorb(launched)
         self._inflight = launched
@@ -357,35 +376,11 @@ class _Decoder:
             (self.settings.max_new_tokens - rows.generated_h[rows.live_h] <= flight.width + 1).all())
 
     def _absorb(self, flight: InFlight) -> np.ndarray:  # [B] rows that finished in that round
-        """A device round's snapshot, read: statistics, the host copies of the row state, the caches' host
-        lengths, the heuristic schedule and `speculation="auto"` follow it. Rows placed after its launch were idle
-        in it (count 0), so their host state stands."""
-        rows, stats = self.rows, self.stats
-        snap = self.reader.read(flight)
-        live, count, finished = snap["live"].astype(bool), snap["count"], snap["finished"].astype(bool)
-        kept_drafts = np.minimum(snap["accepted"], count)
-        if flight.waiting:  # slots idle for the lag while prompts waited (finished, refilled a round late)
-            stats.idle_slot_rounds += int((~live[: self.capacity]).sum())
-        if live.any():
-            stats.fused_rounds += 1
-            stats.add_round(rows.ids_h[live], snap["budget"][live], kept_drafts[live], count[live], flight.waiting,
-                            flight.forward_rows, width=flight.width)
-        else:
-            stats.lagged_idle_rounds += 1
-        if self.control is not None:
-            rows.hits_h, rows.trials_h = self.control.acceptance.observe(rows.hits_h, rows.trials_h, kept_drafts,
-                                                                         snap["budget"])
-        old_lengths = rows.lengths_h
-        rows.absorb(count, finished)
-        if self.settings.schedule != "constant":
-            rows.adapt(snap["accepted"], flight.planned, self.settings.schedule, self.k_cap)
-            rows.set_caps()
-        self.last_draft_lengths = rows.draft_len_h
-        self.target.cache.set_lengths(rows.lengths_h - 1)
-        self.drafter.rollback(rows.lengths_h, old_lengths, max(flight.width, 1))
-        if flight.clock is not None and live.any():
-            self.settings.cost_model.observe(flight.forward_rows, flight.width, flight.clock.seconds())
-        return finished
+        """A device round's snapshot, read (`_conclude`). Rows placed after its launch were idle in it (count 0),
+        so their host state stands."""
+        read = self.reader.read(flight)
+        self.stats.fused_rounds += bool(read.live.any())
+        return self._conclude(read)
 
     def _drain(self) -> np.ndarray:  # [B] rows that finished in the round in flight (none when none is)
         flight, self._inflight = self._inflight, None

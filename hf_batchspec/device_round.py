@@ -26,6 +26,7 @@ a stop id (`BatchSpecStats.lagged_idle_rounds`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,25 @@ def kept_and_finished(
 
 
 @dataclass
+class RoundRead:
+    """A round as the host reads it, whichever form ran it (`_Decoder._conclude` acts on it): its snapshot by row,
+    and what the host knew when it launched."""
+
+    accepted: np.ndarray  # [B] drafts accepted
+    count: np.ndarray  # [B] tokens kept (accepted drafts and the target's token, cut at a stop; idle rows 0)
+    finished: np.ndarray  # [B] bool: rows that ended in the round
+    budget: np.ndarray  # [B] drafts each row offered (as the drafter cut them)
+    live: np.ndarray  # [B] bool: rows decoding at launch
+    offered: np.ndarray  # [B] drafts the round asked of each row (the acceptance estimate's trials)
+    width: int  # the round's k (its program's, compiled)
+    forward_rows: int  # rows the forwards covered
+    planned: np.ndarray  # [B] each row's k at launch (the heuristic schedule learns from it)
+    waiting: int  # prompts waiting for a slot at launch
+    forwards: int  # draft forwards the round ran
+    seconds: Callable[[], float] | None = None  # the round's measured wall time, when round costs are measured
+
+
+@dataclass
 class InFlight:
     """A launched round whose snapshot the host has not read yet."""
 
@@ -185,8 +205,13 @@ class LaggedRead:
         return InFlight(snapshot, event, width, forward_rows, planned, waiting, clock)
 
     @staticmethod
-    def read(flight: InFlight) -> dict:
-        """The snapshot's fields `[B]` by name (waiting for the copy on CUDA)."""
+    def read(flight: InFlight) -> RoundRead:
+        """The round's snapshot (waiting for the copy on CUDA)."""
         if flight.event is not None:
             flight.event.synchronize()
-        return dict(zip(SNAPSHOT_FIELDS, flight.snapshot.numpy()))
+        snap = dict(zip(SNAPSHOT_FIELDS, flight.snapshot.numpy()))
+        live = snap["live"].astype(bool)
+        timed = flight.clock is not None and live.any()  # a round of idle rows measures nothing
+        return RoundRead(snap["accepted"], snap["count"], snap["finished"].astype(bool), snap["budget"], live,
+                         snap["budget"], flight.width, flight.forward_rows, flight.planned, flight.waiting,
+                         max(flight.width, 1), flight.clock.seconds if timed else None)

@@ -84,6 +84,10 @@ class ActiveRows:
         self.live = torch.zeros(slots, dtype=torch.bool, device=device)
         self.lag = torch.ones(slots, dtype=torch.long, device=device)
         self.caps = torch.zeros(slots, dtype=torch.long, device=device)
+        # [N + 1] tokens generated per prompt (the output's row lengths; the scratch row's entry is never read): a
+        # row's entry follows its slot while it decodes and stays when it leaves. Every prompt's first token is
+        # committed at admission, so 1 is right for one that ends there without ever taking a slot.
+        self.generated_by_id = np.ones(scratch_id + 1, dtype=np.int64)
         # An empty slot is an idle row at position 0 with one committed (scratch) token, so that a forward
         # over every slot has valid positions before the slot is ever filled.
         self.idle(np.arange(slots))
@@ -104,6 +108,7 @@ class ActiveRows:
         self.hits_h[slots] = self.trials_h[slots] = 0.0
         self._set(slots, dict(ids=ids, lengths=lengths, generated=generated, limits=limits), live=True,
                   caps=draft_len)
+        self.generated_by_id[ids] = generated
 
     def idle(self, slots: np.ndarray) -> None:
         """Slots that stay in the forward without a prompt: they draft and commit nothing; their queries write
@@ -147,12 +152,14 @@ class ActiveRows:
         self.lengths_h = self.lengths_h + count_h
         self.generated_h = self.generated_h + count_h
         self.live_h = self.live_h & ~finished_h.astype(bool)
+        self.generated_by_id[self.ids_h] = self.generated_h
 
     def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:
         self.lengths_h = self.lengths_h + count_h
         self.generated_h = self.generated_h + count_h
         self.lengths = self.lengths + count
         self.generated = self.generated + count
+        self.generated_by_id[self.ids_h] = self.generated_h
 
     def keep(self, keep: np.ndarray) -> torch.Tensor:
         """Keep only slots `keep` (in order); returns them as a device index for the caches."""

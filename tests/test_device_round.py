@@ -210,3 +210,21 @@ def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged):
         expected = plain_greedy(target, prompt, 16, tuple(eos))
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
+
+
+def test_output_lengths_follow_the_row_state_through_slots():
+    """`ActiveRows.generated_by_id`, the output's row lengths (not a statistics counter): a prompt's count follows
+    its slot while it decodes, whether the host committed a round (`advance`) or the device did (`absorb`), and
+    stays when its slot idles, takes another prompt or leaves the batch; a prompt that ended on its first token
+    without ever taking a slot counts that token."""
+    rows = ActiveRows(2, "cpu", scratch_id=5)
+    ones = np.ones(2, dtype=np.int64)
+    rows.place(np.array([0, 1]), np.array([3, 1]), np.array([4, 6]), ones, np.array([20, 20]), 2)
+    rows.advance(np.array([2, 1]), torch.tensor([2, 1]))
+    rows.absorb(np.array([1, 0]), np.array([True, False]))  # prompt 3 ends
+    rows.idle(np.array([0]))
+    rows.place(np.array([0]), np.array([4]), np.array([3]), ones[:1], np.array([20]), 2)
+    rows.advance(np.array([3, 2]), torch.tensor([3, 2]))
+    rows.keep(np.array([0]))  # prompt 1's slot leaves
+    rows.advance(np.array([1]), torch.tensor([1]))
+    assert rows.generated_by_id[:5].tolist() == [1, 4, 1, 4, 5]

@@ -129,12 +129,12 @@ def run(args) -> list[WhisperResult]:
     dtype = DTYPES[args.dtype]
     target, draft = load_pair(args.target, args.draft, dtype, args.device, args.d_model, args.decoder_layers)
     enable(target)
-    features, seconds = random_features(target, args.num_inputs, 0, dtype, args.device)
+    features, seconds_of_audio = random_features(target, args.num_inputs, 0, dtype, args.device)
     eos = target.generation_config.eos_token_id
     common = dict(max_new_tokens=args.max_new_tokens, language="en", task="transcribe")
 
-    def timed(method, batch, call, per_input: bool):
-        best, stats = None, []
+    def once(batch, call, per_input: bool):  # (rows trimmed at EOS, seconds, our calls' statistics)
+        stats = []
 
         def generate(f):
             target.batch_spec_stats = None
@@ -143,44 +143,48 @@ def run(args) -> list[WhisperResult]:
                 stats.append(target.batch_spec_stats)
             return out
 
-        for _ in range(args.repeats):
-            stats.clear()
-            start = time.perf_counter()
-            if per_input:
-                rows = [trimmed(generate(features[i:i + 1])[0], eos) for i in range(len(features))]
-            else:
-                rows = [trimmed(row, eos) for chunk in range(0, len(features), batch)
-                        for row in generate(features[chunk:chunk + batch])]
-            elapsed = time.perf_counter() - start
-            best = elapsed if best is None else min(best, elapsed)
+        start = time.perf_counter()
+        if per_input:
+            rows = [trimmed(generate(features[i:i + 1])[0], eos) for i in range(len(features))]
+        else:
+            rows = [trimmed(row, eos) for chunk in range(0, len(features), batch)
+                    for row in generate(features[chunk:chunk + batch])]
+        return rows, time.perf_counter() - start, stats
+
+    plans = [("hf-greedy", 1, lambda f: target.generate(f, **common))]
+    for batch in args.batch_sizes:
+        if batch == 1:
+            plans.append(("hf-assisted", 1, lambda f: target.generate(f, assistant_model=draft, **common)))
+            continue
+        plans += [
+            ("hf-greedy", batch, lambda f: target.generate(f, **common)),
+            ("exspec", batch, lambda f: target.generate(f, assistant_model=draft, batch_spec="exspec",
+                                                        num_assistant_tokens=args.k, speculation="always",
+                                                        **common)),
+            ("exspec-default", batch, lambda f: target.generate(f, assistant_model=draft, **common)),
+        ]
+        if args.compile:  # both models' decode forwards compiled (the best of the repeats: the first compiles)
+            plans.append(("hf-greedy-compiled", batch, lambda f: target.generate(
+                f, cache_implementation="static", compile_config=CompileConfig(), **common)))
+            plans.append(("exspec-compiled", batch, lambda f: target.generate(
+                f, assistant_model=draft, batch_spec="exspec", num_assistant_tokens=args.k, speculation="always",
+                compile_config=CompileConfig(), **common)))
+    # Repeats go round the methods (A B C, A B C, ...), not method by method: this machine's speed drifts over
+    # minutes, and a method's best run should come from the same spells as the others'.
+    best = [None] * len(plans)
+    for _ in range(args.repeats):
+        for i, (method, batch, call) in enumerate(plans):
+            rows, seconds, stats = once(batch, call, batch == 1)
+            if best[i] is None or seconds < best[i][1]:
+                best[i] = (rows, seconds, stats)
+    reference = best[0][0]  # Whisper's greedy of each input alone
+    results = []
+    for (method, batch, _), (rows, seconds, stats) in zip(plans, best):
         row_rounds = sum(int(s.row_rounds.sum()) for s in stats)
         per_round = (sum(s.tokens_per_round * s.row_rounds.sum() for s in stats) / row_rounds) if row_rounds else None
-        return rows, WhisperResult(method, batch, best, sum(len(r) for r in rows), sum(seconds), 0, len(rows),
-                                   per_round)
-
-    reference, base = timed("hf-greedy", 1, lambda f: target.generate(f, **common), True)
-    results = [base]
-    for batch in args.batch_sizes:
-        plans = [("hf-greedy", lambda f: target.generate(f, **common))]
-        if batch == 1:
-            plans = [("hf-assisted", lambda f: target.generate(f, assistant_model=draft, **common))]
-        else:
-            plans += [
-                ("exspec", lambda f: target.generate(f, assistant_model=draft, batch_spec="exspec",
-                                                     num_assistant_tokens=args.k, speculation="always", **common)),
-                ("exspec-default", lambda f: target.generate(f, assistant_model=draft, **common)),
-            ]
-            if args.compile:  # both models' decode forwards compiled (the best of the repeats: the first compiles)
-                plans.append(("hf-greedy-compiled", lambda f: target.generate(
-                    f, cache_implementation="static", compile_config=CompileConfig(), **common)))
-                plans.append(("exspec-compiled", lambda f: target.generate(
-                    f, assistant_model=draft, batch_spec="exspec", num_assistant_tokens=args.k, speculation="always",
-                    compile_config=CompileConfig(), **common)))
-        for method, call in plans:
-            rows, result = timed(method, batch, call, batch == 1)
-            result.exact_rows = sum(row == ref for row, ref in zip(rows, reference))
-            results.append(result)
-    base.exact_rows = base.rows
+        exact = sum(row == ref for row, ref in zip(rows, reference))
+        results.append(WhisperResult(method, batch, seconds, sum(len(r) for r in rows), sum(seconds_of_audio),
+                                     exact, len(rows), per_round))
     return results
 
 
