@@ -261,8 +261,9 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
         if value is not None and value is not False:
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
-    if not whisper:
-        return check_streamer(streamer, features, kwargs, config, long_form=False)  # ids: validation.check_token_ids
+    if not whisper:  # a text encoder's ids are checked with a decoder's (`validation.check_token_ids`)
+        check_streamer(streamer, features, kwargs, config, long_form=False)
+        return
     if not isinstance(features, torch.Tensor):
         raise BatchSpecError(f"input_features must be a tensor [batch, {model.config.num_mel_bins}, frames] of log-mel "
                              f"features (a WhisperProcessor's output); got {type(features).__name__}.")

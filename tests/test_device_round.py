@@ -211,7 +211,6 @@ def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged):
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
 
-
 def test_output_lengths_follow_the_row_state_through_slots():
     """`ActiveRows.generated_by_id`, the output's row lengths (not a statistics counter): a prompt's count follows
     its slot while it decodes, whether the host committed a round (`advance`) or the device did (`absorb`), and

@@ -136,7 +136,7 @@ def test_admissions_while_drafting_is_off_write_the_drafts_store_when_it_resumes
     first forward over it. The draft here is the target's whole decoder, so with the right store every draft is
     the target's own token (another input's store, or none, would not be); every row equals Whisper alone."""
     target = models["target"]
-    whole = W.target().config.decoder_layers
+    whole = target.config.decoder_layers
     draft = W.decoder_draft(target, whole) if kind == "decoder" else W.encoder_decoder_draft(target, whole)
     cost = CostModel(target_call=1.0, target_token=0.0, draft_call=0.8, draft_token=0.0)
     features = W.features(6, seed=4)
