@@ -16,6 +16,7 @@ late: the host launches round t+1 before it waits for round t's (`_lagged_round`
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ from .masks import common_start, packed_positions
 from .outputs import ScoreRecorder
 from .processors import Prefixes, ScoreProcessing, probabilities
 from .stopping import stop_matrix
-from .runner import ModelRunner, rows_dynamic, warmed_lengths
+from .runner import ModelRunner, ran_widths, rows_dynamic, warmed_lengths
 from .scheduling import ActiveRows, PromptQueue, to_device, to_host
 from .profiling import LaunchClock, RoundClock
 from .speculation import CostModel, MeasuredCosts, SpeculationControl
@@ -168,6 +169,8 @@ class _Decoder:
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         self._verify_greedy = self._device_round = None
+        self._ran: set[int] = set()  # draft widths whose fused program has run (for this target and these shapes)
+        self._unran: list[int] = []  # widths to compile before the first round (`_compile_widths`)
         # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
@@ -181,6 +184,9 @@ class _Decoder:
             self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
+            self._ran = ran_widths(target, self._program_key(source, cache_len, settings.compile_config))
+            if self.control is not None:  # the widths it may choose, compiled before the first round
+                self._unran = [w for w in (0, *map(int, self.k_buckets)) if w not in self._ran]
         self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
         # drafting off runs its plain steps back to back (`_plain_run`): eager greedy, with nothing that needs the
         # host between two steps (processors, criteria, streaming, recorded scores, a drafter that reads the verify)
@@ -199,6 +205,8 @@ class _Decoder:
                 free[:] = False
             if not self.rows.live_h.any():
                 break
+            if self._unran:
+                self._compile_widths()
             free = self._round() if self._device_round is None else self._lagged_round()
         self._drain()  # a last round launched before the host saw every row finish: all its rows were idle
         new_tokens = self.rows.generated_by_id[:-1].copy()  # [N] the output's row lengths, from the row state
@@ -356,18 +364,61 @@ class _Decoder:
         budget_h, planned, backlog = self._plan()
         offer = int(budget_h.max(initial=0))
         k = self._program_width(offer)
-        inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
-        rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
-        launched = self.reader.launch(self._device_round, self.drafter.runner, self.target, k, *inputs,
-                                      self._offers[offer], self._fused_stop_ids, self._max_new,
+        launched = self.reader.launch(self._device_round, *self._round_args(k, offer),
                                       width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
                                       clock=LaunchClock(self.reader.cuda) if self._measures(k, backlog) else None)
-        self.drafter.runner.cache.end()
-        self.target.cache.end()
+        self._forwards_ended(k)
         if not self.reader.lagged:  # the device has run the round already (a CPU): read it now
             return self._absorb(launched)
         self._inflight = launched
         return np.zeros(len(rows), dtype=bool) if flight is None else self._absorb(flight)
+
+    def _round_args(self, k: int, offer: int) -> tuple:
+        """`device_round`'s arguments for a round of width k whose rows are asked for `offer` drafts each."""
+        rows = self.rows
+        inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
+        rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
+        return (self.drafter.runner, self.target, k, *inputs, self._offers[offer], self._fused_stop_ids,
+                self._max_new)
+
+    def _verify_args(self, drafts: torch.Tensor, budget: torch.Tensor) -> tuple:  # [B, k], [B]
+        """`verify_greedy`'s arguments for these drafts, each row offering `budget` of them."""
+        rows = self.rows
+        inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
+        rows_dynamic(*inputs, self.target)  # one graph for every row bucket and call
+        return (self.target, *inputs, self._fused_stop_ids, self._max_new)
+
+    def _forwards_ended(self, k: int) -> None:
+        """After a fused program of width k: its forwards' plans are dropped (`RaggedCache.end`), and the width is
+        known to have run."""
+        if self._device_round is not None:
+            self.drafter.runner.cache.end()
+        self.target.cache.end()
+        self._ran.add(k)
+
+    def _compile_widths(self) -> None:
+        """Run the fused program of every draft width `speculation="auto"` may choose and none has run yet, once,
+        with every row idle, before the call's first round: a round of idle rows commits nothing (its counts are 0
+        and its writes lie beyond every row's length), so the call's output is unchanged.
+
+        Why: each width is a program of its own, compiled the first time it runs, and auto chooses widths as it
+        measures and probes, so a width first chosen late in a call, or in a later call, compiled there: measured
+        on CPU, three calls at batch 64 compiled 2, 0 and 3 programs, and the call that chose new widths took 40.8 s
+        where it took 8.3 s warm (docs/results.md). Now the first call compiles them all, as transformers' first
+        compiled call compiles its step, and later calls with these shapes compile nothing (`runner.ran_widths`).
+        """
+        rows, widths, self._unran = self.rows, self._unran, []
+        live = rows.live.clone()
+        rows.live.zero_()  # in place: a compiled program's inputs keep their addresses
+        for k in widths:
+            if self._device_round is not None:
+                self._device_round(*self._round_args(k, 0))
+            else:
+                drafts = torch.zeros((len(rows), k), dtype=torch.long, device=self.device)
+                self._verify_greedy(*self._verify_args(drafts, torch.zeros_like(rows.lengths)))
+            self._forwards_ended(k)
+        rows.live.copy_(live)
+        self.stats.widths_compiled_ahead = tuple(widths)
 
     def _may_end_all(self, flight: InFlight) -> bool:
         """Whether the round in flight can finish every live row by its budget, with nothing waiting."""
@@ -400,11 +451,9 @@ class _Decoder:
         if self.static:  # the verify's width from a few buckets; drafts past a row's budget are padding
             drafts, draft_probs = pad_drafts(drafts, draft_probs, self.k_buckets)
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
-            inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
-            rows_dynamic(*inputs, self.target)  # one graph for every row bucket and call
-            accepted, candidates, count, finished = self._verify_greedy(  # read outside: the buffer's shape varies
-                self.target, *inputs, self._fused_stop_ids, self._max_new)
-            self.target.cache.end()
+            # the candidates are written outside: the token buffer's shape varies
+            accepted, candidates, count, finished = self._verify_greedy(*self._verify_args(drafts, budget))
+            self._forwards_ended(drafts.shape[1])
             self._write(candidates)
             self.stats.fused_rounds += 1
         else:
@@ -496,6 +545,18 @@ class _Decoder:
         if not self.settings.criteria:
             return None
         return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, width)
+
+    def _program_key(self, source: DraftSource, cache_len: int, compile_config) -> tuple:
+        """What a fused program's graphs are specific to besides the target and its width: the program, the draft
+        (an early exit's view is built anew each call: its layer count), one row or more (dynamo specialises a
+        single row), the caches' and token buffer's lengths, the stop ids' padded size and the compile settings."""
+        if source.kind == "early-exit":
+            draft = source.model.config.num_hidden_layers
+        else:
+            draft = None if source.model is None else weakref.ref(source.model)
+        settings = repr(sorted(compile_config.to_dict().items()))
+        return ("round" if self._device_round is not None else "verify", source.kind, draft, len(self.rows) > 1,
+                cache_len, self.tokens.shape[1], len(self._fused_stop_ids), settings)
 
     # -- admission and departure -----------------------------------------------------------------------------
     def _waiting(self) -> int:  # prompts not yet in a slot: queued, or prefilled into a staging row

@@ -51,6 +51,18 @@ def add_warmed_length(model: torch.nn.Module, length: int) -> None:
     _WARMED_LENGTHS.setdefault(_base(model), set()).add(int(length))
 
 
+# Draft widths whose fused round program has run, by target model (weakly) and by what else the program's graphs
+# are specific to (`decoding._Decoder._program_key`): `_Decoder._compile_widths` runs the others before a call's
+# first round, with every row idle.
+_RAN_WIDTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ran_widths(model: torch.nn.Module, key: tuple) -> set[int]:
+    """The draft widths whose program has run for this target in the shapes `key` names (the set itself: a caller
+    adds the widths it runs)."""
+    return _RAN_WIDTHS.setdefault(_base(model), {}).setdefault(key, set())
+
+
 def rows_dynamic(*values) -> None:
     """Let a compiled program take any number of rows (2 or more) in one graph, within a call and across calls:
     dim 0 of these tensors is marked dynamic, and for a `ModelRunner` dim 0 of its cache's keys and values.

@@ -36,6 +36,9 @@ class BatchSpecStats:
     # slot stayed idle while prompts waited, and rounds launched when no row was left (every row had stopped)
     idle_slot_rounds: int = 0
     lagged_idle_rounds: int = 0
+    # draft widths whose fused program this call ran once with every row idle before its first round, so that
+    # speculation="auto" compiles each width in the first call (see `_Decoder._compile_widths`)
+    widths_compiled_ahead: tuple = ()
     cache_rows: int = 0  # rows (slots) of each model's cache
     cache_slots_per_row: int = 0  # positions each cache row holds
     active_rows: list = field(default_factory=list)  # rows in the batch at each verify round

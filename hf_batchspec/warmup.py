@@ -11,7 +11,9 @@ What a compiled call's graphs depend on, and how warm-up covers it:
 - the draft length k: a program per verify width, so warm-up runs one call per width the call's settings can reach
   (`draft_buckets`: k alone for a constant k with `speculation="always"`; powers of two below the cap and rounds
   of no draft where the length varies: `speculation="auto"` (the default), a heuristic schedule, a
-  confidence threshold).
+  confidence threshold). A call with `speculation="auto"` compiles its fused round programs of every width
+  itself, before its first round (`_Decoder._compile_widths`): warm-up's first call (a round of no draft) does so
+  for the fused programs, and its calls per width cover the rest (per-forward graphs, the other schedules).
 
 Each warm call decodes 2 new tokens per prompt: one round, which runs the round's program whatever the budgets
 (a constant k verifies k drafts even where no row drafts; see `_Decoder._round`). Warm calls use a constant k

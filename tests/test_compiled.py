@@ -144,6 +144,42 @@ def test_compiled_auto_equals_plain_greedy(compiled_pair, data):
         assert out.sequences[row, ids.shape[1]:ids.shape[1] + len(expected)].tolist() == expected, f"row {row}"
 
 
+@pytest.mark.parametrize("source", [dict(), dict(prompt_lookup_num_tokens=3)], ids=["draft_model", "lookup"])
+def test_compiled_auto_compiles_every_width_in_its_first_call(compiled_pair, source):
+    """`speculation="auto"` chooses each round's draft width as it goes, and each width is a program of its own:
+    the first compiled call compiles all of them (run once with every row idle, before its first round), so that a
+    later call choosing other widths compiles nothing. Before, a width compiled in the call that first chose it
+    (docs/results.md: 40.8 s for a call at batch 64 that runs in 8.3 s warm). The first call's drafting never pays
+    (rounds of k = 0 and 1-draft probes); the second's always does (k = 3 rounds, narrower at the tail).
+
+    Dynamo's `eager` backend: the graphs counted are dynamo's whatever the backend (which only turns each into
+    code), so the test keeps its meaning at a fraction of inductor's compile time, and dynamo keeps graphs per
+    backend, so no other test's calls have run these."""
+    target, draft = compiled_pair
+    draft = None if source else draft
+    settings = dict(COMPILED, compile_config=CompileConfig(backend="eager", mode=None), **source)
+    if source:
+        del settings["num_assistant_tokens"]
+    never = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=5.0, draft_token=0.0)
+    always = hf_batchspec.CostModel(target_call=1.0, target_token=0.0, draft_call=0.0, draft_token=0.0)
+    prompts = [[5, 6, 7, 5, 6, 7], [9] * 6, [3, 4], [8, 8], [11, 12, 11, 12]]  # lookup finds n-grams in these
+    ids, mask = left_pad(prompts, 0)
+    calls = []
+    for cost in (never, always):
+        before = unique_graphs()
+        out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
+                              eos_token_id=None, pad_token_id=0, return_dict_in_generate=True,
+                              **{**settings, "speculation": cost})
+        calls.append((unique_graphs() - before, out.spec_stats))
+        for row, prompt in enumerate(prompts):
+            assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 20, None), f"row {row}"
+    (first, slow), (second, fast) = calls
+    assert set(slow.draft_widths) <= {0, 1} and 3 in fast.draft_widths
+    assert second == 0, "a width the first call did not choose compiled in the second"
+    assert set(slow.widths_compiled_ahead) == {0, 1, 2, 3} and first > 0
+    assert fast.widths_compiled_ahead == ()
+
+
 # GPT-2 (absolute positions, clamped inside the program) compiles for a minute: slow, as are the device rounds of
 # every test architecture (tests/test_compiled_architectures.py); the default run keeps sliding-window layers
 @pytest.mark.parametrize("arch", ["qwen3_sliding", pytest.param("gpt2", marks=pytest.mark.slow)])
@@ -324,8 +360,11 @@ def test_greedy_round_is_one_compiled_call(compiled_pair, warmed, speculation):
                               **{**COMPILED, **(auto if speculation == "auto" else {})})
     calls = sum(1 for event in prof.events() if event.name.startswith("Torch-Compiled Region")
                 and event.cpu_parent is None)
-    stats = out.spec_stats  # a round launched after every row had stopped (read a round late) ran idle
-    assert calls == stats.rounds + stats.lagged_idle_rounds and stats.rounds == stats.fused_rounds > 0
+    # a round launched after every row had stopped (read a round late) ran idle, and so did the programs of auto's
+    # widths that had not run before this call (compiled ahead, once)
+    stats = out.spec_stats
+    assert calls == stats.rounds + stats.lagged_idle_rounds + len(stats.widths_compiled_ahead)
+    assert stats.rounds == stats.fused_rounds > 0
     if speculation == "auto":  # no round drafted: the draft only caught up in them
         assert out.spec_stats.drafted_tokens.sum() == 0 and set(out.spec_stats.draft_widths) == {0}
     for row, prompt in enumerate(prompts):
