@@ -188,9 +188,12 @@ class _Decoder:
             if self.control is not None:  # the widths it may choose, compiled before the first round
                 self._unran = [w for w in (0, *map(int, self.k_buckets)) if w not in self._ran]
         self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
-        # drafting off runs its plain steps back to back (`_plain_run`): eager greedy, with nothing that needs the
-        # host between two steps (processors, criteria, streaming, recorded scores, a drafter that reads the verify)
-        self._plain_runs = (self.control is not None and not self.static and not settings.do_sample
+        # drafting off runs its plain steps back to back (`_plain_run`): greedy, eager or through the compiled verify
+        # of width 0 (a drafter without a round program: prompt lookup; a draft model's round program catches its
+        # draft up even while off), with nothing that needs the host between two steps (processors, criteria,
+        # streaming, recorded scores, a drafter that reads the verify)
+        plain_program = not self.static or (self._verify_greedy is not None and self._device_round is None)
+        self._plain_runs = (self.control is not None and plain_program and not settings.do_sample
                             and not self.processing.steps and not settings.criteria and on_tokens is None
                             and not self.recorder.active and not self._verify_outputs
                             and not settings.realign_every_round)
@@ -284,17 +287,20 @@ class _Decoder:
         live_generated = rows.generated_h[rows.live_h]
         steps = 1 + min(self.control.rounds_off_ahead(), int((max_new - live_generated).min()) - 1)
         ran, stopped = self._plain_steps(steps)
-        finished = rows.generated_h + ran >= max_new
+        live = rows.live_h
+        finished = live & (rows.generated_h + ran >= max_new)
         if stopped is not None:
             finished |= to_host(stopped)
-        count_h = np.full(len(rows), ran)
-        self.stats.add_round(rows.ids_h, np.zeros_like(count_h), np.zeros_like(count_h), count_h, self._waiting(),
-                             len(rows), width=0, rounds=ran)
+        count_h = np.where(live, ran, 0)  # idle rows (static shapes) commit nothing
+        self.stats.fused_rounds += ran if self.static else 0  # each step one compiled program (the verify's)
+        self.stats.add_round(rows.ids_h[live], np.zeros(live.sum(), dtype=np.int64),
+                             np.zeros(live.sum(), dtype=np.int64), count_h[live], self._waiting(), len(rows), width=0,
+                             rounds=ran)
         # the steps after the first are rounds off, but for one where every row was at its last token: no budget to
         # weigh, which `draft_lengths` does not count as off either
         self.control.rest(ran - 1 - (ran > 1 and bool((live_generated + ran >= max_new).all())), len(rows))
         old_lengths = rows.lengths_h
-        rows.advance(count_h, ran)
+        rows.advance(count_h, rows.live.long() * ran)
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, 0)
         self.last_draft_lengths = rows.draft_len_h
@@ -303,25 +309,46 @@ class _Decoder:
         return finished
 
     def _plain_steps(self, steps: int) -> tuple[int, torch.Tensor | None]:  # steps run, [B] rows that stopped
-        """Up to `steps` steps of the target alone: each writes every row's next token after its committed ones and
-        ends the run when a row chose a stop id (one host sync per step; none without stop ids). The row state
+        """Up to `steps` steps of the target alone: each writes every live row's next token after its committed ones
+        and ends the run when a row chose a stop id (one host sync per step; none without stop ids). The row state
         (`ActiveRows`, cache lengths) is the caller's to advance."""
         rows, stop_ids = self.rows, self.stop_ids
-        start = common_start(rows.lengths_h - 1)
-        top = self.target.cache.top_slot(rows.lengths_h)
+        step = self._plain_stepper()
+        live = rows.live.long()  # [B] what each step adds to a row's length (idle rows, static shapes: nothing)
         lengths, stopped, ran = rows.lengths, None, 0  # [B] committed tokens, on the device
         while ran < steps:
-            positions = (lengths - 1).unsqueeze(1)  # [B, 1] the pending token's
-            logits = self.target.forward(self.tokens[rows.ids.unsqueeze(1), positions], positions, rows.limits,
-                                         top + ran, row_ids=rows.ids_h, start=None if start is None else start + ran)
-            chosen = logits[:, -1].argmax(-1).to(self.device)  # [B]
+            chosen = step(lengths, ran)  # [B]
             self.tokens[rows.ids, lengths] = chosen
-            lengths, ran = lengths + 1, ran + 1
+            lengths, ran = lengths + live, ran + 1
             if stop_ids is not None and stop_ids.numel():
-                stopped = torch.isin(chosen, stop_ids)
+                stopped = torch.isin(chosen, stop_ids) & rows.live
                 if ran < steps and bool(stopped.any()):
                     break
         return ran, stopped
+
+    def _plain_stepper(self):
+        """One plain step as a function (lengths `[B]` committed tokens per row, steps run before it) -> `[B]` each
+        row's next token: the compiled verify of width 0 with static shapes, else one eager forward over the rows'
+        cache slots (their layout, computed once per run)."""
+        rows = self.rows
+        if self.static:
+            none = torch.empty((len(rows), 0), dtype=torch.long, device=self.device)  # [B, 0] no drafts
+            budget = torch.zeros_like(rows.lengths)
+
+            def compiled(lengths: torch.Tensor, ran: int) -> torch.Tensor:
+                candidates = self._verify_greedy(*self._verify_args(none, budget, lengths))[1]  # [B, 1]
+                self._forwards_ended(0)
+                return candidates[:, 0]
+            return compiled
+        start = common_start(rows.lengths_h - 1)
+        top = self.target.cache.top_slot(rows.lengths_h)
+
+        def eager(lengths: torch.Tensor, ran: int) -> torch.Tensor:
+            positions = (lengths - 1).unsqueeze(1)  # [B, 1] the pending token's
+            logits = self.target.forward(self.tokens[rows.ids.unsqueeze(1), positions], positions, rows.limits,
+                                         top + ran, row_ids=rows.ids_h, start=None if start is None else start + ran)
+            return logits[:, -1].argmax(-1).to(self.device)
+        return eager
 
     def _plan(self) -> tuple[np.ndarray, np.ndarray, int]:  # [B] drafts each row may offer, [B] planned k, backlog
         """Each row's draft budget for the next round (its k, cut at what it still needs; idle rows 0) and the k the
@@ -381,10 +408,13 @@ class _Decoder:
         return (self.drafter.runner, self.target, k, *inputs, self._offers[offer], self._fused_stop_ids,
                 self._max_new)
 
-    def _verify_args(self, drafts: torch.Tensor, budget: torch.Tensor) -> tuple:  # [B, k], [B]
-        """`verify_greedy`'s arguments for these drafts, each row offering `budget` of them."""
+    def _verify_args(self, drafts: torch.Tensor, budget: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple:
+        """`verify_greedy`'s arguments for these drafts (`[B, k]`), each row offering `budget` (`[B]`) of them, after
+        the rows' committed tokens (`lengths` `[B]`, when not the row state's: a plain run's later steps)."""
         rows = self.rows
-        inputs = (self._pending(), rows.lengths, rows.limits, rows.generated, rows.live, drafts, budget)
+        lengths = rows.lengths if lengths is None else lengths
+        pending = self.tokens[rows.ids, lengths - 1].unsqueeze(1)
+        inputs = (pending, lengths, rows.limits, rows.generated, rows.live, drafts, budget)
         rows_dynamic(*inputs, self.target)  # one graph for every row bucket and call
         return (self.target, *inputs, self._fused_stop_ids, self._max_new)
 

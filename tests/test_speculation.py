@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import CompileConfig
 
 import hf_batchspec
 from hf_batchspec import CostModel
@@ -523,14 +524,24 @@ def test_a_later_call_with_a_draft_that_does_not_pay_skips_its_prefill_and_draft
 PAYS_IF_ACCEPTED = CostModel(target_call=1.0, target_token=0.0, draft_call=0.5, draft_token=0.0)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_plain_rounds_run_back_to_back_as_they_would_one_by_one(monkeypatch, batch):
+# Prompt lookup's drafts are free but each costs the verify a target token: drafting pays above 50% acceptance.
+LOOKUP_PAYS_IF_ACCEPTED = CostModel(target_call=1.0, target_token=1.0, draft_call=0.0, draft_token=0.0)
+
+
+@pytest.mark.parametrize("batch,source", [(1, "draft"), (3, "draft"), (3, "lookup-compiled")])
+def test_plain_rounds_run_back_to_back_as_they_would_one_by_one(monkeypatch, batch, source):
     """While drafting is off, the rounds before the next probe run back to back (`_Decoder._plain_run`): one decision
-    for the run, a forward per step. Against the same calls with every plain round decided on its own (no rounds
-    ahead), the outputs, the rounds' widths, every row's counts and the probe credit are the same; rows stop inside a
-    run (stop ids), at their budgets, and prompts wait for slots. Every row equals plain greedy."""
+    for the run, a forward per step (compiled: the verify program of width 0 per step, static shapes with idle rows;
+    dynamo's eager backend, the same graphs at a fraction of inductor's compile time). Against the same calls with
+    every plain round decided on its own (no rounds ahead), the outputs, the rounds' widths, every row's counts and
+    the probe credit are the same; rows stop inside a run (stop ids), at their budgets, and prompts wait for slots.
+    Every row equals plain greedy."""
     target = target_model("llama")
-    draft = build("gpt2", seed=541)
+    if source == "draft":
+        call = dict(assistant_model=build("gpt2", seed=541), num_assistant_tokens=3, speculation=PAYS_IF_ACCEPTED)
+    else:
+        call = dict(prompt_lookup_num_tokens=3, speculation=LOOKUP_PAYS_IF_ACCEPTED,
+                    compile_config=CompileConfig(backend="eager", mode=None))
     prompts = PROMPTS + [[7, 8, 9, 10], [12] * 5]
     stop = plain_greedy(target, prompts[0], 40, None)[12]  # a token some rows stop at inside a run
     decisions = []
@@ -550,9 +561,8 @@ def test_plain_rounds_run_back_to_back_as_they_would_one_by_one(monkeypatch, bat
     def run():
         decisions.clear(), credit.clear()
         ids, mask = left_pad(prompts, 0)
-        out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec",
-                              num_assistant_tokens=3, max_new_tokens=40, eos_token_id=stop, pad_token_id=0,
-                              speculation=PAYS_IF_ACCEPTED, max_batch_size=batch, return_dict_in_generate=True)
+        out = target.generate(ids, attention_mask=mask, batch_spec="exspec", max_new_tokens=40, eos_token_id=stop,
+                              pad_token_id=0, max_batch_size=batch, return_dict_in_generate=True, **call)
         return out, len(decisions), credit[-1]
 
     runs, run_decisions, run_credit = run()
@@ -567,6 +577,8 @@ def test_plain_rounds_run_back_to_back_as_they_would_one_by_one(monkeypatch, bat
         assert np.array_equal(getattr(stats, name), getattr(one_by_one, name)), name
     assert stats.target_forward_calls == one_by_one.target_forward_calls
     assert math.isclose(run_credit, single_credit)
+    if "compiled" in source:  # every step one compiled program, runs or not
+        assert stats.fused_rounds == stats.rounds == one_by_one.fused_rounds
     width, ended = left_pad(prompts, 0)[0].shape[1], 0
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, 40, stop)
