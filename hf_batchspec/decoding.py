@@ -169,8 +169,11 @@ class _Decoder:
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
         self._verify_greedy = self._device_round = None
-        self._ran: set[int] = set()  # draft widths whose fused program has run (for this target and these shapes)
-        self._unran: list[int] = []  # widths to compile before the first round (`_compile_widths`)
+        # draft widths whose fused program ("round": `device_round`, "verify": `verify_greedy`) has run, for this
+        # target and these shapes (`runner.ran_widths`), and those to compile before the first round
+        self._ran: dict[str, set[int]] = {"round": set(), "verify": set()}
+        self._unran: list[tuple[str, int]] = []
+        self._draft_behind = 0  # plain steps the draft of a device round has not run (its rows' lag beyond 1 or 2)
         # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
@@ -184,19 +187,22 @@ class _Decoder:
             self._verify_greedy = torch.compile(verify_greedy, **settings.compile_config.to_dict())
             self._fused_stop_ids = static_stop_ids(self.stop_ids, self.device)  # one graph with or without EOS
             self._max_new = torch.tensor(max_new, device=self.device)  # an int would be a constant of the graph
-            self._ran = ran_widths(target, self._program_key(source, cache_len, settings.compile_config))
-            if self.control is not None:  # the widths it may choose, compiled before the first round
-                self._unran = [w for w in (0, *map(int, self.k_buckets)) if w not in self._ran]
+            self._ran = {program: ran_widths(target, self._program_key(program, source, cache_len,
+                                                                        settings.compile_config))
+                         for program in self._ran}
         self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
         # drafting off runs its plain steps back to back (`_plain_run`): greedy, eager or through the compiled verify
-        # of width 0 (a drafter without a round program: prompt lookup; a draft model's round program catches its
-        # draft up even while off), with nothing that needs the host between two steps (processors, criteria,
-        # streaming, recorded scores, a drafter that reads the verify)
-        plain_program = not self.static or (self._verify_greedy is not None and self._device_round is None)
-        self._plain_runs = (self.control is not None and plain_program and not settings.do_sample
-                            and not self.processing.steps and not settings.criteria and on_tokens is None
-                            and not self.recorder.active and not self._verify_outputs
+        # of width 0 (a draft model's device round too: its draft falls behind and catches up when it drafts), with
+        # nothing that needs the host between two steps (processors, criteria, streaming, recorded scores, a
+        # drafter that reads the verify)
+        self._plain_runs = (self.control is not None and (not self.static or self._verify_greedy is not None)
+                            and not settings.do_sample and not self.processing.steps and not settings.criteria
+                            and on_tokens is None and not self.recorder.active and not self._verify_outputs
                             and not settings.realign_every_round)
+        if self.control is not None and self._verify_greedy is not None:  # the programs auto may choose
+            rounds = "round" if self._device_round is not None else "verify"
+            programs = [("verify" if self._plain_runs else rounds, 0)] + [(rounds, int(w)) for w in self.k_buckets]
+            self._unran = [(program, w) for program, w in programs if w not in self._ran[program]]
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
@@ -300,6 +306,9 @@ class _Decoder:
         # weigh, which `draft_lengths` does not count as off either
         self.control.rest(ran - 1 - (ran > 1 and bool((live_generated + ran >= max_new).all())), len(rows))
         old_lengths = rows.lengths_h
+        if self._device_round is not None:  # its draft ran none of these steps: it catches up when it drafts
+            rows.lag.add_(rows.live.long() * ran)
+            self._draft_behind += ran
         rows.advance(count_h, rows.live.long() * ran)
         self.target.cache.set_lengths(rows.lengths_h - 1)
         self.drafter.rollback(rows.lengths_h, old_lengths, 0)
@@ -337,7 +346,7 @@ class _Decoder:
 
             def compiled(lengths: torch.Tensor, ran: int) -> torch.Tensor:
                 candidates = self._verify_greedy(*self._verify_args(none, budget, lengths))[1]  # [B, 1]
-                self._forwards_ended(0)
+                self._forwards_ended("verify", 0)
                 return candidates[:, 0]
             return compiled
         start = common_start(rows.lengths_h - 1)
@@ -391,10 +400,20 @@ class _Decoder:
         budget_h, planned, backlog = self._plan()
         offer = int(budget_h.max(initial=0))
         k = self._program_width(offer)
+        if k == 0 and self._plain_runs:  # drafting off: the target's plain steps back to back, on the read state
+            self._inflight = None
+            finished = np.zeros(len(rows), dtype=bool) if flight is None else self._absorb(flight)
+            if not rows.live_h.any():
+                return finished
+            if self.clock is not None:
+                self.clock.start()
+            return finished | self._plain_run()
+        if k and self._draft_behind:
+            self._catch_up_draft()
         launched = self.reader.launch(self._device_round, *self._round_args(k, offer),
                                       width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
                                       clock=LaunchClock(self.reader.cuda) if self._measures(k, backlog) else None)
-        self._forwards_ended(k)
+        self._forwards_ended("round", k)
         if not self.reader.lagged:  # the device has run the round already (a CPU): read it now
             return self._absorb(launched)
         self._inflight = launched
@@ -418,13 +437,30 @@ class _Decoder:
         rows_dynamic(*inputs, self.target)  # one graph for every row bucket and call
         return (self.target, *inputs, self._fused_stop_ids, self._max_new)
 
-    def _forwards_ended(self, k: int) -> None:
-        """After a fused program of width k: its forwards' plans are dropped (`RaggedCache.end`), and the width is
-        known to have run."""
-        if self._device_round is not None:
+    def _forwards_ended(self, program: str, k: int) -> None:
+        """After a fused program ("round" or "verify") of width k: its forwards' plans are dropped
+        (`RaggedCache.end`), and the width is known to have run."""
+        if program == "round":
             self.drafter.runner.cache.end()
         self.target.cache.end()
-        self._ran.add(k)
+        self._ran[program].add(k)
+
+    def _catch_up_draft(self) -> None:
+        """Before a device round drafts after plain steps, the draft runs the committed tokens it missed, in one
+        eager forward over every row (its width varies: compiled, it would be a program per width), so that each
+        live row's lag is 1 again, as the round's first step of 2 tokens needs. A row's lag is at most 2 plus the
+        steps run since its draft last ran; rows that missed fewer get padding queries from their pending token on,
+        whose slots the round's first step writes again or its later steps write before any query reads them."""
+        rows, runner = self.rows, self.drafter.runner
+        width = self._draft_behind + 1  # every missed token but the pending one, which the round's first step runs
+        self._draft_behind = 0
+        positions = (rows.lengths - rows.lag).unsqueeze(1) + torch.arange(width, device=self.device)  # [B, w]
+        step_input = self.tokens[rows.ids.unsqueeze(1), positions.clamp(min=0, max=self.tokens.shape[1] - 1)]
+        runner.forward(step_input, positions, rows.limits, runner.cache.num_slots, keep=1, row_ids=rows.ids_h,
+                       eager=True)
+        runner.cache.end()
+        rows.lag.copy_(torch.where(rows.live, 1, rows.lag))  # in place: the round program's input
+        self.stats.draft_forward_calls += 1
 
     def _compile_widths(self) -> None:
         """Run the fused program of every draft width `speculation="auto"` may choose and none has run yet, once,
@@ -437,18 +473,18 @@ class _Decoder:
         where it took 8.3 s warm (docs/results.md). Now the first call compiles them all, as transformers' first
         compiled call compiles its step, and later calls with these shapes compile nothing (`runner.ran_widths`).
         """
-        rows, widths, self._unran = self.rows, self._unran, []
+        rows, programs, self._unran = self.rows, self._unran, []
         live = rows.live.clone()
         rows.live.zero_()  # in place: a compiled program's inputs keep their addresses
-        for k in widths:
-            if self._device_round is not None:
+        for program, k in programs:
+            if program == "round":
                 self._device_round(*self._round_args(k, 0))
             else:
                 drafts = torch.zeros((len(rows), k), dtype=torch.long, device=self.device)
                 self._verify_greedy(*self._verify_args(drafts, torch.zeros_like(rows.lengths)))
-            self._forwards_ended(k)
+            self._forwards_ended(program, k)
         rows.live.copy_(live)
-        self.stats.widths_compiled_ahead = tuple(widths)
+        self.stats.widths_compiled_ahead = tuple(k for _, k in programs)
 
     def _may_end_all(self, flight: InFlight) -> bool:
         """Whether the round in flight can finish every live row by its budget, with nothing waiting."""
@@ -483,7 +519,7 @@ class _Decoder:
         if self._verify_greedy is not None:  # one compiled program: verify, accept, cut at a stop id
             # the candidates are written outside: the token buffer's shape varies
             accepted, candidates, count, finished = self._verify_greedy(*self._verify_args(drafts, budget))
-            self._forwards_ended(drafts.shape[1])
+            self._forwards_ended("verify", drafts.shape[1])
             self._write(candidates)
             self.stats.fused_rounds += 1
         else:
@@ -576,17 +612,20 @@ class _Decoder:
             return None
         return stop_matrix(list(self.settings.criteria), self.tokens, ids, lengths, width)
 
-    def _program_key(self, source: DraftSource, cache_len: int, compile_config) -> tuple:
-        """What a fused program's graphs are specific to besides the target and its width: the program, the draft
-        (an early exit's view is built anew each call: its layer count), one row or more (dynamo specialises a
-        single row), the caches' and token buffer's lengths, the stop ids' padded size and the compile settings."""
+    def _program_key(self, program: str, source: DraftSource, cache_len: int, compile_config) -> tuple:
+        """What a fused program's graphs are specific to besides the target and its width: one row or more (dynamo
+        specialises a single row), the cache's length, the stop ids' padded size and the compile settings; a device
+        round's also its draft (an early exit's view is built anew each call: its layer count) and the token
+        buffer's length (the verify takes its tokens gathered)."""
+        shapes = (program, len(self.rows) > 1, cache_len, len(self._fused_stop_ids),
+                  repr(sorted(compile_config.to_dict().items())))
+        if program == "verify":
+            return shapes
         if source.kind == "early-exit":
             draft = source.model.config.num_hidden_layers
         else:
             draft = None if source.model is None else weakref.ref(source.model)
-        settings = repr(sorted(compile_config.to_dict().items()))
-        return ("round" if self._device_round is not None else "verify", source.kind, draft, len(self.rows) > 1,
-                cache_len, self.tokens.shape[1], len(self._fused_stop_ids), settings)
+        return (*shapes, source.kind, draft, self.tokens.shape[1])
 
     # -- admission and departure -----------------------------------------------------------------------------
     def _waiting(self) -> int:  # prompts not yet in a slot: queued, or prefilled into a staging row

@@ -135,6 +135,7 @@ class ModelRunner:
         prefill: bool = False,  # a prompt's first forward: never compiled (its width varies with the prompts)
         hidden: bool = False,  # also return the last hidden states [b, q, H] (a drafter that reads the verify's)
         start: int | None = None,  # host-known: every row's positions are start..start+q-1 (see `common_start`)
+        eager: bool = False,  # a decode forward of a width no program has (a draft's catch-up): never compiled
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [b, kept, V] (and [b, q, H] with `hidden`)
         if self.on_rows is not None:
             self.on_rows(row_ids)
@@ -150,7 +151,7 @@ class ModelRunner:
         slots = slots.clamp(max=self.cache.num_slots - 1)
         decode = rows is None and not prefill
         kv_len = self.cache.num_slots if self.static and decode else min(kv_len, self.cache.num_slots)
-        compiled = decode and self._decode_call is not self.model
+        compiled = decode and not eager and self._decode_call is not self.model
         if compiled or first is not None or rows is not None or start is None or start + tokens.shape[1] > kv_len:
             start = None  # (a compiled program's positions are its inputs, never constants)
         self.cache.begin(slots, kv_len, rows, start)
@@ -180,7 +181,7 @@ class ModelRunner:
             kwargs["input_ids"] = tokens
         else:  # the same inputs under an encoder-decoder model's names, with its cross-attention store
             kwargs = self.seq2seq.forward_kwargs(kwargs, tokens, self._cache_kwarg, self.dtype)
-        out = (self._decode_call if decode else self.model)(**kwargs)
+        out = (self._decode_call if compiled else self.model)(**kwargs)
         logits = out.logits
         if not self._keeps_logits:
             logits = logits[:, -keep:] if isinstance(keep, int) and keep else logits

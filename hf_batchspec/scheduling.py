@@ -154,11 +154,15 @@ class ActiveRows:
         self.live_h = self.live_h & ~finished_h.astype(bool)
         self.generated_by_id[self.ids_h] = self.generated_h
 
-    def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:
+    def advance(self, count_h: np.ndarray, count: torch.Tensor) -> None:  # [B], [B]: tokens each row kept
         self.lengths_h = self.lengths_h + count_h
         self.generated_h = self.generated_h + count_h
-        self.lengths = self.lengths + count
-        self.generated = self.generated + count
+        if self.static_addresses:  # in place: inputs of a compiled program (CUDA graphs) keep their addresses
+            self.lengths.add_(count)
+            self.generated.add_(count)
+        else:
+            self.lengths = self.lengths + count
+            self.generated = self.generated + count
         self.generated_by_id[self.ids_h] = self.generated_h
 
     def keep(self, keep: np.ndarray) -> torch.Tensor:
