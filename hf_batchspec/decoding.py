@@ -173,7 +173,8 @@ class _Decoder:
         # target and these shapes (`runner.ran_widths`), and those to compile before the first round
         self._ran: dict[str, set[int]] = {"round": set(), "verify": set()}
         self._unran: list[tuple[str, int]] = []
-        self._draft_behind = 0  # plain steps the draft of a device round has not run (its rows' lag beyond 1 or 2)
+        # a device round's draft: how far its rows' lag may exceed 2 (plain steps it did not run, deferred prefills)
+        self._draft_behind = 0
         # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
@@ -449,7 +450,7 @@ class _Decoder:
         """Before a device round drafts after plain steps, the draft runs the committed tokens it missed, in one
         eager forward over every row (its width varies: compiled, it would be a program per width), so that each
         live row's lag is 1 again, as the round's first step of 2 tokens needs. A row's lag is at most 2 plus the
-        steps run since its draft last ran; rows that missed fewer get padding queries from their pending token on,
+        steps run since its draft last ran, or its whole row where its prefill was deferred (`_place`); rows that missed fewer get padding queries from their pending token on,
         whose slots the round's first step writes again or its later steps write before any query reads them."""
         rows, runner = self.rows, self.drafter.runner
         width = self._draft_behind + 1  # every missed token but the pending one, which the round's first step runs
@@ -460,6 +461,8 @@ class _Decoder:
                        eager=True)
         runner.cache.end()
         rows.lag.copy_(torch.where(rows.live, 1, rows.lag))  # in place: the round program's input
+        live = np.flatnonzero(rows.live_h)
+        runner.cache.set_lengths(rows.lengths_h[live] - 1, rows=live)  # all but the pending token
         self.stats.draft_forward_calls += 1
 
     def _compile_widths(self) -> None:
@@ -474,8 +477,9 @@ class _Decoder:
         compiled call compiles its step, and later calls with these shapes compile nothing (`runner.ran_widths`).
         """
         rows, programs, self._unran = self.rows, self._unran, []
-        live = rows.live.clone()
+        live, lag = rows.live.clone(), rows.lag.clone()
         rows.live.zero_()  # in place: a compiled program's inputs keep their addresses
+        rows.lag.fill_(1)  # (deferred rows lag by their whole row until the draft catches them up)
         for program, k in programs:
             if program == "round":
                 self._device_round(*self._round_args(k, 0))
@@ -484,6 +488,7 @@ class _Decoder:
                 self._verify_greedy(*self._verify_args(drafts, torch.zeros_like(rows.lengths)))
             self._forwards_ended(program, k)
         rows.live.copy_(live)
+        rows.lag.copy_(lag)
         self.stats.widths_compiled_ahead = tuple(k for _, k in programs)
 
     def _may_end_all(self, flight: InFlight) -> bool:
@@ -662,10 +667,16 @@ class _Decoder:
         self._place(slots, ids)
 
     def _place(self, slots: np.ndarray, ids: np.ndarray) -> None:
-        """Prompts `ids`, prefilled with their first token committed, start decoding in `slots`."""
+        """Prompts `ids`, prefilled with their first token committed, start decoding in `slots`. A device round's
+        draft lags them by 1 after its prefill, by every committed token where its prefill was deferred."""
         lengths = self.prompt_lengths[ids]
         self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64),
                         lengths + self.settings.max_new_tokens - 1, self.settings.num_assistant_tokens)
+        if self._device_round is not None:
+            missing = lengths + 1 - self.drafter.cache.lengths[slots]  # [n] (the cache rows were copied in)
+            if missing.max(initial=1) > 1:
+                self.rows.lag[to_device(slots, self.device)] = to_device(missing, self.device)
+                self._draft_behind = max(self._draft_behind, int(missing.max()) - 2)
 
     def _admit(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:  # [n] admitted rows already finished
         """Prefill prompts `ids` into cache rows `slots` of both models and commit their first token; those in the
@@ -736,9 +747,13 @@ class _Decoder:
         return logits[torch.arange(len(ids), device=logits.device), last.to(logits.device)].to(self.device)
 
     def _defers_draft(self) -> bool:
-        """Whether an admission skips the draft's prefill: while `speculation="auto"` has drafting off, eager, for a
-        drafter that can catch up later (`Drafter.defers`, see `ModelDrafter.defer`)."""
-        return self.control is not None and self.control.off and not self.static and self.drafter.defers
+        """Whether an admission skips the draft's prefill: while `speculation="auto"` has drafting off, for a
+        drafter that can catch up later (`Drafter.defers`, see `ModelDrafter.defer`): eager, or a device round's
+        draft while plain steps run back to back (`_catch_up_draft` runs the prompt then; not a draft that reads an
+        encoder output, whose store the round program never writes)."""
+        caught_up = not self.static or (self._device_round is not None and self._plain_runs
+                                         and self.settings.encoder is None)
+        return self.control is not None and self.control.off and caught_up and self.drafter.defers
 
     def _leave(self, free: np.ndarray) -> None:
         """Free slots with nothing left to admit leave the batch and the caches (one index_select per layer).

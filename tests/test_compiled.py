@@ -181,11 +181,14 @@ def test_compiled_auto_compiles_every_width_in_its_first_call(compiled_pair, sou
     assert fast.widths_compiled_ahead == ()
 
 
-def test_compiled_draft_catches_up_after_plain_steps(compiled_pair, monkeypatch):
+@pytest.mark.parametrize("deferred", [False, True], ids=["prefilled", "deferred"])
+def test_compiled_draft_catches_up_after_plain_steps(compiled_pair, monkeypatch, deferred):
     """While `speculation="auto"` has drafting off, the compiled path runs the target's plain steps back to back
     (its width-0 verify program per step) and the draft model runs none of them, so its rows' lag grows; the first
     drafting round after them catches it up in one eager forward (`_Decoder._catch_up_draft`). Drafting is forced
-    off for the first 6 decisions, then on at each row's budget. With a copy of the target as the draft, every
+    off for the first 6 decisions, then on at each row's budget; `deferred`: the control reads as off from the
+    start, so that admissions skip the draft's prefill and the catch-up runs whole rows. With a copy of the target
+    as the draft, every
     draft after the catch-up is accepted (a draft whose cache missed those tokens drafts from a wrong prefix); the
     draft's forwards are its prefills, the catch-up and the drafting rounds' steps; every row equals plain greedy."""
     from hf_batchspec.speculation import SpeculationControl
@@ -200,6 +203,9 @@ def test_compiled_draft_catches_up_after_plain_steps(compiled_pair, monkeypatch)
         return np.zeros_like(budgets) if len(decisions) <= 6 else budgets
     monkeypatch.setattr(SpeculationControl, "draft_lengths", off_then_on)
     monkeypatch.setattr(SpeculationControl, "rounds_off_ahead", lambda self: 0)  # a decision per step
+    if deferred:
+        off = SpeculationControl.off
+        monkeypatch.setattr(SpeculationControl, "off", property(lambda self: len(decisions) < 6 or off.fget(self)))
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8, 9]]
     ids, mask = left_pad(prompts, 0)
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=24, do_sample=False,
@@ -211,6 +217,7 @@ def test_compiled_draft_catches_up_after_plain_steps(compiled_pair, monkeypatch)
     assert stats.accepted_tokens.sum() == stats.drafted_tokens.sum() > 0
     drafting_steps = sum(width for width in stats.draft_widths if width)
     assert stats.draft_forward_calls == stats.draft_prefill_calls + 1 + drafting_steps
+    assert (stats.draft_prefill_calls == 0) == deferred
     for row, prompt in enumerate(prompts):
         assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 24, None), f"row {row}"
 

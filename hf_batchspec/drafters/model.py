@@ -58,7 +58,8 @@ class ModelDrafter(Drafter):
         (`speculation="auto"`): a prefill the draft may never use is not paid, and if drafting resumes the
         catch-up costs about what the prefill would have. A draft that reads an encoder output also leaves its
         rows' cross-attention keys and values (one projection of every encoder frame per layer, for Whisper
-        costlier than the prefill) until it drafts for them. Eager only: a compiled first step has a few widths."""
+        costlier than the prefill) until it drafts for them. Compiled, for a device round's draft (which never calls
+        `propose`): its catch-up forward runs them before it drafts (`_Decoder._catch_up_draft`)."""
         self.cache.set_lengths(np.zeros(len(slots), dtype=np.int64), rows=slots)
         if self._unprojected is not None:
             self._unprojected[slots] = True
