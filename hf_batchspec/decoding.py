@@ -450,8 +450,9 @@ class _Decoder:
         """Before a device round drafts after plain steps, the draft runs the committed tokens it missed, in one
         eager forward over every row (its width varies: compiled, it would be a program per width), so that each
         live row's lag is 1 again, as the round's first step of 2 tokens needs. A row's lag is at most 2 plus the
-        steps run since its draft last ran, or its whole row where its prefill was deferred (`_place`); rows that missed fewer get padding queries from their pending token on,
-        whose slots the round's first step writes again or its later steps write before any query reads them."""
+        steps run since its draft last ran, or its whole row where its prefill was deferred (`_place`); rows that
+        missed fewer get padding queries from their pending token on, whose slots the round's first step writes
+        again or its later steps write before any query reads them."""
         rows, runner = self.rows, self.drafter.runner
         width = self._draft_behind + 1  # every missed token but the pending one, which the round's first step runs
         self._draft_behind = 0
@@ -808,11 +809,18 @@ def static_rows(capacity: int, limit: int) -> int:
 
 def static_length(slots: int, warmed=()) -> int:
     """Cache slots per row with static shapes (every decode forward attends over all of them): the shortest of the
-    `warmed` lengths (those `hf_batchspec.warmup` compiled) that holds `slots`, else the next power of two, at least
-    64, so that calls with nearby prompt lengths and budgets share one compiled forward. A warmed length may be
-    longer than the power of two: attending over idle slots costs a little each step, a new length a compile."""
+    `warmed` lengths (those `hf_batchspec.warmup` compiled) that holds `slots`, else the next of 64, 96, 128, 192,
+    ... (powers of two and three quarters of them), so that calls with nearby prompt lengths and budgets share one
+    compiled forward. A warmed length may be longer: attending over idle slots costs a little each step, a new
+    length a compile. Why the three quarters: with powers of two alone a call attends over up to twice the slots it
+    needs, and at batch 64 on CPU (134 slots needed, 256 given) that was 4-9% of the compiled call against
+    transformers', whose static cache is as long as the call (docs/results.md); this halves the worst case for
+    twice the buckets."""
     fitting = [length for length in warmed if length >= slots]
-    return min(fitting) if fitting else max(64, 1 << (slots - 1).bit_length())
+    if fitting:
+        return min(fitting)
+    power = max(64, 1 << (slots - 1).bit_length())
+    return power * 3 // 4 if power > 64 and power * 3 // 4 >= slots else power
 
 
 def draft_buckets(k: int, all_lengths: bool) -> np.ndarray:  # [n] verify draft widths, ascending, ending at k

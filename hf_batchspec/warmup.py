@@ -7,7 +7,7 @@ What a compiled call's graphs depend on, and how warm-up covers it:
   rows where more are allowed);
 - the cache length (slots per row, every decode forward attends over all of them): warm-up compiles the one that
   holds `max_length` and registers it for the target (`runner.add_warmed_length`); a later call whose longest prompt
-  plus `max_new_tokens` fits takes it (`decoding.static_length`) instead of its own power of two;
+  plus `max_new_tokens` fits takes it (`decoding.static_length`) instead of its own bucket;
 - the draft length k: a program per verify width, so warm-up runs one call per width the call's settings can reach
   (`draft_buckets`: k alone for a constant k with `speculation="always"`; powers of two below the cap and rounds
   of no draft where the length varies: `speculation="auto"` (the default), a heuristic schedule, a

@@ -43,7 +43,7 @@ def test_static_shapes_equal_plain_greedy(arch, req, data):
     assert stats.cache_rows == static_rows(rows, pool.get("max_batch_size", 1 << 62)) >= rows
     # the batch only moves into smaller row buckets, each at most half the last: a power of two, then halvings
     assert stats.row_selections <= int(np.log2(stats.cache_rows))
-    assert stats.cache_slots_per_row >= 64 and stats.cache_slots_per_row & (stats.cache_slots_per_row - 1) == 0
+    assert stats.cache_slots_per_row == static_length(stats.cache_slots_per_row)  # one of the buckets
 
 
 def test_static_sampling_is_reproducible_and_respects_top_k():
@@ -67,9 +67,11 @@ def test_static_sampling_is_reproducible_and_respects_top_k():
 def test_static_bookkeeping_helpers():
     assert [static_rows(n, 32) for n in (1, 3, 4, 5, 17, 32)] == [1, 4, 4, 8, 32, 32]
     assert static_rows(20, 24) == 24  # never more rows than the caller allows at once
-    assert [static_length(n) for n in (1, 64, 65, 300)] == [64, 64, 128, 512]
-    # a warmed length that holds the call wins over its own power of two; past every warmed one, the power of two
-    assert [static_length(n, (128, 1024)) for n in (1, 128, 129, 1025)] == [128, 128, 1024, 2048]
+    # powers of two and three quarters of them, from 64
+    assert [static_length(n) for n in (1, 64, 65, 96, 97, 134, 193, 300, 385)] == [64, 64, 96, 96, 128, 192, 256,
+                                                                                    384, 512]
+    # a warmed length that holds the call wins over its own bucket; past every warmed one, its own bucket
+    assert [static_length(n, (128, 1024)) for n in (1, 128, 129, 1025, 1537)] == [128, 128, 1024, 1536, 2048]
     assert draft_buckets(5, all_lengths=False).tolist() == [5]
     assert draft_buckets(5, all_lengths=True).tolist() == [1, 2, 4, 5]
     drafts = torch.tensor([[4, 7], [5, 8]])
