@@ -183,7 +183,9 @@ def test_compiled_auto_compiles_every_width_in_its_first_call(compiled_pair, sou
     assert fast.widths_compiled_ahead == ()
 
 
-@pytest.mark.parametrize("deferred", [False, True], ids=["prefilled", "deferred"])
+# (prefilled: the catch-up of the plain steps alone, in the slow run; deferred covers it too, whole rows besides)
+@pytest.mark.parametrize("deferred", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["prefilled", "deferred"])
 def test_compiled_draft_catches_up_after_plain_steps(compiled_pair, monkeypatch, deferred):
     """While `speculation="auto"` has drafting off, the compiled path runs the target's plain steps back to back
     (its width-0 verify program per step) and the draft model runs none of them, so its rows' lag grows; the first
