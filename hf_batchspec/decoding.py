@@ -164,7 +164,9 @@ class _Decoder:
         self.control = SpeculationControl(settings.cost_model) if settings.cost_model is not None else None
         if self.control is not None:  # off from the start, when earlier calls measured that drafting does not pay
             widths = self.k_buckets if self.static else None
-            self.control.begin(np.full(min(slots, n_rows), min(k, max_new - 1)), widths)
+            first = min(slots, n_rows)  # the first rows; when they are all, the call ends with the last of them
+            self.control.begin(np.full(first, min(k, max_new - 1)), widths,
+                               np.full(first, max_new) if n_rows <= slots else None)
         self.clock = RoundClock() if isinstance(settings.cost_model, MeasuredCosts) else None
         self.recorder = ScoreRecorder(n_rows + 1, max_new + k + 1, settings.output_scores, settings.output_logits,
                                       self.device)
@@ -369,8 +371,11 @@ class _Decoder:
         backlog = 0
         if self.control is not None:  # speculation="auto": the batch-wide k that pays this round (maybe 0)
             backlog = self.drafter.backlog(rows)
+            remaining = None if self._waiting() else np.where(rows.live_h,
+                                                              self.settings.max_new_tokens - rows.generated_h, 0)
             budget_h = self.control.draft_lengths(budget_h, rows.hits_h, rows.trials_h,
-                                                  self.k_buckets if self.static else None, rows.live_h, backlog)
+                                                  self.k_buckets if self.static else None, rows.live_h, backlog,
+                                                  remaining)
             planned = np.minimum(planned, int(budget_h.max(initial=0)))  # k = 0: the heuristic learns nothing
         return budget_h, planned, backlog
 

@@ -262,22 +262,99 @@ def expected_tokens(alpha: np.ndarray, drafts: np.ndarray) -> np.ndarray:
     return (1.0 - alpha ** (drafts + 1)) / (1.0 - alpha)
 
 
+def yield_moments(alpha: np.ndarray, drafts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the tokens a round yields with `drafts` drafts each accepted with probability `alpha`
+    until the first rejection (shapes broadcast). The accepted count A has P(A >= j) = alpha^j for j <= drafts, so
+    E[A] = sum_j alpha^j and E[A^2] = sum_j (2j - 1) alpha^j."""
+    alpha, drafts = np.broadcast_arrays(np.clip(alpha, 0.0, 0.999), drafts)
+    j = np.arange(1, int(drafts.max(initial=0)) + 1)  # [J]
+    reach = np.where(j <= drafts[..., None], alpha[..., None] ** j, 0.0)  # [..., J] P(A >= j)
+    accepted = reach.sum(-1)
+    return 1.0 + accepted, np.maximum(((2 * j - 1) * reach).sum(-1) - accepted ** 2, 0.0)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    """The standard normal CDF, from Abramowitz and Stegun's erf (7.1.26, error below 1.5e-7): numpy has no erf, and
+    `math.erf` one value at a time costs milliseconds per round here."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-x * x)
+    return 0.5 * (1.0 + np.sign(z) * erf)
+
+
+def expected_last_round(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:  # [K, B], [K, B] -> [K]
+    """E[max over rows of N], N a row's rounds until its budget (integer, about normal: `mean`, `sd`; sd 0 for a
+    plain step, whose rounds are exact). Sums P(max > t) over the rounds where it is neither 0 nor 1: from the
+    latest of the rows' lower ends (mean - 6 sd; the max is at least that) to the latest upper end, so the window is
+    a few dozen rounds however far apart the rows are."""
+    low = np.floor(np.max(mean - 6 * sd, axis=1))  # [K]
+    span = int(np.ceil(np.max(mean + 6 * sd - low[:, None]))) + 1
+    t = low[:, None, None] + np.arange(span)[None, :, None]  # [K, T, 1]
+    z = (t + 0.5 - mean[:, None, :]) / np.maximum(sd, 1e-9)[:, None, :]  # [K, T, B]
+    done = np.where(sd[:, None, :] > 0, _normal_cdf(z), (t + 0.5 >= mean[:, None, :]).astype(np.float64))
+    return low + (1.0 - done.prod(-1)).sum(-1)
+
+
+def tail_time(alpha: np.ndarray, budgets: np.ndarray, remaining: np.ndarray, ks: np.ndarray,
+              cost: "CostModel | MeasuredCosts", static: bool) -> np.ndarray:  # [B], [B], [B], [K] -> [K]
+    """Expected seconds until the last row has its `remaining` tokens (0 for an idle row), drafting K of `ks` every
+    round (at most a row's budget): what decides when no prompt waits, since the call then ends with its last row. Drafting
+    spreads the rows' finishing rounds (on the layer-skip pair, 64 rows of 64 tokens at k=2: 28.6 rounds on average,
+    36 for the last), and a batch that waits for its last row does not get the mean's speed: tokens per round
+    over-prices drafting here by the spread (about 15% at 32 rows of 64 tokens, 2.2 tokens per round).
+
+    A round over n rows costs `per_call + per_row x n`: with `static` shapes (idle rows cost as live ones) a
+    round costs the full batch's while any row runs (until the live rows fit a smaller row bucket, which this
+    leaves out: it errs toward plain steps); otherwise rows leave as they finish, and the cost model's
+    split (from its 1-row and n-row costs) prices the rounds each row is in."""
+    rows = len(remaining)
+    running = remaining > 0
+    drafts = np.minimum(ks[:, None], budgets[None, :])  # [K, B]
+    mean_yield, var_yield = yield_moments(alpha[None, :], drafts)  # [K, B]
+    # [K, B] rounds, renewal theory's approximation; the last token comes alone (no drafts past the budget), which
+    # a Monte Carlo of the capped rounds confirms: r / mean alone was short by 0.2-0.8 rounds
+    mean = np.where(running, 1.0 + (remaining - 1) / mean_yield, 0.0)
+    sd = np.where(running, np.sqrt(var_yield * np.maximum(remaining - 1, 0) / mean_yield ** 3), 0.0)  # [K, B]
+    full = cost.round_cost(rows, ks)  # [K]
+    if static or rows == 1:
+        per_call, per_row = full, np.zeros_like(full)
+    else:
+        per_row = (full - cost.round_cost(1, ks)) / (rows - 1)
+        per_call = full - per_row * rows
+    # a row's rounds never grow with K (a longer draft keeps every token a shorter one would, acceptance being a run
+    # from the first draft), so neither does their max; the normal approximation's spread, which grows with K, can
+    # make it look so where a few tokens remain
+    last = np.minimum.accumulate(expected_last_round(mean, sd))  # [K], ks ascending
+    return per_call * last + per_row * mean.sum(1)
+
+
 def best_draft_length(alpha: np.ndarray, budgets: np.ndarray, cost: CostModel | MeasuredCosts,
-                      widths: np.ndarray | None = None, live: np.ndarray | None = None, margin: float = 0.0) -> int:
+                      widths: np.ndarray | None = None, live: np.ndarray | None = None, margin: float = 0.0,
+                      remaining: np.ndarray | None = None) -> int:
     """The batch-wide draft length K in 0..max(budgets) that maximises expected tokens per unit cost; with
     `widths` (static shapes: the verify is padded to the next of these widths, so a K between two of them costs
     as much as the wider one) K is 0 or one of them. With `live`, the other rows (static shapes' idle rows) cost
     as much as any but yield no token. With `margin`, a K > 0 must beat a plain step's tokens per cost by that
-    share (0.03: 3%) to be chosen: a predicted gain within the noise of the estimates is not worth the risk."""
+    share (0.03: 3%) to be chosen: a predicted gain within the noise of the estimates is not worth the risk.
+
+    With `remaining` ([B] tokens each row may still generate), given when no prompt waits, the call ends with its
+    last row: K then minimises the expected time to that (`tail_time`), each K taken as kept to the end (static
+    shapes, which `widths` marks, keep idle rows in the forwards; without them rows leave as they finish)."""
     top = int(budgets.max()) if len(budgets) else 0
     ks = np.arange(top + 1)  # [K]
     if widths is not None and top > 0:  # widths ascend and end at the largest k, so one covers `top`
         widths = np.asarray(widths)
         ks = np.concatenate(([0], widths[widths < top], [widths[np.searchsorted(widths, top)]]))
-    drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
-    yields = expected_tokens(alpha[None, :], drafts)  # [K, B]
-    tokens = (yields if live is None else yields * live[None, :]).sum(1)  # [K]
-    rates = tokens / cost.round_cost(len(budgets), ks)  # [K]
+    if remaining is not None and top > 0:
+        rates = 1.0 / tail_time(alpha, budgets, remaining, ks, cost, widths is not None)  # [K] calls per second
+        rates[0] *= 1.0 + margin
+        return int(ks[len(ks) - 1 - np.argmax(rates[::-1])])  # of equal times, the longest draft (fewest rounds)
+    else:
+        drafts = np.minimum(budgets[None, :], ks[:, None])  # [K, B]
+        yields = expected_tokens(alpha[None, :], drafts)  # [K, B]
+        tokens = (yields if live is None else yields * live[None, :]).sum(1)  # [K]
+        rates = tokens / cost.round_cost(len(budgets), ks)  # [K]
     rates[0] *= 1.0 + margin  # ks[0] is 0
     return int(ks[np.argmax(rates)])
 
@@ -406,7 +483,8 @@ class SpeculationControl:
         plain, probe = self.cost.round_cost(rows, np.array([0, 1]))
         return float(probe - plain) + self.cost.catch_up(rows, backlog)
 
-    def begin(self, budgets: np.ndarray, widths: np.ndarray | None = None) -> None:
+    def begin(self, budgets: np.ndarray, widths: np.ndarray | None = None,
+              remaining: np.ndarray | None = None) -> None:
         """Before a call's first admission: start off when what earlier calls measured (the pooled acceptance and
         round costs) already says that drafting does not pay, so that the call neither prefills the draft for
         nothing (`ModelDrafter.defer`) nor pays a round to find out; the first probe comes as it would have. Only
@@ -417,7 +495,7 @@ class SpeculationControl:
             return
         unseen = np.zeros(len(budgets))
         if best_draft_length(self.acceptance.rates(unseen, unseen), budgets, self.cost, widths,
-                             margin=self.margin) == 0:
+                             margin=self.margin, remaining=remaining) == 0:
             self._interval = self.probe_interval(len(budgets))
             self.rounds_off = 1  # counted as a round off, and credited as one (the first probe comes as it would)
             self._earn(len(budgets))
@@ -435,17 +513,19 @@ class SpeculationControl:
         return max(self.probe_every, spaced) << min(self.misses, 3)
 
     def could_pay(self, budgets: np.ndarray, widths: np.ndarray | None = None,
-                  live: np.ndarray | None = None) -> bool:
+                  live: np.ndarray | None = None, remaining: np.ndarray | None = None) -> bool:
         """Whether drafting would pay if every draft were accepted: if not, no acceptance a probe could see
         would turn it on, and probing only costs."""
-        return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live, self.margin) > 0
+        return best_draft_length(np.ones(len(budgets)), budgets, self.cost, widths, live, self.margin, remaining) > 0
 
     def draft_lengths(self, budgets: np.ndarray, hits: np.ndarray, trials: np.ndarray,
                       widths: np.ndarray | None = None, live: np.ndarray | None = None,
-                      backlog: int = 0) -> np.ndarray:
+                      backlog: int = 0, remaining: np.ndarray | None = None) -> np.ndarray:
         """Each row's budget for this round, capped at the batch-wide K (one of `widths`, when given); `live`
         marks the rows that decode a prompt (the others are static shapes' idle rows); `backlog` is what the
-        draft must catch up before it drafts (tokens per row, `Drafter.backlog`), which a probe pays."""
+        draft must catch up before it drafts (tokens per row, `Drafter.backlog`), which a probe pays; `remaining`
+        (tokens each row may still generate, 0 for idle rows) is given when no prompt waits: K then minimises the
+        time to the last row's end (`best_draft_length`)."""
         if not len(budgets) or budgets.max() == 0:
             return budgets
         offered = int(budgets.sum())
@@ -456,7 +536,8 @@ class SpeculationControl:
             self.rounds_off += 1
             return self._rest(budgets)
         self._offered_off = offered
-        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live, self.margin)
+        k = best_draft_length(self.acceptance.rates(hits, trials), budgets, self.cost, widths, live, self.margin,
+                              remaining)
         probed, self._probed = self._probed, False
         if k == 0 and self.rounds_off == 0 and not probed:
             # drafting on: turned off only when the rows' estimates a standard deviation up would not pay either. Off
@@ -465,7 +546,7 @@ class SpeculationControl:
             # drafted a third of the rounds k=3 did and ran 11% slower than it
             rows = len(budgets) if live is None else int(live.sum())
             k = best_draft_length(self.acceptance.upper(hits, trials, rows), budgets, self.cost, widths, live,
-                                  self.margin)
+                                  self.margin, remaining)
         if k and isinstance(self.cost, MeasuredCosts) and not self.cost.samples(0) and self.cost.samples(k):
             return np.zeros_like(budgets)  # measure a plain step, to weigh the measured drafting rounds against
         if k == 0:
@@ -477,7 +558,7 @@ class SpeculationControl:
             self.rounds_off += 1
             if self.rounds_off < self._interval:
                 return self._rest(budgets)
-            if not self.could_pay(budgets, widths, live):  # no acceptance could turn it on: do not probe
+            if not self.could_pay(budgets, widths, live, remaining):  # no acceptance could turn it on: do not probe
                 self.rounds_off = 0
                 return self._rest(budgets)
             share = self._earn(len(budgets))  # this round earns its share, probe or not
