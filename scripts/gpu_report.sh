@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU evidence in one prepared command: the GPU test lane and the bench (eager and compiled, ours beside
-# transformers' eager and compiled greedy) on a pair where model time matters, written to $OUT as text, JSON, PNG.
+# The GPU evidence in one prepared command: the bench (ours eager and compiled beside transformers' eager and
+# compiled greedy) on a ~277M-parameter pair and on a >1B one, the per-round profile, float32 exactness and the GPU
+# test lane, written to $OUT as text, JSON, PNG.
 #
-#   scripts/gpu_report.sh                      # on a CUDA machine: a ~270M-parameter target, bf16
-#   DEVICE=cpu SIZE=tiny scripts/gpu_report.sh # the same steps on a CPU with a tiny pair (to test the script)
+#   scripts/gpu_report.sh                      # on a CUDA machine: bench, profile, big, exact (~9 min on an H200)
+#   STAGES=lane scripts/gpu_report.sh          # the GPU test lane alone (~2 min)
+#   DEVICE=cpu SIZE=tiny scripts/gpu_report.sh # the same steps on a CPU with tiny pairs (to test the script)
 #
-# Environment: DEVICE (cuda), SIZE (full | tiny), OUT (gpu_report), PYTHON (python), BATCH_SIZES (8,64),
-# PAIR_DIR (a scratch folder for the pair's weights), STAGES (which of lane,bench,exact,profile to run; all by
-# default), BUDGET_S (560: the whole script's seconds). Each stage stops at its own cap (LANE_S 180, BENCH_S 300,
-# EXACT_S 120, PROFILE_S 75 per profile run) or when the budget runs out, keeping what it wrote (the bench's JSON
-# after every batch size).
+# Environment: DEVICE (cuda), SIZE (full | tiny), OUT (gpu_report), PYTHON (python), BATCH_SIZES (8,64: the
+# 277M pair's), BIG_BATCH_SIZES (8: the big pair's), OURS (exspec,exspec-default), PAIR_DIR (a scratch folder for
+# the pairs' weights), STAGES (which of lane,bench,profile,big,exact to run; all but lane by default), BUDGET_S
+# (540: the whole script's seconds). Each stage stops at its own cap (LANE_S 180, BENCH_S 230, PROFILE_S 70 per
+# profile run, BIG_S 150, EXACT_S 75) or when the budget runs out, keeping what it wrote (a bench's JSON after
+# every batch size). Stages run in the order lane, bench, profile, big, exact: the most wanted first.
 #
-# Measured on an H200 (torch 2.11, transformers 5.17): pair 20 s, lane 110 s, bench 210 s, exact 75 s, profile
-# ~45 s per compiled run. All stages take ~8 min: under a 10-minute limit per command, run STAGES=lane,bench and
-# STAGES=exact,profile as two calls.
+# Measured on an H200 (torch 2.11, transformers 5.17; 2026-11-30): pair 20 s, lane 110 s, bench of two batch
+# sizes 210 s, exact 75 s, profile ~45 s per compiled run.
 # Every stage runs even if an earlier one failed; the exit status is the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +23,10 @@ DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-full}
 OUT=${OUT:-gpu_report}
 PYTHON=${PYTHON:-python}
-BUDGET_S=${BUDGET_S:-560}
+BUDGET_S=${BUDGET_S:-540}
 PAIR_DIR=${PAIR_DIR:-$(mktemp -d)/pair}
-STAGES=${STAGES:-lane,bench,exact,profile}
+STAGES=${STAGES:-bench,profile,big,exact}
+OURS=${OURS:-exspec,exspec-default}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/ import the package
 mkdir -p "$OUT"
 START=$SECONDS
@@ -35,13 +38,20 @@ check() { local rc=$?; [ $rc -ne 0 ] && { echo "stage failed: rc $rc" | tee -a "
 
 if [ "$SIZE" = tiny ]; then
     PAIR=(--layers 2 --width 64 --draft-layers 1)
+    BIG_PAIR=(--layers 3 --width 128 --draft-layers 1)
     BENCH=(--batch-sizes "${BATCH_SIZES:-4}" --num-prompts 4 --max-new-tokens 8 --repeats 1)
+    BIG_BENCH=(--batch-sizes "${BIG_BATCH_SIZES:-4}" --num-prompts 4 --max-new-tokens 8 --repeats 1)
+    EXACT=(--batch-sizes 4 --num-prompts 4 --max-new-tokens 8)
 else
-    # 8 layers x 1536 (~270M parameters, bf16): large enough that the GPU's own time shows, few enough layers
+    # 8 layers x 1536 (~277M parameters, bf16): large enough that the GPU's own time shows, few enough layers
     # that compiling each shape (dynamo traces every layer) fits the lease. One timed repeat: on a GPU the
     # spread between repeats is small next to the compile warm-ups, which dominate this script's time.
     PAIR=(--layers 8 --width 1536 --draft-layers 1)
+    # 17 layers x 2048 (~1.04B parameters) with a 1-layer draft: where a forward's own time weighs more
+    BIG_PAIR=(--layers 17 --width 2048 --draft-layers 1)
     BENCH=(--batch-sizes "${BATCH_SIZES:-8,64}" --num-prompts 64 --max-new-tokens 64 --repeats 1)
+    BIG_BENCH=(--batch-sizes "${BIG_BATCH_SIZES:-8}" --num-prompts 16 --max-new-tokens 64 --repeats 1)
+    EXACT=(--batch-sizes 8 --num-prompts 8 --max-new-tokens 64)
 fi
 : > "$OUT/report.txt"
 DTYPE=bfloat16; [ "$DEVICE" = cpu ] && DTYPE=float32
@@ -61,30 +71,43 @@ timeout "$(left "${LANE_S:-180}")" "$PYTHON" -m pytest -m gpu -q -p no:cacheprov
 
 fi
 
+# bench NAME TARGET_DIR DTYPE CAP ARGS...: the bench into $OUT/NAME.json and NAME.png (a run cut short plots what it
+# finished: the JSON is written after every batch size)
+bench() {
+    local name=$1 pair=$2 dtype=$3 cap=$4; shift 4
+    timeout "$(left "$cap")" "$PYTHON" -m hf_batchspec bench --device "$DEVICE" --dtype "$dtype" --target "$pair/target" \
+        --draft "$pair/draft" --compile --methods "" --quiet "$@" --json "$OUT/$name.json" --plot "$OUT/$name.png" 2>&1 \
+        | grep -v "Loading weights" | tee -a "$OUT/report.txt"; check
+    if [ ! -f "$OUT/$name.png" ] && [ -f "$OUT/$name.json" ]; then
+        stage "$name, as far as it got"
+        "$PYTHON" -m hf_batchspec bench --methods "" --from-json "$OUT/$name.json" --plot "$OUT/$name.png" 2>&1 | tee -a "$OUT/report.txt"
+    fi
+}
+
 if wanted bench; then
-stage "bench"
-timeout "$(left "${BENCH_S:-300}")" "$PYTHON" -m hf_batchspec bench --device "$DEVICE" --dtype "$DTYPE" --target "$PAIR_DIR/target" \
-    --draft "$PAIR_DIR/draft" --compile --methods "" --ours exspec,exspec-auto --quiet "${BENCH[@]}" \
-    --json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/report.txt"; check
-if [ ! -f "$OUT/bench.png" ] && [ -f "$OUT/bench.json" ]; then  # cut short: the batch sizes it finished
-    stage "bench, as far as it got"
-    "$PYTHON" -m hf_batchspec bench --methods "" --from-json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | tee -a "$OUT/report.txt"
+stage "bench (${PAIR[*]}, $DTYPE)"
+bench bench "$PAIR_DIR" "$DTYPE" "${BENCH_S:-230}" --ours "$OURS" "${BENCH[@]}"
 fi
-fi
+
 if wanted profile; then  # per round: wall time, launches outside the CUDA graphs, host syncs, GPU busy time
 stage "per-round profile"
-for args in "--batch 8 --compile" "--batch 64 --compile" "--batch 8"; do
+for args in "--batch 8 --compile" "--batch 64 --compile"; do
     [ "$SIZE" = tiny ] && args="${args/64/4} --long 12 --short 4"
-    timeout "$(left "${PROFILE_S:-75}")" "$PYTHON" scripts/profile_round.py --device "$DEVICE" --dtype "$DTYPE" --target "$PAIR_DIR/target" \
+    timeout "$(left "${PROFILE_S:-70}")" "$PYTHON" scripts/profile_round.py --device "$DEVICE" --dtype "$DTYPE" --target "$PAIR_DIR/target" \
         --draft "$PAIR_DIR/draft" $args 2>&1 | grep -v -E "Loading weights|USDT|warn" | tee -a "$OUT/report.txt"; check
 done
 fi
 
+if wanted big; then
+stage "big pair (${BIG_PAIR[*]})"
+"$PYTHON" scripts/build_layer_skip_pair.py --out "$PAIR_DIR-big" "${BIG_PAIR[@]}" 2>&1 | tee -a "$OUT/report.txt"; check
+stage "bench, big pair ($DTYPE)"
+bench bench_big "$PAIR_DIR-big" "$DTYPE" "${BIG_S:-150}" --ours exspec "${BIG_BENCH[@]}"
+fi
+
 if wanted exact; then  # in bf16 every batched method (transformers' too) drifts from batch 1 at near-ties: fp32 shows
 stage "exactness in float32 (ours eager and compiled against batch-1 greedy)"
-timeout "$(left "${EXACT_S:-120}")" "$PYTHON" -m hf_batchspec bench --device "$DEVICE" --dtype float32 --target "$PAIR_DIR/target" \
-    --draft "$PAIR_DIR/draft" --compile --methods "" --ours exspec --quiet --batch-sizes 8 --num-prompts 16 \
-    --max-new-tokens 64 --repeats 1 --json "$OUT/bench_fp32.json" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/report.txt"; check
+bench bench_fp32 "$PAIR_DIR" float32 "${EXACT_S:-75}" --ours exspec --repeats 1 "${EXACT[@]}"
 fi
 
 echo "done in $((SECONDS - START)) s, status $STATUS; written: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/report.txt"
