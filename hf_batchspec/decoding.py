@@ -180,10 +180,10 @@ class _Decoder:
         # a drafter that reads the verify's outputs (`Drafter.verify_outputs`) gets them from the eager round
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
-            # a draft model's whole round (steps, verify, acceptance, commit) in one program, read a round late;
-            # the verify alone for a drafter without steps to compile (prompt lookup)
+            # the whole round (a draft model's steps or prompt lookup's match, verify, acceptance, commit) in one
+            # program, read a round late; the verify alone for a drafter that cannot compile its drafts
             if self.drafter.fuses and not settings.realign_every_round:
-                self._device_round = torch.compile(device_round, **settings.compile_config.to_dict())
+                self._device_round = torch.compile(self.drafter.device_program, **settings.compile_config.to_dict())
                 self.reader = LaggedRead(self.device)
                 # the round's offer as a device scalar per value: an int would be a constant of the graph
                 self._offers = [torch.tensor(i, device=self.device) for i in range(k + 1)]
@@ -193,6 +193,8 @@ class _Decoder:
             self._ran = {program: ran_widths(target, self._program_key(program, source, cache_len,
                                                                         settings.compile_config))
                          for program in self._ran}
+        # a device round whose draft model lags the target (`rows.lag`): after plain steps it catches up
+        self._draft_lags = self._device_round is not None and self.drafter.runner is not None
         self._inflight: InFlight | None = None  # a device round launched, its snapshot not yet read
         # drafting off runs its plain steps back to back (`_plain_run`): greedy, eager or through the compiled verify
         # of width 0 (a draft model's device round too: its draft falls behind and catches up when it drafts), with
@@ -309,7 +311,7 @@ class _Decoder:
         # weigh, which `draft_lengths` does not count as off either
         self.control.rest(ran - 1 - (ran > 1 and bool((live_generated + ran >= max_new).all())), len(rows))
         old_lengths = rows.lengths_h
-        if self._device_round is not None:  # its draft ran none of these steps: it catches up when it drafts
+        if self._draft_lags:  # its draft ran none of these steps: it catches up when it drafts
             rows.lag.add_(rows.live.long() * ran)
             self._draft_behind += ran
         rows.advance(count_h, rows.live.long() * ran)
@@ -416,8 +418,9 @@ class _Decoder:
             return finished | self._plain_run()
         if k and self._draft_behind:
             self._catch_up_draft()
-        launched = self.reader.launch(self._device_round, *self._round_args(k, offer),
-                                      width=k, forward_rows=len(rows), planned=planned, waiting=self._waiting(),
+        launched = self.reader.launch(self._device_round, *self._round_args(k, offer), width=k,
+                                      forward_rows=len(rows), planned=planned, waiting=self._waiting(),
+                                      forwards=max(k, 1) if self._draft_lags else 0,
                                       clock=LaunchClock(self.reader.cuda) if self._measures(k, backlog) else None)
         self._forwards_ended("round", k)
         if not self.reader.lagged:  # the device has run the round already (a CPU): read it now
@@ -426,12 +429,14 @@ class _Decoder:
         return np.zeros(len(rows), dtype=bool) if flight is None else self._absorb(flight)
 
     def _round_args(self, k: int, offer: int) -> tuple:
-        """`device_round`'s arguments for a round of width k whose rows are asked for `offer` drafts each."""
+        """The device round's arguments (`device_round.device_round`, `lookup_round`) for a round of width k whose
+        rows are asked for `offer` drafts each: the drafter's own first (a draft model's runner and lag)."""
         rows = self.rows
-        inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.lag, rows.caps)
-        rows_dynamic(*inputs, self.drafter.runner, self.target)  # one graph for every row bucket and call
-        return (self.drafter.runner, self.target, k, *inputs, self._offers[offer], self._fused_stop_ids,
-                self._max_new)
+        own = self.drafter.device_inputs(rows)
+        inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.caps)
+        # one graph for every row bucket and call
+        rows_dynamic(*inputs, *(value for value in own if not isinstance(value, int)), self.target)
+        return (*own, self.target, k, *inputs, self._offers[offer], self._fused_stop_ids, self._max_new)
 
     def _verify_args(self, drafts: torch.Tensor, budget: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple:
         """`verify_greedy`'s arguments for these drafts (`[B, k]`), each row offering `budget` (`[B]`) of them, after
@@ -446,7 +451,7 @@ class _Decoder:
     def _forwards_ended(self, program: str, k: int) -> None:
         """After a fused program ("round" or "verify") of width k: its forwards' plans are dropped
         (`RaggedCache.end`), and the width is known to have run."""
-        if program == "round":
+        if program == "round" and self.drafter.runner is not None:
             self.drafter.runner.cache.end()
         self.target.cache.end()
         self._ran[program].add(k)
@@ -626,14 +631,16 @@ class _Decoder:
     def _program_key(self, program: str, source: DraftSource, cache_len: int, compile_config) -> tuple:
         """What a fused program's graphs are specific to besides the target and its width: one row or more (dynamo
         specialises a single row), the cache's length, the stop ids' padded size and the compile settings; a device
-        round's also its draft (an early exit's view is built anew each call: its layer count) and the token
-        buffer's length (the verify takes its tokens gathered)."""
+        round's also its draft (an early exit's view is built anew each call: its layer count; prompt lookup's n-gram
+        size) and the token buffer's length (the verify takes its tokens gathered)."""
         shapes = (program, len(self.rows) > 1, cache_len, len(self._fused_stop_ids),
                   repr(sorted(compile_config.to_dict().items())))
         if program == "verify":
             return shapes
         if source.kind == "early-exit":
             draft = source.model.config.num_hidden_layers
+        elif source.kind == "lookup":  # its n-gram size is a constant of the program
+            draft = source.lookup_ngram
         else:
             draft = None if source.model is None else weakref.ref(source.model)
         return (*shapes, source.kind, draft, self.tokens.shape[1])
@@ -678,7 +685,7 @@ class _Decoder:
         lengths = self.prompt_lengths[ids]
         self.rows.place(slots, ids, lengths + 1, np.ones(len(ids), dtype=np.int64),
                         lengths + self.settings.max_new_tokens - 1, self.settings.num_assistant_tokens)
-        if self._device_round is not None:
+        if self._draft_lags:
             missing = lengths + 1 - self.drafter.cache.lengths[slots]  # [n] (the cache rows were copied in)
             if missing.max(initial=1) > 1:
                 self.rows.lag[to_device(slots, self.device)] = to_device(missing, self.device)

@@ -12,7 +12,9 @@ SGLang's future map, TensorRT-LLM's overlap scheduler). Here:
   acceptance and the cut at a stop (`decoding.verify_greedy`), writes the candidates into the token buffer and
   advances the row state in place: lengths, generated counts, live flags and each row's draft lag. Nothing of the
   round runs outside it, so the next round needs nothing from the host but its width.
-- `LaggedRead` brings the round's `[5, B]` snapshot (accepted, kept, finished, budget, live at launch) to the host
+- `lookup_round` is the same round for prompt lookup: the n-gram match (`lookup.ngram_drafts`) in place of the draft's
+  steps.
+- `LaggedRead` brings the round's `[6, B]` snapshot (accepted, kept, finished, budget, live at launch, asked) to the host
   without blocking: on CUDA a copy to pinned memory queued behind the round, with an event; the host waits for that
   event only after it has launched the next round. Bookkeeping (statistics, the caches' host lengths, refill,
   departures, `speculation="auto"`) takes the snapshot.
@@ -34,13 +36,14 @@ import torch
 
 from .acceptance import greedy_accept, truncate_at_stop
 from .drafters.model import greedy_steps
+from .lookup import ngram_drafts
 from .runner import ModelRunner
 
 # The draft's first step re-feeds the tokens it has not run: the pending token, and after a fully accepted round
 # also its own last draft (never run). In a device round that is 1 or 2 tokens for every row (see `device_round`),
 # so its first step has one width.
 FIRST_STEP_WIDTH = 2
-SNAPSHOT_FIELDS = ("accepted", "count", "finished", "budget", "live")
+SNAPSHOT_FIELDS = ("accepted", "count", "finished", "budget", "live", "offered")
 # Device types whose rounds are read a round late: where the device runs ahead of the host (CUDA), so the host can
 # prepare round t+1 while round t runs. A CPU has run the program when its call returns: there the read comes at
 # once, and a finished row's slot is refilled before the next round instead of idling through it. (The test suite
@@ -50,6 +53,7 @@ LAGGED_DEVICES = ("cuda",)
 
 def device_round(
     draft: ModelRunner,  # static shapes: every forward over all rows and the whole cache
+    lag: torch.Tensor,  # [B] committed tokens the draft has not run, 1 or 2 (mutated)
     target: ModelRunner,
     k: int,  # drafts per row in this program (0: the draft only catches up, nothing is verified)
     tokens: torch.Tensor,  # [N+1, T] token ids by original row and position (mutated: the round's candidates)
@@ -58,20 +62,18 @@ def device_round(
     generated: torch.Tensor,  # [B] tokens generated per row (mutated)
     limits: torch.Tensor,  # [B] highest position id of each row
     live: torch.Tensor,  # [B] slots decoding a prompt (mutated: cleared for rows that finish)
-    lag: torch.Tensor,  # [B] committed tokens the draft has not run, 1 or 2 (mutated)
     caps: torch.Tensor,  # [B] the most drafts each row may offer (its k)
     offer: torch.Tensor,  # [] drafts asked of every row this round (the batch-wide k before padding to `k`)
     stop_ids: torch.Tensor,  # [E] padded with -1 (`decoding.static_stop_ids`)
     max_new_tokens: torch.Tensor,  # []
-) -> torch.Tensor:  # [5, B] the round's snapshot, rows as in `SNAPSHOT_FIELDS`
+) -> torch.Tensor:  # [6, B] the round's snapshot, rows as in `SNAPSHOT_FIELDS`
     """One greedy round of every row with its commit, for torch.compile: draft, verify, accept, commit.
 
     The draft lag stays 1 or 2: after a round that ran s = max(k, 1) draft steps from lag 1 or 2, the draft has run
     every committed token through the pending one plus its drafts d_1..d_{s-1}, so of a row's `count` new tokens it
     lacks max(1, count - s + 1) <= 2 (count <= k + 1). Admission sets 1 (the prefill ran the prompt)."""
     device = tokens.device
-    budget = torch.where(live, torch.minimum(torch.minimum(caps, offer), max_new_tokens - generated - 1), 0)
-    budget = budget.clamp(min=0)
+    budget = round_budget(live, caps, offer, generated, max_new_tokens)
     columns = torch.arange(FIRST_STEP_WIDTH, device=device)
     positions = (lengths - lag).unsqueeze(1) + columns  # [B, 2] the lag's tokens, then padding for lag 1
     first_input = tokens[ids.unsqueeze(1), positions.clamp(min=0, max=tokens.shape[1] - 1)]
@@ -80,11 +82,72 @@ def device_round(
     pending = tokens[ids, lengths - 1].unsqueeze(1)  # [B, 1]
     accepted, candidates, count, finished = verify_greedy(target, pending, lengths, limits, generated, live, drafts,
                                                           budget, stop_ids, max_new_tokens)
-    # commit: every candidate is written; those past a row's kept count lie beyond its new length, never read
-    cols = lengths.unsqueeze(1) + torch.arange(k + 1, device=device)  # [B, k+1]
-    tokens[ids.unsqueeze(1), cols] = candidates
-    snapshot = torch.stack((accepted, count, finished.long(), budget, live.long()))
     lag.copy_(torch.where(live, (count - steps + 1).clamp(min=1), lag))
+    return commit(tokens, ids, lengths, generated, live, candidates, accepted, count, finished, budget, budget)
+
+
+def lookup_round(
+    max_ngram: int,  # the longest n-gram matched (transformers' max_matching_ngram_size)
+    target: ModelRunner,  # static shapes: the forward covers all rows and the whole cache
+    k: int,  # drafts per row in this program
+    tokens: torch.Tensor,  # [N+1, T] token ids by original row and position (mutated: the round's candidates)
+    ids: torch.Tensor,  # [B] each slot's row of `tokens` (idle slots: the scratch row)
+    lengths: torch.Tensor,  # [B] committed tokens per row, the last one pending (mutated)
+    generated: torch.Tensor,  # [B] tokens generated per row (mutated)
+    limits: torch.Tensor,  # [B] highest position id of each row
+    live: torch.Tensor,  # [B] slots decoding a prompt (mutated: cleared for rows that finish)
+    caps: torch.Tensor,  # [B] the most drafts each row may offer (its k)
+    offer: torch.Tensor,  # [] drafts asked of every row this round
+    stop_ids: torch.Tensor,  # [E] padded with -1 (`decoding.static_stop_ids`)
+    max_new_tokens: torch.Tensor,  # []
+) -> torch.Tensor:  # [6, B] the round's snapshot, rows as in `SNAPSHOT_FIELDS`
+    """A greedy round of prompt lookup with its commit, for torch.compile: the n-gram match (`lookup.ngram_drafts`,
+    masks and reductions over the batch), verify, accept, commit. As the draft model's `device_round`: nothing of
+    the round runs outside it, and the host reads its snapshot a round late. A row without a match offers no
+    drafts (`budget` 0) but was asked for `offered`: its acceptance estimate counts those as drafts not accepted."""
+    offered = round_budget(live, caps, offer, generated, max_new_tokens)
+    if k:
+        drafts, budget = ngram_drafts(tokens, ids, lengths, k, max_ngram, offered)  # [B, k], [B]
+    else:  # a plain step of every row
+        drafts, budget = tokens.new_zeros((len(ids), 0)), torch.zeros_like(offered)
+    pending = tokens[ids, lengths - 1].unsqueeze(1)  # [B, 1]
+    accepted, candidates, count, finished = verify_greedy(target, pending, lengths, limits, generated, live, drafts,
+                                                          budget, stop_ids, max_new_tokens)
+    return commit(tokens, ids, lengths, generated, live, candidates, accepted, count, finished, budget, offered)
+
+
+def round_budget(
+    live: torch.Tensor,  # [B] slots decoding a prompt
+    caps: torch.Tensor,  # [B] each row's k
+    offer: torch.Tensor,  # [] the batch-wide k of the round
+    generated: torch.Tensor,  # [B] tokens generated per row
+    max_new_tokens: torch.Tensor,  # []
+) -> torch.Tensor:  # [B] drafts asked of each row (idle rows 0)
+    """Each live row's drafts this round: its k, the round's, and what it still needs beyond the verify's own
+    token, whichever is least."""
+    budget = torch.where(live, torch.minimum(torch.minimum(caps, offer), max_new_tokens - generated - 1), 0)
+    return budget.clamp(min=0)
+
+
+def commit(
+    tokens: torch.Tensor,  # [N+1, T] (mutated)
+    ids: torch.Tensor,  # [B]
+    lengths: torch.Tensor,  # [B] (mutated)
+    generated: torch.Tensor,  # [B] (mutated)
+    live: torch.Tensor,  # [B] (mutated)
+    candidates: torch.Tensor,  # [B, k+1] the round's candidate tokens
+    accepted: torch.Tensor,  # [B] drafts accepted
+    count: torch.Tensor,  # [B] tokens kept
+    finished: torch.Tensor,  # [B] rows that ended
+    budget: torch.Tensor,  # [B] drafts each row offered
+    offered: torch.Tensor,  # [B] drafts asked of each row
+) -> torch.Tensor:  # [6, B] the round's snapshot
+    """Step 4 on the device: every candidate is written (those past a row's kept count lie beyond its new length,
+    never read), lengths and generated counts advance, finished rows stop being live. The snapshot is taken first,
+    with each row's live flag at launch."""
+    cols = lengths.unsqueeze(1) + torch.arange(candidates.shape[1], device=tokens.device)  # [B, k+1]
+    tokens[ids.unsqueeze(1), cols] = candidates
+    snapshot = torch.stack((accepted, count, finished.long(), budget, live.long(), offered))
     lengths.add_(count)
     generated.add_(count)
     live.logical_and_(~finished)
@@ -166,12 +229,13 @@ class RoundRead:
 class InFlight:
     """A launched round whose snapshot the host has not read yet."""
 
-    snapshot: torch.Tensor  # [5, B] on the host (pinned, being filled) or on the CPU device
+    snapshot: torch.Tensor  # [6, B] on the host (pinned, being filled) or on the CPU device
     event: object  # torch.cuda.Event recorded after the copy, or None on a CPU
     width: int  # the program's k
     forward_rows: int  # rows the forwards covered
     planned: np.ndarray  # [B] each row's k at launch (the heuristic schedule learns from it)
     waiting: int  # prompts waiting for a slot at launch
+    forwards: int  # draft forwards the program ran
     clock: object | None = None  # `profiling.LaunchClock` around the launch, when round costs are measured
 
 
@@ -188,8 +252,8 @@ class LaggedRead:
         self.lagged = torch.device(device).type in LAGGED_DEVICES
 
     def launch(self, program, *args, width: int, forward_rows: int, planned: np.ndarray, waiting: int,
-               clock=None) -> InFlight:
-        """Run `program(*args)` (its snapshot `[5, B]`), timed by `clock` (`profiling.LaunchClock`) when given."""
+               forwards: int, clock=None) -> InFlight:
+        """Run `program(*args)` (its snapshot `[6, B]`), timed by `clock` (`profiling.LaunchClock`) when given."""
         if clock is not None:
             clock.start()
         snapshot = program(*args)
@@ -202,7 +266,7 @@ class LaggedRead:
             event = torch.cuda.Event()
             event.record()
             snapshot = host
-        return InFlight(snapshot, event, width, forward_rows, planned, waiting, clock)
+        return InFlight(snapshot, event, width, forward_rows, planned, waiting, forwards, clock)
 
     @staticmethod
     def read(flight: InFlight) -> RoundRead:
@@ -213,5 +277,5 @@ class LaggedRead:
         live = snap["live"].astype(bool)
         timed = flight.clock is not None and live.any()  # a round of idle rows measures nothing
         return RoundRead(snap["accepted"], snap["count"], snap["finished"].astype(bool), snap["budget"], live,
-                         snap["budget"], flight.width, flight.forward_rows, flight.planned, flight.waiting,
-                         max(flight.width, 1), flight.clock.seconds if timed else None)
+                         snap["offered"], flight.width, flight.forward_rows, flight.planned, flight.waiting,
+                         flight.forwards, flight.clock.seconds if timed else None)

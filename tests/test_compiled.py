@@ -18,7 +18,7 @@ from transformers import CompileConfig
 
 import hf_batchspec
 from hf_batchspec import BatchSpecError
-from hf_batchspec.decoding import draft_buckets, pad_drafts, static_length, static_rows
+from hf_batchspec.decoding import _Decoder, draft_buckets, pad_drafts, static_length, static_rows
 from hf_batchspec.masks import build_masks
 from hf_batchspec.runner import ModelRunner
 from tests.toolkit.compiled import COMPILED, generate_compiled
@@ -462,11 +462,12 @@ def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
 @pytest.mark.parametrize("source", [dict(prompt_lookup_num_tokens=3), dict(assistant_early_exit=1,
                                                                             num_assistant_tokens=3)],
                          ids=["lookup", "early_exit"])
-def test_other_draft_sources_compile_and_stay_exact(compiled_pair, source):
-    """Prompt lookup (only the target compiles) and early exit (the target's first layer, its own compiled
-    forward) on the compiled path: every row equals plain greedy, and a second call in the bucket compiles
-    nothing new."""
+def test_other_draft_sources_compile_and_stay_exact(compiled_pair, source, monkeypatch):
+    """Prompt lookup (its n-gram match inside the round's program) and early exit (the target's first layer, its own
+    compiled steps) on the compiled path: every row equals plain greedy, every round is a device round, and a second
+    call in the bucket compiles nothing new."""
     target, _ = compiled_pair
+    round_ = _Decoder._round
     prompts = [[5, 6, 7, 5, 6, 7, 5], [9] * 6, [3, 4, 3, 4], [8]]
     ids, mask = left_pad(prompts, 0)
 
@@ -479,7 +480,11 @@ def test_other_draft_sources_compile_and_stay_exact(compiled_pair, source):
         return out.spec_stats
 
     run(20)
+    host_rounds = []  # rounds the host runs and reads itself (`_round`), not device rounds read a round late
+    monkeypatch.setattr(_Decoder, "_round", lambda decoder: host_rounds.append(1) or round_(decoder))
     before = unique_graphs()
     stats = run(16)
+    assert not host_rounds, "a round ran outside the device round's one program"
     assert unique_graphs() == before, "a second call in the bucket recompiled"
     assert stats.accepted_tokens.sum() > 0
+    assert stats.fused_rounds == stats.rounds

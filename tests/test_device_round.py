@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from hf_batchspec.decoding import _Decoder, static_length, static_stop_ids
 from hf_batchspec import device_round as device_round_module
-from hf_batchspec.device_round import device_round
+from hf_batchspec.device_round import device_round, lookup_round
 from hf_batchspec.masks import packed_positions
 from hf_batchspec.runner import ModelRunner
 from hf_batchspec.scheduling import ActiveRows
-from tests.toolkit import free_run_tokens, left_pad, plain_greedy
+from tests.toolkit import free_run_tokens, left_pad, plain_greedy, reference_drafts
 from tests.toolkit.compiled import COMPILED
 from tests.toolkit.counting import CountedReads
 from tests.tiny_models import VOCAB, build, perturbed
@@ -89,13 +89,13 @@ def test_device_round_against_references_from_scratch(pair, data):
         k = data.draw(st.integers(0, K), label="k")
         budget = np.where(live, np.minimum(k, max_new - generated - 1), 0)
         with torch.no_grad():
-            snap = device_round(draft_runner, target_runner, k, tokens, rows.ids, rows.lengths, rows.generated,
-                                rows.limits, rows.live, rows.lag, rows.caps, torch.tensor(k), stop_ids,
+            snap = device_round(draft_runner, rows.lag, target_runner, k, tokens, rows.ids, rows.lengths,
+                                rows.generated, rows.limits, rows.live, rows.caps, torch.tensor(k), stop_ids,
                                 torch.tensor(max_new))
         for runner in (draft_runner, target_runner):
             runner.cache.end()
-        accepted, count, finished, offered, was_live = snap.numpy()
-        assert (was_live.astype(bool) == live).all() and (offered == budget).all()
+        accepted, count, finished, offered, was_live, asked = snap.numpy()
+        assert (was_live.astype(bool) == live).all() and (offered == budget).all() and (asked == budget).all()
         for row in np.flatnonzero(live):
             drafts = greedy_from(draft, kept[row], budget[row])
             truth = greedy_from(target, kept[row], budget[row] + 1)
@@ -113,6 +113,65 @@ def test_device_round_against_references_from_scratch(pair, data):
         live &= ~finished.astype(bool)
         assert (rows.live.numpy() == live).all() and (rows.generated.numpy() == generated).all()
         assert set(rows.lag[torch.as_tensor(live)].tolist()) <= {1, 2}
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, max_new, tuple(stops) or None)
+        length = int(rows.lengths[row])
+        assert tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
+        assert kept[row][len(prompt):] == expected
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_lookup_round_against_references_from_scratch(pair, data):
+    """Prompt lookup's device round (`lookup_round`), round by round, eagerly: each live row was asked for its
+    budget (k, cut at what it still needs), offered the drafts a naive prompt lookup of its committed tokens finds
+    (`tests.toolkit.reference_drafts`; none without a match), accepted their agreement with the target's greedy
+    tokens and kept those through its budget and first stop; finished rows stop being live. Prompts repeat
+    n-grams so that rows match. At the end every row equals plain greedy."""
+    target, _ = pair
+    n = data.draw(st.integers(1, 4), label="rows")
+    motifs = data.draw(st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=4), min_size=n,
+                                max_size=n), label="motifs")
+    prompts = [motif * data.draw(st.integers(1, 3), label="repeats") for motif in motifs]
+    max_new = data.draw(st.integers(2, 12), label="max_new")
+    max_ngram = data.draw(st.integers(1, 3), label="max_ngram")
+    continuations = [plain_greedy(target, p, max_new, None) for p in prompts]
+    stops = data.draw(st.lists(st.sampled_from(sorted({t for c in continuations for t in c[1:]})), max_size=1),
+                      label="stop")
+    (_, target_runner), tokens, rows = admitted(target, target, prompts, max_new)
+    stop_ids = static_stop_ids(torch.tensor(stops) if stops else None, "cpu")
+    first = [c[0] for c in continuations]
+    live = np.array([f not in stops for f in first]) & (max_new > 1)
+    rows.live[:] = torch.as_tensor(live)
+    generated = np.ones(n, dtype=np.int64)
+    kept = [list(prompt) + [f] for prompt, f in zip(prompts, first)]
+    for _ in range(max_new + 2):
+        if not live.any():
+            break
+        k = data.draw(st.integers(0, K), label="k")
+        asked_for = np.where(live, np.minimum(k, max_new - generated - 1), 0)
+        with torch.no_grad():
+            snap = lookup_round(max_ngram, target_runner, k, tokens, rows.ids, rows.lengths, rows.generated,
+                                rows.limits, rows.live, rows.caps, torch.tensor(k), stop_ids, torch.tensor(max_new))
+        target_runner.cache.end()
+        accepted, count, finished, offered, was_live, asked = snap.numpy()
+        assert (was_live.astype(bool) == live).all() and (asked == asked_for).all()
+        for row in np.flatnonzero(live):
+            drafts = reference_drafts(kept[row], k, max_ngram, int(asked_for[row])) if k else []
+            assert offered[row] == len(drafts), f"row {row}: not the drafts prompt lookup finds"
+            truth = greedy_from(target, kept[row], len(drafts) + 1)
+            agree = next((i for i, (d, t) in enumerate(zip(drafts, truth)) if d != t), len(drafts))
+            assert accepted[row] == agree
+            new = truth[: agree + 1]
+            stop = next((i for i, t in enumerate(new) if t in stops), None)
+            new = new if stop is None else new[: stop + 1]
+            assert count[row] == len(new)
+            kept[row] += new
+            generated[row] += len(new)
+            assert bool(finished[row]) == (stop is not None or generated[row] >= max_new)
+        assert (count[~live] == 0).all() and (offered[~live] == 0).all(), "an idle row drafted or kept tokens"
+        live &= ~finished.astype(bool)
+        assert (rows.live.numpy() == live).all() and (rows.generated.numpy() == generated).all()
     for row, prompt in enumerate(prompts):
         expected = plain_greedy(target, prompt, max_new, tuple(stops) or None)
         length = int(rows.lengths[row])
@@ -185,23 +244,30 @@ def test_whole_call_reads(compiled_pair, warmed, monkeypatch):
     assert reads.count <= stats.rounds + stats.lagged_idle_rounds + stats.target_prefill_calls
 
 
-@pytest.mark.parametrize("lagged", [True, False])
-def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged):
+@pytest.mark.parametrize("lagged,source", [(True, "draft"), (False, "draft"), (True, "lookup")])
+def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged, source):
     """EXSPEC with prompts waiting and stops that end rows inside blocks. Read a round late (CUDA; the suite does so on
     the CPU too), a finished row's slot idles for one round (the round launched before its finish was read) and is
     then refilled, staged prompts by a copy: the idle slot-rounds are at most one per prompt that waited. Read at
-    once (a CPU's default), none idles. Every row equals plain greedy."""
+    once (a CPU's default), none idles. Every row equals plain greedy. Prompt lookup's round is a device round too
+    (`lookup_round`): prompts that repeat a motif give its n-gram match something to find."""
     monkeypatch.setattr(device_round_module, "LAGGED_DEVICES", ("cuda", "cpu") if lagged else ("cuda",))
     target, draft = compiled_pair
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (3, 7, 2, 5, 9, 1, 4, 6, 8, 2)]
+    settings = dict(COMPILED, assistant_model=draft)
+    if source == "lookup":
+        prompts = [prompt * 3 for prompt in prompts]
+        del settings["num_assistant_tokens"], settings["assistant_model"]
+        settings["prompt_lookup_num_tokens"] = 3
     free = free_run_tokens(target, prompts, 16, skip_first=True)
     eos = free[:: max(1, len(free) // 3)][:3]
     ids, mask = left_pad(prompts, 0)
-    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=16, do_sample=False,
-                          eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=eos,
+                          pad_token_id=0, return_dict_in_generate=True, **settings)
     stats = out.spec_stats
     assert stats.rounds == stats.fused_rounds > 0 and stats.staged_prompts > 0
+    assert source != "lookup" or stats.accepted_tokens.sum() > 0
     if lagged:
         assert 0 < stats.idle_slot_rounds <= len(prompts) - COMPILED["max_batch_size"]
     else:

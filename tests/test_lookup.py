@@ -3,18 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_batchspec.lookup import ngram_drafts
-
-
-def reference_drafts(t: list[int], k: int, max_ngram: int, budget: int) -> list[int]:
-    """Prompt lookup for one row, naively: largest n first, then the most recent earlier occurrence."""
-    L = len(t)
-    for n in range(max_ngram, 0, -1):
-        if L <= n:
-            continue
-        for s in range(L - 1 - n, -1, -1):  # s + n <= L - 1, most recent first
-            if t[s : s + n] == t[L - n :]:
-                return t[s + n : s + n + min(k, L - (s + n), budget)]
-    return []
+from tests.toolkit import reference_drafts
 
 
 def drafts_of(rows: list[list[int]], k: int, max_ngram: int, budget=None, pad: int = 0):

@@ -76,8 +76,10 @@ class Drafter:
 
     Attributes the loop reads:
     - `runner`: the draft model's `ModelRunner`, or None for a source without one.
-    - `fuses`: whether its greedy steps compile into the round's one program (`device_round.device_round` runs
-      `greedy_steps` on `runner`; then neither `propose` nor `rollback`'s caller reads the host between rounds).
+    - `fuses`: whether its greedy drafts compile into the round's one program, `device_program` (with its leading
+      arguments `device_inputs(rows)`): a draft model's `device_round.device_round` runs `greedy_steps` on
+      `runner`, prompt lookup's `lookup_round` its n-gram match; then neither `propose` nor `rollback`'s caller
+      reads the host between rounds.
     - `stages`: whether a prompt can be prefilled into a staging row ahead of a free slot (`copy_rows` then moves
       it); a source with per-slot host state that cannot move that way says False.
     - `defers`: whether `defer` admits rows without a forward (the first `propose` then catches them up).
@@ -90,6 +92,16 @@ class Drafter:
     stages = True
     defers = False
     verify_outputs: frozenset = frozenset()
+
+    @property
+    def device_program(self):
+        """The round's one program for a source that `fuses` (a function of `device_inputs(rows)`, then the
+        target's runner, the width and the row state: `device_round.device_round`'s arguments)."""
+        raise NotImplementedError
+
+    def device_inputs(self, rows: ActiveRows) -> tuple:
+        """The arguments `device_program` takes before the target's runner."""
+        raise NotImplementedError
 
     def propose(self, rows: ActiveRows, tokens: torch.Tensor, k: int, budget: torch.Tensor) -> Proposal:
         """Up to k >= 1 drafts per row (`budget` [B] caps each row; `tokens` [N+1, T] is the loop's token buffer, row

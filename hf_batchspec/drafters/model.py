@@ -40,6 +40,15 @@ class ModelDrafter(Drafter):
     def cache(self):
         return self.runner.cache
 
+    @property
+    def device_program(self):
+        from ..device_round import device_round  # (it imports this module's `greedy_steps`)
+
+        return device_round
+
+    def device_inputs(self, rows: ActiveRows) -> tuple:
+        return self.runner, rows.lag
+
     def set_on_rows(self, on_rows) -> None:
         self.runner.on_rows = on_rows
 

@@ -16,9 +16,10 @@ from tests.toolkit.counting import ForwardCount, unique_graphs
 from tests.toolkit.distributions import (assert_distributed_as, check_sampling_law, chi_square_limit,
                                          chi_square_rejects, enumerated_joint)
 from tests.toolkit.models import DRAFTS, VOCAB, build, draft_model, perturbed, target_model
-from tests.toolkit.oracle import draw_stop_ids, free_run_tokens, left_pad, most_frequent_token, plain_greedy
+from tests.toolkit.oracle import (draw_stop_ids, free_run_tokens, left_pad, most_frequent_token, plain_greedy,
+                                  reference_drafts)
 
 __all__ = ["DRAFTS", "VOCAB", "ForwardCount", "assert_distributed_as", "build", "check_sampling_law",
            "chi_square_limit", "chi_square_rejects", "draft_model", "draw_stop_ids", "enumerated_joint",
-           "free_run_tokens", "left_pad", "most_frequent_token", "perturbed", "plain_greedy", "target_model",
-           "unique_graphs"]
+           "free_run_tokens", "left_pad", "most_frequent_token", "perturbed", "plain_greedy", "reference_drafts",
+           "target_model", "unique_graphs"]

@@ -79,3 +79,16 @@ def most_frequent_token(model, prompts: list[list[int]], max_new_tokens: int) ->
     many rows at different lengths, so that rows finish at different rounds."""
     run = [t for p in prompts for t in plain_greedy(model, p, max_new_tokens, None)]
     return max(sorted(set(run)), key=run.count)
+
+
+def reference_drafts(t: list[int], k: int, max_ngram: int, budget: int) -> list[int]:
+    """Prompt lookup for one row, naively (the oracle of `lookup.ngram_drafts`): largest n first, then the most
+    recent earlier occurrence."""
+    L = len(t)
+    for n in range(max_ngram, 0, -1):
+        if L <= n:
+            continue
+        for s in range(L - 1 - n, -1, -1):  # s + n <= L - 1, most recent first
+            if t[s : s + n] == t[L - n :]:
+                return t[s + n : s + n + min(k, L - (s + n), budget)]
+    return []
