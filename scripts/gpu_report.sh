@@ -3,7 +3,8 @@
 # compiled greedy) on a ~277M-parameter pair and on a >1B one, the per-round profile, float32 exactness and the GPU
 # test lane, written to $OUT as text, JSON, PNG.
 #
-#   scripts/gpu_report.sh                      # on a CUDA machine: bench, profile, big, exact (~9 min on an H200)
+#   STAGES=bench,profile scripts/gpu_report.sh # on a CUDA machine, first call: ~6-7 min on an H200 (estimated)
+#   STAGES=big,exact scripts/gpu_report.sh     # second call, at once (the machine stays warm 30 s): ~4-5 min
 #   STAGES=lane scripts/gpu_report.sh          # the GPU test lane alone (~2 min)
 #   DEVICE=cpu SIZE=tiny scripts/gpu_report.sh # the same steps on a CPU with tiny pairs (to test the script)
 #
@@ -15,7 +16,9 @@
 # every batch size). Stages run in the order lane, bench, profile, big, exact: the most wanted first.
 #
 # Measured on an H200 (torch 2.11, transformers 5.17; 2026-11-30): pair 20 s, lane 110 s, bench of two batch
-# sizes 210 s, exact 75 s, profile ~45 s per compiled run.
+# sizes 210 s (before the default's row: its first compiled call compiles every draft width, ~4x one width's
+# compile on CPU), exact 75 s, profile ~45 s per compiled run. All stages by default (~11 min) do not fit one
+# command's 10 minutes: split them as above.
 # Every stage runs even if an earlier one failed; the exit status is the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -179,13 +179,23 @@ def test_lookup_round_against_references_from_scratch(pair, data):
         assert kept[row][len(prompt):] == expected
 
 
-def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch):
+@pytest.mark.parametrize("source", ["draft", "lookup"])
+def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch, source):
     """In the steady state of a compiled greedy call (every row decoding, nothing waiting) a round reads the
     device once: the snapshot of the round before it, after it has launched its own. Reads are counted inside
     the round (launch, then the lagged read and its bookkeeping) and over the whole call: the only others are
-    one per admission (the first token's stop check)."""
+    one per admission (the first token's stop check). The same for prompt lookup's device round."""
     target, draft = compiled_pair
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8]]  # 4 rows at max_batch_size=4: no refill
+    settings = dict(COMPILED, assistant_model=draft)
+    if source == "lookup":
+        prompts = [prompt * 3 for prompt in prompts]
+        del settings["num_assistant_tokens"], settings["assistant_model"]
+        settings["prompt_lookup_num_tokens"] = 3
+    ids, mask = left_pad(prompts, 0)
+    # (compiled first: `warmed` covers the draft model's programs, and compiling reads tensors of its own)
+    target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
+                    **settings)
     reads = CountedReads(monkeypatch)
     per_round = []
     lagged = _Decoder._lagged_round
@@ -209,8 +219,8 @@ def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch):
 
     monkeypatch.setattr(_Decoder, "_drain", counted_drain)
     ids, mask = left_pad(prompts, 0)
-    out = target.generate(ids, attention_mask=mask, assistant_model=draft, max_new_tokens=20, do_sample=False,
-                          eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **COMPILED)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                          pad_token_id=0, return_dict_in_generate=True, **settings)
     stats = out.spec_stats
     assert len(per_round) > 4 and per_round[0] == 0, "the first launch has no round before it to read"
     assert max(per_round) == 1 and per_round[1] == 1, per_round
