@@ -181,8 +181,9 @@ class _Decoder:
         self._verify_outputs = self.drafter.verify_outputs
         if fused and not self._verify_outputs:
             # the whole round (a draft model's steps or prompt lookup's match, verify, acceptance, commit) in one
-            # program, read a round late; the verify alone for a drafter that cannot compile its drafts
-            if self.drafter.fuses and not settings.realign_every_round:
+            # program, read a round late; the verify alone, synchronously, for a drafter that cannot compile its drafts
+            # and for streaming, which hands each round's kept tokens to the streamer as the round is read
+            if self.drafter.fuses and not settings.realign_every_round and on_tokens is None:
                 self._device_round = torch.compile(self.drafter.device_program, **settings.compile_config.to_dict())
                 self.reader = LaggedRead(self.device)
                 # the round's offer as a device scalar per value: an int would be a constant of the graph

@@ -442,6 +442,32 @@ def test_static_scores_and_streaming_equal_dynamic_shapes():
     assert streamed[0] == streamed[1] and sorted(streamed[1]) == list(range(5))
 
 
+@pytest.mark.parametrize("source", [dict(num_assistant_tokens=3), dict(prompt_lookup_num_tokens=3)],
+                         ids=["draft_model", "lookup"])
+def test_compiled_streaming_streams_every_kept_token(source):
+    """A streamer on the compiled greedy path gets every row's kept tokens, in order, equal to its output: such a
+    call keeps the synchronous compiled verify, which hands each round's tokens over as it is read (before, the
+    device round ran and only the first tokens, committed at admission, were streamed). Dynamo's `eager` backend:
+    the path taken, not inductor's code, is what is tested."""
+    target, draft = target_model("llama"), draft_model("llama", "perturbed")
+    prompts = [[5, 6, 7, 5, 6, 7], [9] * 6, [3, 4, 3, 4], [8], [10, 11]]
+    ids, mask = left_pad(prompts, 0)
+    streamer = hf_batchspec.BatchIteratorStreamer()
+    draft_kw = dict(assistant_model=draft) if "num_assistant_tokens" in source else {}
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
+                          eos_token_id=None, max_batch_size=3, return_dict_in_generate=True, streamer=streamer,
+                          speculation="always", compile_config=CompileConfig(backend="eager", mode=None),
+                          **draft_kw, **source)
+    streamed = {}
+    for row, tokens in streamer:
+        streamed.setdefault(row, []).extend(tokens)
+    assert out.spec_stats.fused_rounds == out.spec_stats.rounds > 0
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, 10, None)
+        assert out.sequences[row, ids.shape[1]:].tolist() == expected
+        assert streamed[row] == expected, f"row {row}"
+
+
 @pytest.mark.slow  # calibrate compiles forwards of its own widths: a minute on 2 cores
 def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
     """`calibrate(compile_config=...)` times the compiled static-shape forwards generate runs; auto decides
