@@ -61,63 +61,87 @@ def admitted(target, draft, prompts: list[list[int]], max_new: int):
     return runners, tokens, rows
 
 
+class RoundCase:
+    """Rows admitted with their first token, and what each should have kept so far: the shared oracle of the round
+    tests. Each round's snapshot is checked row by row against the target's greedy tokens (`check_row`) and the row
+    state against what the rows kept (`end_round`); at the end every row must equal plain greedy (`check_end`)."""
+
+    def __init__(self, data, target, draft, prompts: list[list[int]], max_new: int):
+        self.target, self.prompts, self.max_new = target, prompts, max_new
+        continuations = [plain_greedy(target, p, max_new, None) for p in prompts]
+        self.stops = data.draw(st.lists(st.sampled_from(sorted({t for c in continuations for t in c[1:]})),
+                                        max_size=1), label="stop")
+        self.runners, self.tokens, self.rows = admitted(target, draft, prompts, max_new)
+        self.stop_ids = static_stop_ids(torch.tensor(self.stops) if self.stops else None, "cpu")
+        first = [c[0] for c in continuations]
+        self.live = np.array([f not in self.stops for f in first]) & (max_new > 1)
+        self.rows.live[:] = torch.as_tensor(self.live)
+        self.generated = np.ones(len(prompts), dtype=np.int64)
+        self.kept = [list(prompt) + [f] for prompt, f in zip(prompts, first)]
+
+    def budget(self, k: int) -> np.ndarray:  # [B] drafts each row is asked for: k, cut at what it still needs
+        return np.where(self.live, np.minimum(k, self.max_new - self.generated - 1), 0)
+
+    def check_row(self, row: int, drafts: list[int], accepted: int, count: int, finished: bool) -> None:
+        """A live row drafted `drafts`: it accepted their agreement with the target's greedy tokens and kept those
+        and the target's next token, cut at its first stop; it finished at a stop or its last token."""
+        truth = greedy_from(self.target, self.kept[row], len(drafts) + 1)
+        agree = next((i for i, (d, t) in enumerate(zip(drafts, truth)) if d != t), len(drafts))
+        assert accepted == agree, f"row {row}: accepted {accepted} of drafts {drafts}, the target's {truth}"
+        new = truth[: agree + 1]
+        stop = next((i for i, t in enumerate(new) if t in self.stops), None)
+        new = new if stop is None else new[: stop + 1]
+        assert count == len(new)
+        self.kept[row] += new
+        self.generated[row] += len(new)
+        assert finished == (stop is not None or self.generated[row] >= self.max_new)
+
+    def end_round(self, count: np.ndarray, finished: np.ndarray) -> None:  # [B], [B]
+        assert (count[~self.live] == 0).all(), "an idle row kept tokens"
+        self.live &= ~finished.astype(bool)
+        assert (self.rows.live.numpy() == self.live).all() and (self.rows.generated.numpy() == self.generated).all()
+
+    def check_end(self) -> None:
+        for row, prompt in enumerate(self.prompts):
+            expected = plain_greedy(self.target, prompt, self.max_new, tuple(self.stops) or None)
+            length = int(self.rows.lengths[row])
+            assert self.tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
+            assert self.kept[row][len(prompt):] == expected
+
+
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_device_round_against_references_from_scratch(pair, data):
     """Rounds of k = 0..3 (drawn per round), budgets that cut a round (max_new), stops inside a block: after every
     round each live row kept the target's greedy tokens through its budget and first stop, its accepted count is
-    the agreement of the draft's own greedy continuation with the target's, its draft lag is 1 or 2, and a row that
-    finished is no longer live and keeps nothing more. At the end every row equals plain greedy."""
+    the agreement of the draft's own greedy continuation with the target's (a wrong draft lag feeds the draft the
+    wrong tokens), its draft lag is 1 or 2, and a row that finished is no longer live and keeps nothing more. At
+    the end every row equals plain greedy."""
     target, draft = pair
     n = data.draw(st.integers(1, 4), label="rows")
     prompts = data.draw(st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=12), min_size=n,
                                  max_size=n), label="prompts")
-    max_new = data.draw(st.integers(2, 12), label="max_new")
-    continuations = [plain_greedy(target, p, max_new, None) for p in prompts]
-    stops = data.draw(st.lists(st.sampled_from(sorted({t for c in continuations for t in c[1:]})), max_size=1),
-                      label="stop")
-    (draft_runner, target_runner), tokens, rows = admitted(target, draft, prompts, max_new)
-    stop_ids = static_stop_ids(torch.tensor(stops) if stops else None, "cpu")
-    first = [c[0] for c in continuations]
-    live = np.array([f not in stops for f in first]) & (max_new > 1)
-    rows.live[:] = torch.as_tensor(live)
-    generated = np.ones(n, dtype=np.int64)
-    kept = [list(prompt) + [f] for prompt, f in zip(prompts, first)]
-    for _ in range(max_new + 2):
-        if not live.any():
+    case = RoundCase(data, target, draft, prompts, data.draw(st.integers(2, 12), label="max_new"))
+    (draft_runner, target_runner), rows = case.runners, case.rows
+    for _ in range(case.max_new + 2):
+        if not case.live.any():
             break
         k = data.draw(st.integers(0, K), label="k")
-        budget = np.where(live, np.minimum(k, max_new - generated - 1), 0)
+        budget = case.budget(k)
         with torch.no_grad():
-            snap = device_round(draft_runner, rows.lag, target_runner, k, tokens, rows.ids, rows.lengths,
-                                rows.generated, rows.limits, rows.live, rows.caps, torch.tensor(k), stop_ids,
-                                torch.tensor(max_new))
-        for runner in (draft_runner, target_runner):
+            snap = device_round(draft_runner, rows.lag, target_runner, k, case.tokens, rows.ids, rows.lengths,
+                                rows.generated, rows.limits, rows.live, rows.caps, torch.tensor(k), case.stop_ids,
+                                torch.tensor(case.max_new))
+        for runner in case.runners:
             runner.cache.end()
         accepted, count, finished, offered, was_live, asked = snap.numpy()
-        assert (was_live.astype(bool) == live).all() and (offered == budget).all() and (asked == budget).all()
-        for row in np.flatnonzero(live):
-            drafts = greedy_from(draft, kept[row], budget[row])
-            truth = greedy_from(target, kept[row], budget[row] + 1)
-            agree = next((i for i, (d, t) in enumerate(zip(drafts, truth)) if d != t), budget[row])
-            assert accepted[row] == agree, f"row {row}: the draft proposed from the wrong tokens (its lag)"
-            new = truth[: agree + 1]
-            stop = next((i for i, t in enumerate(new) if t in stops), None)
-            new = new if stop is None else new[: stop + 1]
-            assert count[row] == len(new)
-            kept[row] += new
-            generated[row] += len(new)
-            done = stop is not None or generated[row] >= max_new
-            assert bool(finished[row]) == done
-        assert (count[~live] == 0).all(), "an idle row kept tokens"
-        live &= ~finished.astype(bool)
-        assert (rows.live.numpy() == live).all() and (rows.generated.numpy() == generated).all()
-        assert set(rows.lag[torch.as_tensor(live)].tolist()) <= {1, 2}
-    for row, prompt in enumerate(prompts):
-        expected = plain_greedy(target, prompt, max_new, tuple(stops) or None)
-        length = int(rows.lengths[row])
-        assert tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
-        assert kept[row][len(prompt):] == expected
+        assert (was_live.astype(bool) == case.live).all() and (offered == budget).all() and (asked == budget).all()
+        for row in np.flatnonzero(case.live):
+            drafts = greedy_from(draft, case.kept[row], budget[row])
+            case.check_row(row, drafts, accepted[row], count[row], bool(finished[row]))
+        case.end_round(count, finished)
+        assert set(rows.lag[torch.as_tensor(case.live)].tolist()) <= {1, 2}
+    case.check_end()
 
 
 @settings(max_examples=12, deadline=None)
@@ -133,50 +157,28 @@ def test_lookup_round_against_references_from_scratch(pair, data):
     motifs = data.draw(st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=4), min_size=n,
                                 max_size=n), label="motifs")
     prompts = [motif * data.draw(st.integers(1, 3), label="repeats") for motif in motifs]
-    max_new = data.draw(st.integers(2, 12), label="max_new")
+    case = RoundCase(data, target, target, prompts, data.draw(st.integers(2, 12), label="max_new"))
     max_ngram = data.draw(st.integers(1, 3), label="max_ngram")
-    continuations = [plain_greedy(target, p, max_new, None) for p in prompts]
-    stops = data.draw(st.lists(st.sampled_from(sorted({t for c in continuations for t in c[1:]})), max_size=1),
-                      label="stop")
-    (_, target_runner), tokens, rows = admitted(target, target, prompts, max_new)
-    stop_ids = static_stop_ids(torch.tensor(stops) if stops else None, "cpu")
-    first = [c[0] for c in continuations]
-    live = np.array([f not in stops for f in first]) & (max_new > 1)
-    rows.live[:] = torch.as_tensor(live)
-    generated = np.ones(n, dtype=np.int64)
-    kept = [list(prompt) + [f] for prompt, f in zip(prompts, first)]
-    for _ in range(max_new + 2):
-        if not live.any():
+    target_runner, rows = case.runners[1], case.rows
+    for _ in range(case.max_new + 2):
+        if not case.live.any():
             break
         k = data.draw(st.integers(0, K), label="k")
-        asked_for = np.where(live, np.minimum(k, max_new - generated - 1), 0)
+        asked_for = case.budget(k)
         with torch.no_grad():
-            snap = lookup_round(max_ngram, target_runner, k, tokens, rows.ids, rows.lengths, rows.generated,
-                                rows.limits, rows.live, rows.caps, torch.tensor(k), stop_ids, torch.tensor(max_new))
+            snap = lookup_round(max_ngram, target_runner, k, case.tokens, rows.ids, rows.lengths, rows.generated,
+                                rows.limits, rows.live, rows.caps, torch.tensor(k), case.stop_ids,
+                                torch.tensor(case.max_new))
         target_runner.cache.end()
         accepted, count, finished, offered, was_live, asked = snap.numpy()
-        assert (was_live.astype(bool) == live).all() and (asked == asked_for).all()
-        for row in np.flatnonzero(live):
-            drafts = reference_drafts(kept[row], k, max_ngram, int(asked_for[row])) if k else []
+        assert (was_live.astype(bool) == case.live).all() and (asked == asked_for).all()
+        assert (offered[~case.live] == 0).all(), "an idle row drafted"
+        for row in np.flatnonzero(case.live):
+            drafts = reference_drafts(case.kept[row], k, max_ngram, int(asked_for[row])) if k else []
             assert offered[row] == len(drafts), f"row {row}: not the drafts prompt lookup finds"
-            truth = greedy_from(target, kept[row], len(drafts) + 1)
-            agree = next((i for i, (d, t) in enumerate(zip(drafts, truth)) if d != t), len(drafts))
-            assert accepted[row] == agree
-            new = truth[: agree + 1]
-            stop = next((i for i, t in enumerate(new) if t in stops), None)
-            new = new if stop is None else new[: stop + 1]
-            assert count[row] == len(new)
-            kept[row] += new
-            generated[row] += len(new)
-            assert bool(finished[row]) == (stop is not None or generated[row] >= max_new)
-        assert (count[~live] == 0).all() and (offered[~live] == 0).all(), "an idle row drafted or kept tokens"
-        live &= ~finished.astype(bool)
-        assert (rows.live.numpy() == live).all() and (rows.generated.numpy() == generated).all()
-    for row, prompt in enumerate(prompts):
-        expected = plain_greedy(target, prompt, max_new, tuple(stops) or None)
-        length = int(rows.lengths[row])
-        assert tokens[row, len(prompt):length].tolist() == expected[: length - len(prompt)]
-        assert kept[row][len(prompt):] == expected
+            case.check_row(row, drafts, accepted[row], count[row], bool(finished[row]))
+        case.end_round(count, finished)
+    case.check_end()
 
 
 @pytest.mark.parametrize("source", ["draft", "lookup"])
