@@ -83,6 +83,19 @@ def rows_dynamic(*values) -> None:
             torch._dynamo.maybe_mark_dynamic(value, 0)
 
 
+def compiled_call(model: torch.nn.Module, compile_config):
+    """transformers' compiled `model.__call__` (`get_compiled_call`), compiled anew where the one the model holds is
+    another model's. transformers keeps it on the instance (`_compiled_call`, with the config it was made for), so a
+    `copy.deepcopy` of a model that has run a compiled call holds the original's bound call, and a config that
+    compares equal returns it: the copy's compiled forwards would run the original's weights over the copy's cache
+    (seen with a draft made by copying a target, and with a target made so: its output was neither model's)."""
+    held = model.__dict__.get("_compiled_call")
+    if held is not None and getattr(getattr(held, "_torchdynamo_orig_callable", None), "__self__", model) is not model:
+        del model.__dict__["_compiled_call"]
+        model.__dict__.pop("_last_compile_config", None)
+    return model.get_compiled_call(compile_config)
+
+
 class ModelRunner:
     """With `static` set, every decode forward (all rows, a query width of 1 or k+1) attends over the whole
     preallocated cache, so its shapes never change with the rows' lengths; with a `compile_config` those
@@ -95,7 +108,7 @@ class ModelRunner:
         self.static = static or compile_config is not None
         self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len,
                                  static_addresses=compile_config is not None, staging=staging)
-        self._decode_call = model.get_compiled_call(compile_config) if compile_config is not None else model
+        self._decode_call = compiled_call(model, compile_config) if compile_config is not None else model
         self.device = input_device(model)
         self.dtype = compute_dtype(model)
         self._cache_kwarg = compat.cache_kwarg(model)

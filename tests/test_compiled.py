@@ -468,6 +468,29 @@ def test_compiled_streaming_streams_every_kept_token(source):
         assert streamed[row] == expected, f"row {row}"
 
 
+def test_a_copy_of_a_compiled_model_runs_its_own_weights():
+    """transformers keeps a model's compiled call on the instance, bound to it, so a `copy.deepcopy` made after a
+    compiled call holds the original's: as a target, its compiled steps ran the original's weights over its cache
+    (neither model's output); as a draft, it drafted the original's tokens (outputs exact, acceptance not its own).
+    Each row equals the copy's plain greedy, and a copied draft's acceptance equals the same call's uncompiled.
+    Dynamo's `eager` backend: which weights run is what is tested, not inductor's code."""
+    config = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None, batch_spec="exspec",
+                  max_batch_size=3, speculation="always", return_dict_in_generate=True)
+    compiled = dict(compile_config=CompileConfig(backend="eager", mode=None))
+    prompts = [[5, 6, 7, 5, 6, 7], [9] * 6, [3, 4], [8, 9, 10]]
+    ids, mask = left_pad(prompts, 0)
+    original = hf_batchspec.enable(build("llama", seed=31))
+    original.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, **config, **compiled)
+    copy = perturbed(original, 0.3, seed=32)  # a deepcopy, then other weights
+    out = copy.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=3, **config, **compiled)
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(copy, prompt, 10, None), f"row {row}"
+    draft = perturbed(original, 0.3, seed=33)
+    runs = [original.generate(ids, attention_mask=mask, assistant_model=draft, num_assistant_tokens=3, **config,
+                              **extra).spec_stats.accepted_tokens.tolist() for extra in (compiled, {})]
+    assert runs[0] == runs[1], "the copied draft drafted another model's tokens"
+
+
 @pytest.mark.slow  # calibrate compiles forwards of its own widths: a minute on 2 cores
 def test_calibrate_on_compiled_forwards_drives_auto(compiled_pair, warmed):
     """`calibrate(compile_config=...)` times the compiled static-shape forwards generate runs; auto decides
