@@ -63,3 +63,18 @@ def row_adapters(model: torch.nn.Module, batch_size: int) -> RowAdapters | None:
     if len(names) != batch_size:
         raise BatchSpecError(f"adapter_names has {len(names)} entries but the batch has {batch_size} prompts.")
     return RowAdapters(modules, list(names))
+
+
+def unwrapped_draft(draft):
+    """A PEFT-wrapped `assistant_model` as the decode loop drives it: its base model, whose layers PEFT's LoRA
+    (and other weight adapters) already replace, so its forwards are the wrapper's (transformers' assisted
+    generation also calls the draft's base forward through the wrapper). A prompt-learning adapter (prefix or
+    prompt tuning) lives in the wrapper's forward instead, and is refused rather than dropped."""
+    if draft is None or not hasattr(draft, "get_base_model"):
+        return draft
+    config = getattr(draft, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False):
+        raise BatchSpecError(f"assistant_model: a PEFT {type(config).__name__} (prompt learning) adds virtual tokens "
+                             "in the wrapper's forward, which batch_spec does not run: merge or drop it, or use a "
+                             "LoRA adapter.")
+    return draft.get_base_model()

@@ -20,7 +20,7 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from . import compat, encoder_decoder, rules, validation
 from .errors import BatchSpecError
-from .peft_support import RowAdapters, row_adapters
+from .peft_support import RowAdapters, row_adapters, unwrapped_draft
 from .rules import check_value
 from .runner import input_device
 from .speculation import CostModel
@@ -137,6 +137,7 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     check_value("max_new_tokens", settings.get("max_new_tokens"))
     if settings.get("max_new_tokens") is None:
         check_value("max_length", settings.get("max_length"))
+    assistant_model = unwrapped_draft(assistant_model)
     source, lookup_k = resolve_draft_source(sources, model, assistant_model, settings)
     draft = source.model  # the model that drafts (None for prompt lookup)
     validation.check_processors(logits_processor)  # the caller's own (those from settings: rules.NOT_SERVED)
@@ -369,6 +370,11 @@ def resolve_compile(settings: CallSettings, target, draft) -> tuple[bool, Compil
     (transformers' auto-compile); `disable_compile=True` turns compiling off. Both models' decode forwards
     compile; prefills stay eager."""
     implementation = settings.given("cache_implementation")
+    if implementation is None and settings.get("cache_implementation") == "static":
+        # asked for by the model's generation config (transformers' recipe for its compiled decoding:
+        # `model.generation_config.cache_implementation = "static"`), or by a call's config that repeats it; other
+        # values there are a checkpoint's defaults ("hybrid", ...), which our own caches serve
+        implementation = "static"
     check_value("cache_implementation", implementation)
     compile_config = settings.given("compile_config")
     check_value("compile_config", compile_config)

@@ -82,8 +82,9 @@ VALUE_RULES: dict[str, ValueRule] = {rule.name: rule for rule in (
     ValueRule("generator", lambda v: isinstance(v, torch.Generator), "a torch.Generator"),
     ValueRule("compile_config", lambda v: isinstance(v, CompileConfig), "a transformers.CompileConfig"),
     ValueRule("cache_implementation", lambda v: isinstance(v, str) and v in CACHE_IMPLEMENTATIONS,
-              "'static' (fixed shapes, compiled on CUDA as transformers does) or 'dynamic', or unset: the call "
-              "builds its own per-row caches"),
+              "'static' (fixed shapes, compiled on CUDA as transformers does; also when the model's "
+              "generation_config says 'static', transformers' recipe for compiled decoding) or 'dynamic', or unset: "
+              "the call builds its own per-row caches"),
     ValueRule("speculation", _speculation,
               "'auto' (draft only as much as pays, from the round costs measured in this process and each row's "
               "acceptance; the default), 'always' (draft num_assistant_tokens every round, as transformers' "

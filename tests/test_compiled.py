@@ -468,6 +468,24 @@ def test_compiled_streaming_streams_every_kept_token(source):
         assert streamed[row] == expected, f"row {row}"
 
 
+def test_static_cache_from_the_models_generation_config():
+    """`model.generation_config.cache_implementation = "static"` (transformers' recipe for its compiled decoding)
+    asks for static shapes as the argument does: the cache takes a static length (64 slots per row, not the call's
+    own 12), and every row equals plain greedy. Before, only the argument counted."""
+    target = hf_batchspec.enable(build("llama", seed=41))
+    draft = perturbed(target, 0.05, seed=42)
+    prompts = [[5, 6, 7], [9, 9], [3, 4, 5, 6]]
+    ids, mask = left_pad(prompts, 0)
+    call = dict(attention_mask=mask, assistant_model=draft, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                eos_token_id=None, batch_spec="exspec", max_batch_size=2, return_dict_in_generate=True)
+    dynamic = target.generate(ids, **call).spec_stats.cache_slots_per_row
+    target.generation_config.cache_implementation = "static"
+    out = target.generate(ids, **call)
+    assert dynamic < 64 == out.spec_stats.cache_slots_per_row
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, ids.shape[1]:].tolist() == plain_greedy(target, prompt, 8, None), f"row {row}"
+
+
 def test_a_copy_of_a_compiled_model_runs_its_own_weights():
     """transformers keeps a model's compiled call on the instance, bound to it, so a `copy.deepcopy` made after a
     compiled call holds the original's: as a target, its compiled steps ran the original's weights over its cache

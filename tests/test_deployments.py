@@ -87,6 +87,32 @@ def test_lora_target_unmerged_merged_and_per_row_adapters():
     check_rows(merged, draft)
 
 
+def test_lora_draft_drafts_as_its_merged_weights():
+    """A PEFT-wrapped draft (LoRA, unmerged) drafts through its base model, whose layers carry the adapter: the
+    drafts, so the acceptance counts, are the same merged draft's, and every row equals plain greedy (before, the
+    wrapper's forward signature, `**kwargs`, was refused as taking no `attention_mask`). A prompt-learning adapter,
+    which lives in the wrapper's forward, is refused, naming it."""
+    from peft import PromptTuningConfig
+
+    target = hf_batchspec.enable(build("llama"))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(perturbed(build("llama"), 0.05), lora).eval()
+    merged = get_peft_model(perturbed(build("llama"), 0.05), lora).eval()
+    merged.load_state_dict(wrapped.state_dict())
+    merged = merged.merge_and_unload()
+    accepted = [check_rows(target, draft, batch_spec="exspec", max_batch_size=2).accepted_tokens.tolist()
+                for draft in (wrapped, merged)]
+    assert accepted[0] == accepted[1]
+    plain = check_rows(target, perturbed(build("llama"), 0.05), batch_spec="exspec", max_batch_size=2)
+    assert plain.accepted_tokens.tolist() != accepted[0], "the adapter changed no draft: the test shows nothing"
+    tuned = get_peft_model(perturbed(build("llama"), 0.05), PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                             num_virtual_tokens=2))
+    ids, mask = left_pad(PROMPTS, 0)
+    with pytest.raises(hf_batchspec.BatchSpecError, match="PromptTuningConfig"):
+        target.generate(ids, attention_mask=mask, assistant_model=tuned, max_new_tokens=4, pad_token_id=0,
+                        batch_spec="exspec")
+
+
 def test_dispatched_target_with_disk_offload(saved_llama, tmp_path):
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
