@@ -435,8 +435,7 @@ class _Decoder:
         rows = self.rows
         own = self.drafter.device_inputs(rows)
         inputs = (self.tokens, rows.ids, rows.lengths, rows.generated, rows.limits, rows.live, rows.caps)
-        # one graph for every row bucket and call
-        rows_dynamic(*inputs, *(value for value in own if not isinstance(value, int)), self.target)
+        rows_dynamic(*inputs, *own, self.target)  # one graph for every row bucket and call
         return (*own, self.target, k, *inputs, self._offers[offer], self._fused_stop_ids, self._max_new)
 
     def _verify_args(self, drafts: torch.Tensor, budget: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple:

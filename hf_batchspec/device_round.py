@@ -106,10 +106,7 @@ def lookup_round(
     the round runs outside it, and the host reads its snapshot a round late. A row without a match offers no
     drafts (`budget` 0) but was asked for `offered`: its acceptance estimate counts those as drafts not accepted."""
     offered = round_budget(live, caps, offer, generated, max_new_tokens)
-    if k:
-        drafts, budget = ngram_drafts(tokens, ids, lengths, k, max_ngram, offered)  # [B, k], [B]
-    else:  # a plain step of every row
-        drafts, budget = tokens.new_zeros((len(ids), 0)), torch.zeros_like(offered)
+    drafts, budget = ngram_drafts(tokens, ids, lengths, k, max_ngram, offered)  # [B, k], [B] (k = 0: none)
     pending = tokens[ids, lengths - 1].unsqueeze(1)  # [B, 1]
     accepted, candidates, count, finished = verify_greedy(target, pending, lengths, limits, generated, live, drafts,
                                                           budget, stop_ids, max_new_tokens)

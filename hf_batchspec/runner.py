@@ -76,10 +76,10 @@ def rows_dynamic(*values) -> None:
     1 anyway (so `_Decoder` never gives a compiled forward fewer than 2 rows where more are allowed)."""
     if torch.compiler.is_compiling():
         return
-    for value in values:
+    for value in values:  # (other values, a program's constants, are left alone)
         if isinstance(value, ModelRunner):
             value.mark_cache_rows_dynamic()
-        elif value.dim() and value.shape[0] > 1:
+        elif isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > 1:
             torch._dynamo.maybe_mark_dynamic(value, 0)
 
 

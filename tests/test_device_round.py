@@ -181,6 +181,15 @@ def test_lookup_round_against_references_from_scratch(pair, data):
     case.check_end()
 
 
+def compiled_source(source: str, draft, prompts: list[list[int]]) -> tuple[list[list[int]], dict]:
+    """The compiled call's prompts and settings for `source`: the draft model (k=3), or prompt lookup (k=3) with
+    each prompt repeated thrice, so that its n-gram match finds something."""
+    if source == "draft":
+        return prompts, dict(COMPILED, assistant_model=draft)
+    settings = {name: value for name, value in COMPILED.items() if name != "num_assistant_tokens"}
+    return [prompt * 3 for prompt in prompts], dict(settings, prompt_lookup_num_tokens=3)
+
+
 @pytest.mark.parametrize("source", ["draft", "lookup"])
 def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch, source):
     """In the steady state of a compiled greedy call (every row decoding, nothing waiting) a round reads the
@@ -189,11 +198,7 @@ def test_one_lagged_read_per_round(compiled_pair, warmed, monkeypatch, source):
     one per admission (the first token's stop check). The same for prompt lookup's device round."""
     target, draft = compiled_pair
     prompts = [[5, 6, 7], [9] * 6, [3, 4], [8]]  # 4 rows at max_batch_size=4: no refill
-    settings = dict(COMPILED, assistant_model=draft)
-    if source == "lookup":
-        prompts = [prompt * 3 for prompt in prompts]
-        del settings["num_assistant_tokens"], settings["assistant_model"]
-        settings["prompt_lookup_num_tokens"] = 3
+    prompts, settings = compiled_source(source, draft, prompts)
     ids, mask = left_pad(prompts, 0)
     # (compiled first: `warmed` covers the draft model's programs, and compiling reads tensors of its own)
     target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0,
@@ -267,11 +272,7 @@ def test_refill_one_round_late(compiled_pair, warmed, monkeypatch, lagged, sourc
     target, draft = compiled_pair
     generator = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (3, 7, 2, 5, 9, 1, 4, 6, 8, 2)]
-    settings = dict(COMPILED, assistant_model=draft)
-    if source == "lookup":
-        prompts = [prompt * 3 for prompt in prompts]
-        del settings["num_assistant_tokens"], settings["assistant_model"]
-        settings["prompt_lookup_num_tokens"] = 3
+    prompts, settings = compiled_source(source, draft, prompts)
     free = free_run_tokens(target, prompts, 16, skip_first=True)
     eos = free[:: max(1, len(free) // 3)][:3]
     ids, mask = left_pad(prompts, 0)

@@ -50,11 +50,10 @@ def _shallow(module: torch.nn.Module, config) -> torch.nn.Module:
     replacing a child in the copy leaves the original whole), with `config` where the module holds one."""
     twin = copy.copy(module)
     twin._modules = dict(module._modules)
-    # Bound to the original, not the copy: its compiled forward, and an instance-level forward wrapper (accelerate's
-    # dispatch hook), which would run the original's full stack of layers. The copy runs its class's forward; the
-    # layers it shares keep their own hooks.
-    for name in ("_compiled_call", "forward"):
-        twin.__dict__.pop(name, None)
+    # Bound to the original, not the copy: an instance-level forward wrapper (accelerate's dispatch hook), which would
+    # run the original's full stack of layers. The copy runs its class's forward; the layers it shares keep their own
+    # hooks. (A compiled call the original holds is replaced when the view compiles: `runner.compiled_call`.)
+    twin.__dict__.pop("forward", None)
     if getattr(module, "config", None) is not None:
         twin.config = config
     return twin

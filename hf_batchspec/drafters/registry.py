@@ -171,8 +171,7 @@ def _resolve_lookup(target, draft, settings: "CallSettings"):
 
 
 def _build_lookup(source, slots, cache_len, options, compile_config, **_):
-    return LookupDrafter(source.lookup_ngram, options.static,
-                         fuses=compile_config is not None and options.fused and not options.do_sample)
+    return LookupDrafter(source.lookup_ngram, options.static, fuses=options.fused)  # compiled greedy
 
 
 # The MTP layers loaded for a target, by target (weakly): `MtpModel.from_pretrained` reads the checkpoint's files, which
