@@ -190,6 +190,9 @@ def _batch_spec_decode(
         # as transformers does: the heuristic's state carries over to the next call through the draft's config
         assistant_model.generation_config.num_assistant_tokens = int(round(float(result.draft_lengths.mean())))
     sequences = _assemble(input_ids, result, generation_config.pad_token_id)
+    if settings.processing.no_speech is not None:
+        # what Whisper's window loop reads after the call (`no_speech_prob[row]`), each row's own probability
+        settings.processing.no_speech._no_speech_prob = result.no_speech
     # also where a model's own generate post-processes the output (Whisper returns no BatchSpecGenerateOutput)
     model.batch_spec_stats = stats
     if generation_config.return_dict_in_generate and encoder is not None:

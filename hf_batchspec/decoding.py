@@ -29,7 +29,7 @@ from .device_round import (InFlight, LaggedRead, RoundRead, device_round, kept_a
 from .drafters import DraftOptions, DraftSource, Proposal, VerifyOutputs
 from .masks import common_start, packed_positions
 from .outputs import ScoreRecorder
-from .processors import Prefixes, ScoreProcessing, probabilities
+from .processors import Prefixes, ScoreProcessing, no_speech_column, no_speech_probability, probabilities
 from .stopping import stop_matrix
 from .runner import ModelRunner, ran_widths, rows_dynamic, warmed_lengths
 from .scheduling import ActiveRows, PromptQueue, to_device, to_host
@@ -87,6 +87,7 @@ class DecodeResult:
     draft_lengths: np.ndarray | None = None  # per-row k after the last round
     scores: tuple | None = None  # per step [N, V], when output_scores
     logits: tuple | None = None  # per step [N, V], when output_logits
+    no_speech: torch.Tensor | None = None  # [N] Whisper's no-speech probability per row, when the call detects it
 
 
 class _Decoder:
@@ -133,6 +134,12 @@ class _Decoder:
         self.target = ModelRunner(target, slots, cache_len, settings.compile_config, self.static, staging,
                                   encoder=settings.encoder)
         self.processing = settings.processing or ScoreProcessing([])
+        # Whisper's no-speech detection: each row's probability, from the logits of its prefill at this column of
+        # its own prompt (`processors.no_speech_column`, counted in the call's padded width)
+        self.no_speech = self.no_speech_at = None
+        if self.processing.no_speech is not None:
+            self.no_speech = torch.zeros(n_rows, device=target.device)
+            self.no_speech_at = no_speech_column(self.processing.no_speech, width) - (width - prompt_lengths)  # [N]
         # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
         # stopping criteria beyond stop ids, recorded scores or per-row adapters): the draft's k steps and
         # the verify with its acceptance each compile into one program (`greedy_steps`, `verify_greedy`).
@@ -227,7 +234,7 @@ class _Decoder:
         new_tokens = self.rows.generated_by_id[:-1].copy()  # [N] the output's row lengths, from the row state
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
         return DecodeResult(self.tokens[:-1], self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
-                            **recorded)
+                            no_speech=self.no_speech, **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
@@ -707,6 +714,8 @@ class _Decoder:
             sources = slots[prefilled][copy_of]
             self.target.cache.copy_rows(sources, slots)
             self.drafter.copy_rows(sources, slots)
+            if self.no_speech is not None:
+                self.no_speech[ids_d] = self.no_speech[torch.as_tensor(ids[prefilled][copy_of], device=self.device)]
         self.target.cache.set_lengths(lengths, rows=slots)
         scores = self._scores(last_logits.unsqueeze(1), ids, lengths)  # [n, 1, V]
         first = self._choose(scores[:, 0])  # [n]
@@ -740,13 +749,21 @@ class _Decoder:
         positions = packed_positions(len(ids), width, self.device)
         limits = torch.as_tensor(lengths + max_new - 1, device=self.device)
 
-        # Target: only the columns some row ends on need logits (up to n of them instead of P).
-        keep = torch.as_tensor(np.unique(lengths - 1), device=self.device)
+        # Target: only the columns some row ends on need logits (up to n of them instead of P), and those Whisper's
+        # no-speech detection reads.
+        ends = lengths - 1
+        read = self.no_speech_at[ids] if self.no_speech is not None else ends[:0]
+        keep = torch.as_tensor(np.unique(np.concatenate((ends, read))), device=self.device)
         hidden = "hidden_states" in self._verify_outputs and max_new > 1  # a drafter that reads the prompt's
         out = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
                                   prefill=True, hidden=hidden, start=0)
         logits, states = out if hidden else (out, None)
-        last = torch.searchsorted(keep, torch.as_tensor(lengths - 1, device=self.device))  # [n]
+        last = torch.searchsorted(keep, torch.as_tensor(ends, device=self.device))  # [n]
+        if self.no_speech is not None:
+            at = torch.searchsorted(keep, torch.as_tensor(read, device=self.device))  # [n]
+            self.no_speech[torch.as_tensor(ids, device=self.device)] = no_speech_probability(
+                logits[torch.arange(len(ids), device=logits.device), at.to(logits.device)],
+                self.processing.no_speech).to(self.device)
         stats.target_forward_calls += 1
         stats.target_prefill_calls += 1
         if max_new > 1 and self._defers_draft():

@@ -244,7 +244,6 @@ def check_source(source, target) -> None:
 # Whisper's generate settings the batch speculative path does not serve: why, and what to do instead
 NOT_SERVED = {
     "return_token_timestamps": "token timestamps read the cross-attention weights of alignment heads",
-    "no_speech_threshold": "no-speech detection runs a forward of its own over the padded batch",
     "decoder_input_ids": "the decoder prompt is built from language, task and prompt_ids",
 }
 

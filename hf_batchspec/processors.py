@@ -12,6 +12,10 @@ processed with exactly row b's tokens before it (no padding, no other row's leng
   tokens, forced BOS) are called once per distinct prefix length, on the rows' exact prefixes. That loop runs
   only when such a processor is asked for.
 Processors whose meaning depends on the padded batch layout or on the batch index are refused.
+
+Whisper's no-speech detection changes no score: it reads the probability of the no-speech token at a decoder
+prompt column (the start of transcript), once per row. The decoder takes it from the row's prefill
+(`no_speech_column`), where transformers runs a forward of its own over the padded batch.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcesso
 BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
                   lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED
-SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS
+# Rules that change no score and read the decoder prompt's logits, which each row's prefill gives them
+OBSERVERS = (lp.WhisperNoSpeechDetection,)
+SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS + OBSERVERS
 
 
 def unsupported_processors(logits_processor) -> list:
@@ -58,7 +64,9 @@ class ScoreProcessing:
     """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
 
     def __init__(self, processors, max_new_tokens: int | None = None):
-        self.steps = list(processors or [])
+        self.steps = [p for p in processors or [] if not isinstance(p, OBSERVERS)]
+        # Whisper's no-speech detection: given each row's probability after the call (`DecodeResult.no_speech`)
+        self.no_speech = next((p for p in processors or [] if isinstance(p, lp.WhisperNoSpeechDetection)), None)
         self.max_new_tokens = max_new_tokens  # each row's budget (forcing EOS at a row's last position reads it)
         self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
         self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
@@ -99,6 +107,21 @@ class ScoreProcessing:
             return torch.where(forced & eos, 0.0, scores.masked_fill(forced & ~eos, -float("inf")))
         is_banned = torch.isin(torch.arange(vocab, device=scores.device), banned.to(scores.device))
         return scores.masked_fill(early.unsqueeze(-1) & is_banned, -float("inf"))
+
+
+def no_speech_column(detector: lp.WhisperNoSpeechDetection, width: int) -> int:
+    """The column of a decoder prompt `width` tokens wide (the call's padded width) whose raw logits Whisper's
+    no-speech detection reads at the first step: the start-of-transcript token's when the prompt's forced tokens
+    follow it (transformers runs the model over the prompt and reads that column), else the step's own scores,
+    the prompt's last column."""
+    if detector.start_of_trans_offset > 1:
+        return detector.begin_index - detector.start_of_trans_offset
+    return width - 1
+
+
+def no_speech_probability(logits: torch.Tensor, detector: lp.WhisperNoSpeechDetection) -> torch.Tensor:  # [n]
+    """`logits` [n, V]: each row's raw logits at its `no_speech_column`; as transformers computes it."""
+    return logits.float().softmax(-1)[:, detector.no_speech_token]
 
 
 def _row_local(step, scores: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,8 @@ SETTINGS = {
     "timestamps": dict(language="en", return_timestamps=True),
     "prompt_ids": dict(language="en", prompt_ids=torch.tensor([W.SOPREV, 30, 31])),
     "no_begin_suppress": dict(language="en", begin_suppress_tokens=None),
+    # inputs whose no-speech probability is above 6e-5 (about a third of these) are skipped: empty
+    "no_speech": dict(language="en", no_speech_threshold=6e-5, logprob_threshold=0.0, temperature=(0.0,)),
 }
 
 
@@ -238,6 +240,49 @@ def test_scores_and_logprob_fallback(models):
     assert [trimmed(row) for row in out] == alone(target, features, **fallback)
 
 
+def no_speech_probabilities(target, features) -> list[float]:
+    """Each input's probability of the no-speech token at the start of transcript (the first window), as Whisper's
+    detection computes it: the logits at the SOT column, which read no other prompt token."""
+    with torch.no_grad():
+        logits = target(input_features=features[..., :W.FRAMES],
+                        decoder_input_ids=torch.full((len(features), 1), W.SOT)).logits[:, 0]
+    return logits.float().softmax(-1)[:, W.NOSPEECH].tolist()
+
+
+@pytest.mark.parametrize("form", ["short", "long"])
+def test_no_speech_detection_equals_whisper_alone(models, form):
+    """`no_speech_threshold` (with `logprob_threshold`): Whisper skips a window whose no-speech probability is above
+    it and whose average log-probability is below; ours gives each row the probability of its own prefill (where
+    transformers runs a forward of its own over the padded batch). A threshold between the inputs' probabilities
+    skips some rows and not others; every file equals Whisper's decoding of it alone."""
+    target = models["target"]
+    frames = [W.FRAMES] * 6 if form == "short" else [45, 80, 3 * W.FRAMES + 7, W.FRAMES, 50, 70]
+    features = torch.zeros(len(frames), W.MEL_BINS, max(frames))
+    mask = torch.zeros(len(frames), max(frames), dtype=torch.long)
+    for row, length in enumerate(frames):
+        features[row, :, :length] = W.features(1, length, seed=5 + row)[0]
+        mask[row, :length] = 1
+    probs = sorted(no_speech_probabilities(target, features))
+    threshold = (probs[2] + probs[3]) / 2  # three inputs' first windows above it, three below
+    assert probs[3] - probs[2] > 1e-3 * probs[3]  # not a near-tie that float noise could flip
+    call = dict(language="en", max_new_tokens=10, logprob_threshold=0.0, temperature=(0.0,))
+    if form == "long":
+        call["attention_mask"] = mask
+    def alone_with(i, length, **extra):
+        own = dict(call, attention_mask=mask[i:i + 1, :length]) if form == "long" else call
+        return trimmed(target.generate(features[i:i + 1, :, :length], **own, **extra)[0])
+
+    expected = [alone_with(i, length, no_speech_threshold=threshold) for i, length in enumerate(frames)]
+    undetected = [alone_with(i, length) for i, length in enumerate(frames)]
+    out = target.generate(features, assistant_model=models["decoder"], batch_spec="exspec", max_batch_size=2,
+                          speculation="always", no_speech_threshold=threshold, **call)
+    assert [trimmed(row) for row in out] == expected
+    assert any(expected) and expected != undetected  # some windows skipped, not all
+    if form == "short":  # the rows above the threshold skipped (empty), the others as without detection
+        assert [ids or None for ids in expected].count(None) == 3
+        assert all(ids in ([], plain) for ids, plain in zip(expected, undetected))
+
+
 @pytest.mark.slow  # two models' decode forwards compiled: about a minute on 2 CPU cores (tox -e slow)
 def test_compiled_rounds_equal_whisper_alone(models):
     """With `compile_config` both models' decode forwards run compiled with static shapes (idle rows, row buckets,
@@ -275,7 +320,6 @@ def test_a_batch_streamer_gets_every_rows_transcription(models, draft):
 
 REFUSED = {
     "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
-    "no_speech": (dict(no_speech_threshold=0.6), "no_speech_threshold"),
     "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
     "beams": (dict(num_beams=2), "num_beams"),
     "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
