@@ -17,7 +17,7 @@ import torch
 from transformers import GenerationMixin
 from transformers.generation.utils import GenerateEncoderDecoderOutput
 
-from . import encoder_decoder, validation
+from . import alignment, encoder_decoder, validation
 from .decoding import DecodeResult, DecodeSettings, speculative_decode
 from .encoder_decoder import EncoderSide
 from .errors import BatchSpecError
@@ -101,6 +101,18 @@ class BatchSpeculativeGenerationMixin:
                 **{name: value for name, value in given.items() if value is not None}, **kwargs)
         return self._generate_planned(plan, inputs, logits_processor, stopping_criteria)
 
+    def _extract_token_timestamps(self, generate_outputs, alignment_heads, time_precision=0.02, num_frames=None,
+                                  num_input_ids=None):
+        """Whisper's token timestamps (its generate calls this after each decoding): for our output, each row's
+        from its own alignment weights (`alignment.row_timestamps`), as it would be decoding that row alone."""
+        extract = super()._extract_token_timestamps
+        record = getattr(generate_outputs, "batch_spec_alignment", None)
+        if record is None:
+            return extract(generate_outputs, alignment_heads, time_precision, num_frames, num_input_ids)
+        weights, prompt_lengths, new_tokens = record
+        return alignment.row_timestamps(extract, self.config.decoder_layers, weights, prompt_lengths, new_tokens,
+                                        generate_outputs.sequences, time_precision, num_frames, num_input_ids)
+
     def _generate_planned(self, plan: CallPlan, inputs, logits_processor, stopping_criteria):
         """transformers prepares the call (the model's own generate for an encoder-decoder model: Whisper builds
         the decoder prompt and processors), then hands it to the decode loop; its own refusals while it prepares,
@@ -147,6 +159,8 @@ def _batch_spec_decode(
         encoder = EncoderSide(model, model_kwargs.pop("encoder_outputs")[0], encoder_inputs[-1] if encoder_inputs
                               else None, mask=None if model.config.model_type == "whisper" else encoder_mask)
         raw_attention_mask = model_kwargs.pop("decoder_attention_mask", None)  # left-padded decoder prompts
+    if encoder is not None and encoder_decoder.alignment_heads(model, generation_config):
+        model_kwargs.pop("output_attentions", None)  # Whisper's, for token timestamps: the alignment record's
     validation.check_prepared(generation_config, logits_processor, model_kwargs)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
     attention_mask = raw_attention_mask if raw_attention_mask is not None else model_kwargs.get("attention_mask")
@@ -174,6 +188,7 @@ def _batch_spec_decode(
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
         copies=generation_config.num_return_sequences or 1,
         encoder=encoder,
+        alignment_heads=encoder_decoder.alignment_heads(model, generation_config) if encoder is not None else None,
     )
     stats = BatchSpecStats(plan.strategy, plan.num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)
@@ -196,8 +211,12 @@ def _batch_spec_decode(
     # also where a model's own generate post-processes the output (Whisper returns no BatchSpecGenerateOutput)
     model.batch_spec_stats = stats
     if generation_config.return_dict_in_generate and encoder is not None:
-        # the layout an encoder-decoder model's own generate post-processes (Whisper splits it by row)
-        return GenerateEncoderDecoderOutput(sequences=sequences, scores=result.scores, logits=result.logits)
+        # the layout an encoder-decoder model's own generate post-processes (Whisper splits it by row); token
+        # timestamps come from each row's own alignment weights (`_extract_token_timestamps` below)
+        output = GenerateEncoderDecoderOutput(sequences=sequences, scores=result.scores, logits=result.logits)
+        if result.alignment is not None:
+            output.batch_spec_alignment = (result.alignment, result.prompt_lengths, result.new_tokens)
+        return output
     if generation_config.return_dict_in_generate:
         return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,
                                        spec_stats=stats)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .acceptance import greedy_accept, one_hot, sample, speculative_sample, truncate_at_stop
+from .alignment import AlignmentRecord
 from .compat import static_compile_settings
 from .device_round import (InFlight, LaggedRead, RoundRead, device_round, kept_and_finished, verify_greedy,
                            verify_input)
@@ -76,6 +77,8 @@ class DecodeSettings:
     copies: int = 1  # num_return_sequences: consecutive rows that are copies of one prompt
     # an encoder-decoder target (Whisper): the encoder outputs by input (`encoder_decoder.EncoderSide`), else None
     encoder: object | None = None
+    # Whisper's token timestamps: its alignment heads [(layer, head)], whose cross-attention weights each row keeps
+    alignment_heads: tuple | None = None
 
 
 @dataclass
@@ -88,6 +91,7 @@ class DecodeResult:
     scores: tuple | None = None  # per step [N, V], when output_scores
     logits: tuple | None = None  # per step [N, V], when output_logits
     no_speech: torch.Tensor | None = None  # [N] Whisper's no-speech probability per row, when the call detects it
+    alignment: torch.Tensor | None = None  # [N, A, L, S] the alignment heads' weights by row and position
 
 
 class _Decoder:
@@ -163,6 +167,9 @@ class _Decoder:
         self.tokens[:n_rows, :width] = prompts.to(self.device)
         if settings.compile_config is not None:  # an input the device round writes (CUDA graphs: a fixed address)
             torch._dynamo.mark_static_address(self.tokens)
+        # token timestamps: the alignment heads' weights of every target forward's queries, by row and position
+        self.alignment = (AlignmentRecord(target, settings.alignment_heads, n_rows + 1, self.tokens.shape[1])
+                          if settings.alignment_heads else None)
         self.rows = ActiveRows(slots, self.device, scratch_id=n_rows,
                                static_addresses=settings.compile_config is not None)
         self.row_prompt_lengths = np.append(prompt_lengths, 1)  # by token-buffer row, the scratch row's too
@@ -219,6 +226,13 @@ class _Decoder:
         stats.cache_rows, stats.cache_slots_per_row = slots, cache_len
 
     def run(self) -> DecodeResult:
+        try:
+            return self._run()
+        finally:
+            if self.alignment is not None:
+                self.alignment.close()
+
+    def _run(self) -> DecodeResult:
         free = np.arange(len(self.rows)) < self.capacity  # every slot starts empty; static rows beyond stay idle
         while True:
             free = self._refill(free)
@@ -234,7 +248,8 @@ class _Decoder:
         new_tokens = self.rows.generated_by_id[:-1].copy()  # [N] the output's row lengths, from the row state
         recorded = self.recorder.tuples(new_tokens) if self.recorder.active else {}
         return DecodeResult(self.tokens[:-1], self.prompt_lengths, new_tokens, self.stats, self.last_draft_lengths,
-                            no_speech=self.no_speech, **recorded)
+                            no_speech=self.no_speech,
+                            alignment=None if self.alignment is None else self.alignment.weights[:-1], **recorded)
 
     # -- one verify round ------------------------------------------------------------------------------------
     def _round(self) -> np.ndarray:  # [B] rows that finished
@@ -369,6 +384,8 @@ class _Decoder:
             positions = (lengths - 1).unsqueeze(1)  # [B, 1] the pending token's
             logits = self.target.forward(self.tokens[rows.ids.unsqueeze(1), positions], positions, rows.limits,
                                          top + ran, row_ids=rows.ids_h, start=None if start is None else start + ran)
+            if self.alignment is not None:
+                self.alignment.write(rows.ids, positions)
             return logits[:, -1].argmax(-1).to(self.device)
         return eager
 
@@ -563,6 +580,8 @@ class _Decoder:
         start = None if self.static else common_start(rows.lengths_h - 1)  # (static: idle rows sit elsewhere)
         out = self.target.forward(tokens, positions, rows.limits, top + drafts.shape[1], row_ids=rows.ids_h,
                                   hidden=hidden, start=start)
+        if self.alignment is not None:
+            self.alignment.write(rows.ids, positions)
         logits, states = out if hidden else (out, None)
         return logits.to(self.device), states
 
@@ -757,6 +776,8 @@ class _Decoder:
         hidden = "hidden_states" in self._verify_outputs and max_new > 1  # a drafter that reads the prompt's
         out = self.target.forward(prompts, positions, limits, width, keep=keep, rows=cache_rows, row_ids=ids,
                                   prefill=True, hidden=hidden, start=0)
+        if self.alignment is not None:
+            self.alignment.write(torch.as_tensor(ids, device=self.device), positions)
         logits, states = out if hidden else (out, None)
         last = torch.searchsorted(keep, torch.as_tensor(ends, device=self.device))  # [n]
         if self.no_speech is not None:

@@ -243,7 +243,6 @@ def check_source(source, target) -> None:
 
 # Whisper's generate settings the batch speculative path does not serve: why, and what to do instead
 NOT_SERVED = {
-    "return_token_timestamps": "token timestamps read the cross-attention weights of alignment heads",
     "decoder_input_ids": "the decoder prompt is built from language, task and prompt_ids",
 }
 
@@ -293,6 +292,21 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                 "condition_on_prev_tokens is not supported with batch_spec: transformers' batched long-form "
                 "decoding gives each window a token budget from the batch's padded prompt width, so a row would "
                 "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
+
+
+def alignment_heads(model, generation_config) -> tuple | None:
+    """The alignment heads whose cross-attention weights a call keeps, when Whisper's generate asks for token
+    timestamps (`return_token_timestamps`: it has checked that the generation config names them)."""
+    if not getattr(generation_config, "return_token_timestamps", False):
+        return None
+    return tuple(tuple(pair) for pair in generation_config.alignment_heads)
+
+
+def check_compiled(return_token_timestamps, compile_config) -> None:
+    if return_token_timestamps and compile_config is not None:
+        raise BatchSpecError("return_token_timestamps reads every decoder forward's cross-attention weights (eager "
+                             "attention), which a compiled forward does not give: drop compile_config (and "
+                             "cache_implementation='static') for this call, or drop return_token_timestamps.")
 
 
 def check_streamer(streamer, inputs, kwargs: dict, config, *, long_form: bool) -> None:

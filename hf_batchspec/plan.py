@@ -161,6 +161,8 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     schedule, confidence_threshold = resolve_draft_schedule(settings.kwargs, draft_settings)
     check_value("generator", generator)
     static, compile_config = resolve_compile(settings, model, draft)
+    if seq2seq:
+        encoder_decoder.check_compiled(settings.get("return_token_timestamps"), compile_config)
     do_sample = bool(settings.get("do_sample"))
     adapters = row_adapters(model, rows)  # PEFT's adapter_names=, if the caller gave them
     rules.check_compatible(call_features(strategy, source, static, adapters))

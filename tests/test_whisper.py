@@ -256,7 +256,7 @@ def test_no_speech_detection_equals_whisper_alone(models, form):
     transformers runs a forward of its own over the padded batch). A threshold between the inputs' probabilities
     skips some rows and not others; every file equals Whisper's decoding of it alone."""
     target = models["target"]
-    frames = [W.FRAMES] * 6 if form == "short" else [45, 80, 3 * W.FRAMES + 7, W.FRAMES, 50, 70]
+    frames = [W.FRAMES] * 6 if form == "short" else [45, 80, 3 * W.FRAMES + 7, 40, 50, 70]  # all long-form
     features = torch.zeros(len(frames), W.MEL_BINS, max(frames))
     mask = torch.zeros(len(frames), max(frames), dtype=torch.long)
     for row, length in enumerate(frames):
@@ -281,6 +281,47 @@ def test_no_speech_detection_equals_whisper_alone(models, form):
     if form == "short":  # the rows above the threshold skipped (empty), the others as without detection
         assert [ids or None for ids in expected].count(None) == 3
         assert all(ids in ([], plain) for ids, plain in zip(expected, undetected))
+
+
+@pytest.mark.parametrize("form", ["short", "long"])
+def test_token_timestamps_equal_whisper_alone(form):
+    """`return_token_timestamps=True`: each row's token timestamps (dynamic time warping over its alignment heads'
+    cross-attention weights) equal Whisper's for that input alone, and so do its tokens. The weights of a row's
+    every position come from whichever forward read that position's token (prefill, verify or plain step); a
+    rejected draft's are overwritten. transformers' batched call normalises over the longest row's steps."""
+    target = hf_batchspec.enable(W.target(attn_implementation="eager"))
+    target.generation_config.alignment_heads = [[2, 0], [3, 1], [3, 3], [1, 2]]
+    drafts = dict(decoder=W.decoder_draft(target), prompt_lookup=None)
+    frames = [W.FRAMES, 20, 9, W.FRAMES, 27] if form == "short" else [45, 80, 3 * W.FRAMES + 7, 40]
+    features = torch.zeros(len(frames), W.MEL_BINS, W.FRAMES if form == "short" else max(frames))
+    mask = torch.zeros(len(frames), features.shape[2], dtype=torch.long)
+    for row, length in enumerate(frames):
+        features[row, :, :length] = W.features(1, length, seed=20 + row)[0]
+        mask[row, :length] = 1
+    call = dict(language="en", max_new_tokens=14, return_token_timestamps=True)
+    alone_outputs = [target.generate(features[i:i + 1, :, :features.shape[2] if form == "short" else length],
+                                     attention_mask=mask[i:i + 1, :features.shape[2] if form == "short" else length],
+                                     **call) for i, length in enumerate(frames)]
+    for name, draft in drafts.items():
+        source = dict(assistant_model=draft) if draft is not None else dict(prompt_lookup_num_tokens=3)
+        for strategy in ("exspec", "eqspec"):
+            out = target.generate(features, attention_mask=mask, batch_spec=strategy, speculation="always",
+                                  **source, **call, **(dict(max_batch_size=2) if strategy == "exspec" else {}))
+            for row, expected in enumerate(alone_outputs):
+                width = expected["sequences"].shape[1]
+                assert out["sequences"][row, :width].tolist() == expected["sequences"][0].tolist(), (name, row)
+                torch.testing.assert_close(out["token_timestamps"][row, :width], expected["token_timestamps"][0])
+    stamps = torch.stack([expected["token_timestamps"][0, -1] for expected in alone_outputs])
+    assert len(set(stamps.tolist())) > 1  # the rows' timestamps differ: the test can tell rows apart
+
+
+def test_token_timestamps_refused_compiled(models, no_forward):
+    target = models["target"]
+    with pytest.raises(BatchSpecError, match="return_token_timestamps"):
+        target.generate(W.features(2), assistant_model=models["decoder"], batch_spec="exspec", max_new_tokens=4,
+                        language="en", return_token_timestamps=True,
+                        compile_config=transformers.CompileConfig())
+    assert not no_forward
 
 
 @pytest.mark.slow  # two models' decode forwards compiled: about a minute on 2 CPU cores (tox -e slow)
@@ -319,7 +360,6 @@ def test_a_batch_streamer_gets_every_rows_transcription(models, draft):
 
 
 REFUSED = {
-    "token_timestamps": (dict(return_token_timestamps=True), "return_token_timestamps"),
     "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
     "beams": (dict(num_beams=2), "num_beams"),
     "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
