@@ -176,6 +176,9 @@ def _batch_spec_decode(
         )
     validation.warn_past_positions(model, lengths, max_new)
     if plan.seq2seq:
+        draft = plan.source.model if plan.source.model is not None and encoder_decoder.reads_encoder(
+            plan.source.model) else None
+        encoder_decoder.check_positions({"target model": model, "assistant_model": draft}, input_ids.shape[1], max_new)
         validation.check_cache_memory(model, plan.source.model, min(plan.max_batch_size, input_ids.shape[0]),
                                       input_ids.shape[1], max_new)
     settings = DecodeSettings(

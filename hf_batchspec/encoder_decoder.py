@@ -29,8 +29,15 @@ from .errors import BatchSpecError, UnsupportedModelError
 
 # model_type of the encoder-decoder models served: Whisper's decoder reads per-row position ids; the others' position
 # table is read at per-row positions by `PerRowPositions`
-SERVED = ("whisper", "bart", "mbart", "marian")
-POSITION_TABLES = ("bart", "mbart", "marian")
+POSITION_TABLES = ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "plbart", "mvp", "led",
+                   "bigbird_pegasus")
+SERVED = ("whisper",) + POSITION_TABLES
+# Served kinds with settings that are not: what the setting changes, for the refusal
+NOT_SERVED_SETTINGS = {
+    "bigbird_pegasus": ("attention_type", "original_full", "block-sparse attention lays out an encoder's blocks over "
+                                                            "the batch's padded length"),
+    "mvp": ("use_prompt", False, "prompt keys and values are prepended inside each attention, beside the cache"),
+}
 
 
 def is_encoder_decoder(model) -> bool:
@@ -55,6 +62,13 @@ def check_served(model_class: type, config, role: str = "model") -> None:
             "hf-batchspec cannot give per row, so rows of different lengths cannot decode in one forward. "
             f"hf-batchspec serves decoder-only causal LMs and these encoder-decoder models: {', '.join(SERVED)}; "
             "call without batch_spec and assistant_model for transformers' own generate.")
+    if model_type in NOT_SERVED_SETTINGS:
+        name, served, why = NOT_SERVED_SETTINGS[model_type]
+        if getattr(config, name, served) != served:
+            raise UnsupportedModelError(
+                f"The {role} ({model_class.__name__}) has {name}={getattr(config, name)!r}, which hf-batchspec does "
+                f"not serve ({why}); {name}={served!r} is served. Call without batch_spec and assistant_model for "
+                "transformers' own generate.")
 
 
 class PerRowPositions:
@@ -64,21 +78,62 @@ class PerRowPositions:
 
     def __init__(self, table: torch.nn.Module):
         self.positions: torch.Tensor | None = None  # [b, q]
-        self._handle = table.register_forward_hook(self._lookup)
+        self._handles = [table.register_forward_pre_hook(self._from_start, with_kwargs=True),
+                         table.register_forward_hook(self._lookup)]
+
+    def _from_start(self, module, args, kwargs):
+        """The table's own lookup (whose output `_lookup` replaces) counted from position 0: from the cache's
+        length, the longest row's, its last rounds' padding queries could run past the table."""
+        if self.positions is None:
+            return None
+        def start(value):  # a cache length, or the positions transformers computed from it
+            return torch.zeros_like(value) if isinstance(value, torch.Tensor) else 0 if value is not None else None
+
+        args = args[:1] + tuple(start(value) for value in args[1:])  # (input or its shape, cache length, positions)
+        kwargs = {name: start(value) if name in ("cache_length", "past_key_values_length", "position_ids") else value
+                  for name, value in kwargs.items()}
+        return args, kwargs
 
     def _lookup(self, module, args, output):
         if self.positions is None:
             return output
-        ids = self.positions.to(module.weight.device) + getattr(module, "offset", 0)
+        # the table's last row bounds a query past it: the input of a row's last token (position prompt +
+        # max_new_tokens - 1 may be the table's end), whose output is past the budget and never read
+        ids = (self.positions.to(module.weight.device) + getattr(module, "offset", 0)).clamp(max=module.weight.shape[0] - 1)
         return torch.nn.functional.embedding(ids, module.weight).to(output.dtype)
 
     def close(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 def decoder_of(model) -> torch.nn.Module:
     decoder = model.get_decoder()
     return getattr(decoder, "decoder", decoder)  # WhisperForCausalLM wraps its decoder once more
+
+
+def position_table_size(model) -> int | None:
+    """Positions a decoder's learned (or fixed) position table holds, None where it has none."""
+    table = getattr(decoder_of(model), "embed_positions", None)
+    weight = getattr(table, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    return int(weight.shape[0]) - int(getattr(table, "offset", 0))
+
+
+def check_positions(models: dict, width: int, max_new: int) -> None:
+    """Before any decoder forward: every model's decoder position table holds the positions of the tokens it reads,
+    the decoder prompt's and every generated token's but the last (`width + max_new - 1` of them). transformers
+    fails past the table with an index error inside the forward; a draft with a shorter table than its target's
+    would fail there mid-call."""
+    for role, model in models.items():
+        size = position_table_size(model) if model is not None else None
+        if size is not None and width + max_new - 1 > size:
+            raise BatchSpecError(
+                f"The {role}'s decoder position table holds {size} positions, and this call reads up to "
+                f"{width + max_new - 1} (a decoder prompt of {width} tokens + max_new_tokens={max_new}, but the last): "
+                f"lower max_new_tokens to {size - width + 1} or less"
+                + (", or pass a draft whose table is as long as the target's." if role == "assistant_model" else "."))
 
 
 def cross_projections(model) -> list:
@@ -241,9 +296,13 @@ def check_source(source, target) -> None:
             "prompt_lookup_num_tokens=...")
 
 
-# Whisper's generate settings the batch speculative path does not serve: why, and what to do instead
+# What an encoder-decoder call does not serve: why, and what to do instead (the decoder prompt is the model's generate's
+# to build: Whisper's from language, task and prompt_ids, the others' the decoder start token)
 NOT_SERVED = {
-    "decoder_input_ids": "the decoder prompt is built from language, task and prompt_ids",
+    "decoder_input_ids": "the decoder prompt is built by the model's generate (Whisper: from language, task and "
+                         "prompt_ids; others: the decoder start token)",
+    "decoder_attention_mask": "it masks a decoder prompt, which the model's generate builds",
+    "encoder_outputs": "the encoder runs once per input inside the call (pass the encoder's inputs instead)",
 }
 
 
@@ -254,9 +313,8 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
     is refused here."""
     config = generation_config if generation_config is not None else model.generation_config
     whisper = model.config.model_type == "whisper"
-    for name, why in NOT_SERVED.items() if whisper else [("decoder_input_ids", NOT_SERVED["decoder_input_ids"])]:
-        value = kwargs.get(name, getattr(config, name, None) if name != "decoder_input_ids" else None)
-        if value is not None and value is not False:
+    for name, why in NOT_SERVED.items():
+        if kwargs.get(name) is not None:
             raise BatchSpecError(f"`{name}` is not supported with batch_spec ({why}): drop it, or call without "
                                  "assistant_model for transformers' own generate.")
     if not whisper:  # a text encoder's ids are checked with a decoder's (`validation.check_token_ids`)
@@ -279,6 +337,13 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                                                                                           features.shape[2])):
         raise BatchSpecError(f"attention_mask must be the features' frame mask [batch, frames] = "
                              f"{(features.shape[0], features.shape[2])}; got {getattr(mask, 'shape', mask)}.")
+    if mask is not None and bool(((mask != 0) & (mask != 1)).any()):
+        raise BatchSpecError("attention_mask (the features' frame mask) must hold only 0 (padding) and 1 (audio); it "
+                             "holds other values: pass the feature extractor's (return_attention_mask=True).")
+    if mask is not None and bool((mask.sum(-1) == 0).any()):
+        raise BatchSpecError(f"Row {int((mask.sum(-1) == 0).nonzero()[0])} of attention_mask (the frame mask) is all "
+                             "zeros: every input needs audio.")
+    check_prompt_ids(kwargs.get("prompt_ids"), int(model.config.vocab_size))
     check_streamer(streamer, features, kwargs, config, long_form=features.shape[2] > window)
     if features.shape[2] > window:
         # Long-form: Whisper's own window loop calls the decode loop once per window over the files still running.
@@ -292,6 +357,20 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                 "condition_on_prev_tokens is not supported with batch_spec: transformers' batched long-form "
                 "decoding gives each window a token budget from the batch's padded prompt width, so a row would "
                 "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
+
+
+def check_prompt_ids(prompt_ids, vocab_size: int) -> None:
+    """Whisper's `prompt_ids` (a processor's `get_prompt_ids`): integer ids inside the vocabulary, checked before
+    the encoder runs (transformers fails inside the decoder's embedding)."""
+    if prompt_ids is None:
+        return
+    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype.is_floating_point or prompt_ids.dtype == torch.bool:
+        raise BatchSpecError(f"prompt_ids must be a tensor of token ids (processor.get_prompt_ids(text, "
+                             f"return_tensors='pt')); got {getattr(prompt_ids, 'dtype', type(prompt_ids).__name__)}.")
+    outside = (prompt_ids < 0) | (prompt_ids >= vocab_size)
+    if bool(outside.any()):
+        raise BatchSpecError(f"prompt_ids holds {int(prompt_ids[outside][0])}, outside the vocabulary [0, "
+                             f"{vocab_size}): the ids must come from the model's own tokenizer.")
 
 
 def alignment_heads(model, generation_config) -> tuple | None:

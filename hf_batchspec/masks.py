@@ -41,6 +41,16 @@ def attention_layout(config) -> AttentionLayout:
     Linear/recurrent and chunked layers cannot be expressed as a mask over slots and are refused.
     """
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if (getattr(config, "n_recurrent_loops", None) or 1) > 1 and getattr(config, "n_recurrent_layers", None):
+        raise UnsupportedModelError(
+            f"This model ({config.model_type}) runs {config.n_recurrent_layers} of its layers "
+            f"{config.n_recurrent_loops} times per token, adding cache layers of its own during a forward; its "
+            "cache cannot be laid out per row.")
+    if config.model_type == "doge":
+        raise UnsupportedModelError(
+            "Doge's dynamic mask adds a bias computed from each forward's value states and keeps the top "
+            "keep_window_size keys over the forward's key length, so a row's attention depends on the batch's layout "
+            "(under transformers 5.17 even within the window): it cannot be decoded per row.")
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
     if layer_types:
@@ -59,6 +69,27 @@ def attention_layout(config) -> AttentionLayout:
         return AttentionLayout(windows={FULL: None}, as_dict=False)
     # No per-layer types: models such as Mistral apply `config.sliding_window` to every layer when it is set.
     return AttentionLayout(windows={FULL: int(window) if window else None}, as_dict=False)
+
+
+def shape_windows(config) -> dict[str, int]:
+    """Windows a model applies from the shape of each forward rather than from the mask it is given: GPT-Neo's
+    local layers slice their own mask buffer as if every row's queries were the newest keys. Exact here only while
+    a row's keys all fit in the window: a cache no longer than it (`check_cache_length`)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if config.model_type == "gpt_neo" and "local" in (getattr(config, "attention_layers", None) or ()):
+        return {"window_size": int(config.window_size)}
+    return {}
+
+
+def check_cache_length(config, length: int, role: str = "model") -> None:
+    """Refuse, before any forward, a cache longer than a window the model applies from the forward's shape."""
+    for name, window in shape_windows(config).items():
+        if length > window:
+            raise UnsupportedModelError(
+                f"The {role} ({config.model_type}) applies config.{name}={window} from each forward's key length, "
+                f"not from the per-row mask, so rows of different lengths are exact only while a row's cache fits "
+                f"in it; this call needs {length} cache positions (prompt width + max_new_tokens, rounded up for "
+                f"static shapes): shorten it to fit, or call without batch_spec.")
 
 
 def additive_mask(

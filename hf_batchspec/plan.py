@@ -147,6 +147,7 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
         if model.config.model_type != "whisper":  # a text encoder's ids (Whisper's features: check_call)
             validation.check_token_ids(main_input, kwargs.get("attention_mask"), int(model.config.vocab_size),
                                        encoder=True)
+            validation.check_unmasked_source(main_input, kwargs.get("attention_mask"), settings.get("pad_token_id"))
     else:
         check_model_kwargs(settings)
         input_ids = main_input

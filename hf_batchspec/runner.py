@@ -12,7 +12,7 @@ import torch
 
 from . import compat
 from .cache import RaggedCache
-from .masks import attention_layout, build_masks
+from .masks import attention_layout, build_masks, check_cache_length
 
 
 def decoder_layers(config) -> int:
@@ -105,6 +105,7 @@ class ModelRunner:
                  static: bool = False, staging: int = 0, encoder=None):
         self.model = model
         self.layout = attention_layout(model.config)
+        check_cache_length(model.config, max_cache_len)
         self.static = static or compile_config is not None
         self.cache = RaggedCache(decoder_layers(model.config), batch_size, max_cache_len,
                                  static_addresses=compile_config is not None, staging=staging)

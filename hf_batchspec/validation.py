@@ -23,8 +23,9 @@ _PREPARED_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "c
 logger = logging.get_logger(f"transformers.{__name__}")
 
 
-def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
-    """A decoder-only HF model with an LM head, whose attention we can drive with per-row masks."""
+def check_causal_lm(model: torch.nn.Module, role: str = "model", own_cache: bool = True) -> None:
+    """A decoder-only HF model with an LM head, whose attention we can drive with per-row masks (and, unless it
+    reads another model's cache, `own_cache=False`: a Gemma 4 assistant, whose keys and values are its target's)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "can_generate") or not model.can_generate():
         raise UnsupportedModelError(
@@ -32,10 +33,18 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model") -> None:
             "load it with AutoModelForCausalLM."
         )
     check_decoder_only(type(model), config, role)
+    if own_cache and not (compat.accepts(model, "cache") or compat.accepts(model, "past_key_values")):
+        raise UnsupportedModelError(
+            f"The {role}'s forward ({type(model).__name__}) takes no key/value cache (`past_key_values`): a model "
+            "with a recurrent state (Mamba, RWKV) or with no cache at all cannot be decoded per row; per-row decoding "
+            "keeps, and rolls back, each row's keys and values.")
     # an encoder-decoder model takes them under the decoder's names (`encoder_decoder.Seq2SeqBinding`)
     for name in () if encoder_decoder.reads_encoder(model) else ("attention_mask", "position_ids"):
         if not compat.accepts(model, name):
-            raise UnsupportedModelError(f"The {role}'s forward does not take `{name}`, which per-row decoding needs.")
+            why = (" (a model with a recurrent state, such as Mamba or RWKV, or one whose positions come from the "
+                   "batch's shared length, such as BLOOM's ALiBi, cannot be decoded per row)") if name == "position_ids" else ""
+            raise UnsupportedModelError(f"The {role}'s forward does not take `{name}`, which per-row decoding "
+                                        f"needs{why}.")
     implementation = getattr(config, "_attn_implementation", None) or "sdpa"
     if implementation not in SUPPORTED_ATTENTION:
         raise UnsupportedModelError(
@@ -51,24 +60,34 @@ def check_decoder_only(model_class: type, config, role: str = "model") -> None:
     encoder_decoder.check_served(model_class, config, role)
 
 
-def check_pair(target: torch.nn.Module, draft) -> None:
+def check_pair(target: torch.nn.Module, draft, own_cache: bool = True) -> None:
     if draft is None:
         raise BatchSpecError("batch_spec needs a draft model: pass assistant_model=...")
     check_causal_lm(target, "target model")
     if encoder_decoder.reads_encoder(target):  # first: it names what an encoder-decoder target's draft must be
         encoder_decoder.check_pair(target, draft)
-        check_causal_lm(draft, "assistant_model")
+        check_causal_lm(draft, "assistant_model", own_cache)
     else:  # first: a draft of a model it cannot be (an encoder-decoder one) is named as such
-        check_causal_lm(draft, "assistant_model")
+        check_causal_lm(draft, "assistant_model", own_cache)
         encoder_decoder.check_pair(target, draft)
-    vocab_t = target.config.get_text_config().vocab_size
-    vocab_d = draft.config.get_text_config().vocab_size
+    vocab_t, vocab_d = output_vocab(target), output_vocab(draft)
+    if vocab_t != vocab_d and encoder_decoder.reads_encoder(target):
+        raise BatchSpecError(
+            f"The target's decoder vocabulary ({vocab_t} tokens) and the assistant's ({vocab_d}) differ: an "
+            "encoder-decoder target's draft must draft in its vocabulary; pass a draft made for this target.")
     if vocab_t != vocab_d:
         raise BatchSpecError(
             f"The target's vocabulary ({vocab_t} tokens) and the assistant's ({vocab_d}) differ: a draft with "
             "another tokenizer needs both tokenizers, as in transformers: pass tokenizer=<the target's> and "
             "assistant_tokenizer=<the draft's>."
         )
+
+
+def output_vocab(model) -> int:
+    """The ids a model's decoder embeds and scores: Marian's `decoder_vocab_size` where its decoder has a vocabulary
+    of its own, else `vocab_size`."""
+    config = model.config.get_text_config()
+    return int(getattr(config, "decoder_vocab_size", None) or config.vocab_size)
 
 
 def check_inputs(input_ids, attention_mask, pad_token_id, vocab_size: int, inputs_embeds=None, eos_token_id=None,
@@ -96,8 +115,8 @@ def check_token_ids(input_ids, attention_mask, vocab_size: int, *, encoder: bool
     """Token ids and their mask, the checks a decoder's prompt and a text encoder's input share: an integer
     `[batch, length]` tensor an embedding takes, ids inside the vocabulary, a 0/1 mask of its shape with a token
     in every row. A decoder's prompt is left-padded (positions count its real tokens) and only its real tokens are
-    read; an encoder reads every position of every row, so its mask may pad either side and its padding ids are
-    checked too. Returns the real tokens `[B, W]` (bool)."""
+    read; an encoder reads every position of every row, from the first column (its mask pads on the right), so its
+    padding ids are checked too. Returns the real tokens `[B, W]` (bool)."""
     if not isinstance(input_ids, torch.Tensor):
         raise BatchSpecError(f"input_ids must be a torch.LongTensor [batch, length]; got {type(input_ids).__name__} "
                              "(tokenize with return_tensors='pt').")
@@ -139,6 +158,22 @@ def _id_list(value) -> list[int]:
     if isinstance(value, torch.Tensor):
         return [int(v) for v in value.reshape(-1).tolist()]
     return [int(v) for v in np.atleast_1d(value).tolist()]
+
+
+def check_unmasked_source(input_ids: torch.Tensor, attention_mask, pad_token_id) -> None:
+    """A text encoder's batch without a mask: transformers infers none for an encoder-decoder model, so a padded
+    source's encoder would read its padding as tokens and its output differ from the source's alone. Refused where
+    `pad_token_id` occurs in a batch of more than one source."""
+    pads = _id_list(pad_token_id)
+    if attention_mask is not None or input_ids.shape[0] < 2 or not pads:
+        return
+    found = torch.isin(input_ids, torch.tensor(pads, dtype=input_ids.dtype, device=input_ids.device))  # [B, W]
+    if bool(found.any()):
+        row, col = (int(i) for i in found.nonzero()[0])
+        raise BatchSpecError(
+            f"input_ids[{row}, {col}] is pad_token_id={pads[0]} and no attention_mask was given: the encoder would "
+            "read the padding as tokens (transformers infers no mask for an encoder-decoder model). Pass the "
+            "tokenizer's attention_mask.")
 
 
 def check_unmasked_padding(input_ids: torch.Tensor, pad_token_id, eos_token_id) -> None:
@@ -262,10 +297,18 @@ def check_attention_mask(attention_mask, input_ids: torch.Tensor, left_padding: 
     if bool(empty.any()):
         raise BatchSpecError(f"Row {int(empty.nonzero()[0])} of attention_mask is all zeros: every prompt needs at "
                              "least one token.")
-    if not left_padding:
-        return mask
     rises = (mask[:, 1:] & ~mask[:, :-1]).sum(-1)  # [B] 0 -> 1 steps
     falls = (~mask[:, 1:] & mask[:, :-1]).sum(-1)  # [B] 1 -> 0 steps
+    if not left_padding:  # an encoder's source: ones, then zeros (its positions count from the first column)
+        left = rises > 0
+        if bool(left.any()):
+            row = int(left.nonzero()[0])
+            raise BatchSpecError(
+                f"attention_mask row {row} has padding before (or inside) the source's tokens; this encoder numbers "
+                "positions from the first column, so a left-padded source is read shifted and its output differs "
+                "from the source's alone: pad on the right (tokenizer.padding_side = 'right', these models' "
+                "default).")
+        return mask
     right = (falls == 1) & (rises == 0) & mask[:, 0]  # ones, then zeros
     if bool(right.any()):
         raise BatchSpecError(

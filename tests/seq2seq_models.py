@@ -15,28 +15,46 @@ CLASSES = {
     "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration),
     "mbart": (transformers.MBartConfig, transformers.MBartForConditionalGeneration),
     "marian": (transformers.MarianConfig, transformers.MarianMTModel),
+    # decoders with a position table (learned, or Pegasus' sinusoidal one) read as BART's
+    "pegasus": (transformers.PegasusConfig, transformers.PegasusForConditionalGeneration),
+    "blenderbot": (transformers.BlenderbotConfig, transformers.BlenderbotForConditionalGeneration),
+    "blenderbot-small": (transformers.BlenderbotSmallConfig, transformers.BlenderbotSmallForConditionalGeneration),
+    "plbart": (transformers.PLBartConfig, transformers.PLBartForConditionalGeneration),
+    "mvp": (transformers.MvpConfig, transformers.MvpForConditionalGeneration),
+    "led": (transformers.LEDConfig, transformers.LEDForConditionalGeneration),
+    "bigbird_pegasus": (transformers.BigBirdPegasusConfig, transformers.BigBirdPegasusForConditionalGeneration),
+}
+# each kind's own names and settings beside the shared ones
+EXTRA = {
+    "bart": dict(forced_bos_token_id=BOS),
+    "led": dict(max_encoder_position_embeddings=64, max_decoder_position_embeddings=64, attention_window=[8, 8]),
+    "bigbird_pegasus": dict(attention_type="original_full"),
 }
 
 
-def config(arch: str, decoder_layers: int = 4):
+def config(arch: str, decoder_layers: int = 4, **overrides):
     config_class, _ = CLASSES[arch]
-    extra = dict(forced_bos_token_id=BOS) if arch == "bart" else {}
-    return config_class(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=decoder_layers,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-                        decoder_ffn_dim=128, max_position_embeddings=64, pad_token_id=PAD, bos_token_id=BOS,
-                        eos_token_id=EOS, decoder_start_token_id=EOS, init_std=0.2, tie_word_embeddings=False,
-                        **extra)
+    settings = dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=decoder_layers,
+                    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                    max_position_embeddings=64, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                    decoder_start_token_id=EOS, init_std=0.2, tie_word_embeddings=False)
+    if arch == "led":
+        del settings["max_position_embeddings"]
+    return config_class(**{**settings, **EXTRA.get(arch, {}), **overrides})
 
 
 def target(arch: str, seed: int = 0):
     torch.manual_seed(seed)
     model = CLASSES[arch][1](config(arch)).eval()
     with torch.no_grad():
-        for layer in model.model.decoder.layers[DRAFT_LAYERS:]:
+        for layer in model.get_decoder().layers[DRAFT_LAYERS:]:
             for linear in (layer.self_attn.out_proj, layer.encoder_attn.out_proj, layer.fc2):
                 linear.weight.mul_(0.05)
-                linear.bias.mul_(0.05)
+                if linear.bias is not None:
+                    linear.bias.mul_(0.05)
     model.generation_config.num_beams = 1  # tiny configs: greedy by default
+    # Blenderbot's default bans the source's 3-grams, which is refused (EncoderNoRepeatNGramLogitsProcessor)
+    model.generation_config.encoder_no_repeat_ngram_size = 0
     return model
 
 

@@ -413,3 +413,77 @@ def test_ids_that_are_no_batch_get_our_message_without_batch_spec(pair, no_forwa
     """Without batch_spec, a call of one row is transformers' own; ids that are no batch of rows at all come to our
     checks, which name the cause (transformers would fail deep inside)."""
     refused(pair, no_forward, message, ids, assistant_model=pair[1], max_new_tokens=4)
+
+
+def _tiny(config_class, **fields):
+    config = config_class(vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2, **fields)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+SHAPE_WINDOWS = {  # models that apply a window from each forward's key length: served while the cache fits in it
+    "gpt_neo": (transformers.GPTNeoConfig, dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                                attention_types=[[["global", "local"], 1]], window_size=8,
+                                                max_position_embeddings=128), "window_size=8"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SHAPE_WINDOWS))
+def test_a_cache_longer_than_a_window_the_model_applies_itself_is_refused(arch):
+    """GPT-Neo's local layers slice their own mask buffer as if each row's queries were the newest keys: rows of
+    different lengths were wrong past the window (the longest row alone right). Refused before any forward once the
+    cache outgrows the window; exact within it."""
+    config_class, fields, message = SHAPE_WINDOWS[arch]
+    target = hf_batchspec.enable(_tiny(config_class, **fields))
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
+    with ForwardCount(target) as forwards, pytest.raises(UnsupportedModelError, match=message):
+        target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=2, batch_spec="exspec", max_new_tokens=12,
+                        do_sample=False)
+    assert not forwards
+    out = target.generate(ids, attention_mask=mask, prompt_lookup_num_tokens=2, batch_spec="exspec", max_new_tokens=3,
+                          do_sample=False, speculation="always")
+    assert [row[ids.shape[1]:].tolist() for row in out] == [
+        plain_greedy(target, prompt, 3) for prompt in ([5, 6, 7], [8, 9])]
+
+
+MODELS_REFUSED = {  # model kinds whose cache cannot be laid out per row, with the cause the refusal names
+    "openai_gpt": (transformers.OpenAIGPTConfig, dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+                   "takes no key/value cache"),
+    "mamba": (transformers.MambaConfig, dict(hidden_size=32, state_size=8, num_hidden_layers=2),
+              "recurrent state"),  # (5.17: no key/value cache; 5.25 takes `cache` but no position_ids)
+    "doge": (getattr(transformers, "DogeConfig", None), dict(hidden_size=32, intermediate_size=64,
+                                                             num_hidden_layers=2, num_attention_heads=4,
+                                                             num_key_value_heads=2, keep_window_size=6),
+             "dynamic mask"),
+    "dory": (getattr(transformers, "DoryConfig", None), dict(hidden_size=32, intermediate_size=64,
+                                                               num_hidden_layers=3, num_attention_heads=4,
+                                                               num_key_value_heads=2, n_input_layers=1,
+                                                               n_output_layers=1), "times per token"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS_REFUSED))
+def test_models_whose_cache_is_not_per_row_are_refused_with_the_cause(arch):
+    """OpenAI GPT takes no cache (the ragged cache vanished into its **kwargs, and every call crashed), Mamba keeps a
+    recurrent state, Dory runs its middle layers several times per token with cache layers it adds itself, Doge's
+    dynamic mask depends on each forward's keys (rows differed from their decoding alone)."""
+    config_class, fields, message = MODELS_REFUSED[arch]
+    if config_class is None:
+        pytest.skip(f"this transformers has no {arch}")
+    with pytest.raises(UnsupportedModelError, match=message):
+        hf_batchspec.enable(_tiny(config_class, **fields))
+
+
+def test_early_exit_of_a_model_with_per_layer_inputs_is_refused(no_forward):
+    """Gemma 3n embeds an input per decoder layer, reshaped by the layer count: its first layers alone crashed."""
+    config = transformers.Gemma3nTextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=8, vocab_size_per_layer_input=128,
+        hidden_size_per_layer_input=8, num_kv_shared_layers=2, laurel_rank=4, activation_sparsity_pattern=[0.0] * 4,
+        altup_num_inputs=2, layer_types=["sliding_attention", "full_attention"] * 2, pad_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    target = hf_batchspec.enable(transformers.AutoModelForCausalLM.from_config(config).eval())
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], pad_id=0)
+    with ForwardCount(target) as forwards, pytest.raises(BatchSpecError, match="per decoder layer"):
+        target.generate(ids, attention_mask=mask, assistant_early_exit=1, batch_spec="exspec", max_new_tokens=4)
+    assert not forwards

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hf_batchspec
-from hf_batchspec import BatchSpecError, UnsupportedModelError
+from hf_batchspec import BatchSpecError, UnsupportedModelError, encoder_decoder
 from tests import seq2seq_models as S
 from tests.toolkit import ForwardCount, strategies
 
@@ -93,8 +93,8 @@ def test_position_hooks_leave_with_the_call(pair):
     before = target.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=8,
                     do_sample=False)
-    table = target.model.decoder.embed_positions
-    assert not table._forward_hooks
+    table = target.get_decoder().embed_positions
+    assert not table._forward_hooks and not table._forward_pre_hooks
     assert torch.equal(target.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), before)
 
 
@@ -130,3 +130,84 @@ def test_t5_refused_with_the_reason():
         vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
     with pytest.raises(UnsupportedModelError, match="one length shared by the batch"):
         hf_batchspec.enable(t5)
+
+
+def test_budget_to_the_end_of_the_position_table(pair):
+    """A budget that reads the decoder's position table to its last row (the last token is never read) equals
+    greedy alone: the table's own lookup, whose output is replaced per row, counts from 0 rather than from the
+    cache's length (it ran past the table in the last rounds). One more token than the table holds is refused
+    before any decoder forward, naming the table; transformers alone fails inside the forward."""
+    target, draft = pair
+    ids, mask = S.sources([5, 9, 3], seed=2)
+    size = encoder_decoder.position_table_size(target)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", do_sample=False,
+                          num_assistant_tokens=3, speculation="always", max_new_tokens=size, eos_token_id=None)
+    assert [row.tolist()[1:] for row in out] == [
+        target.generate(ids[i:i + 1, : int(mask[i].sum())], do_sample=False, max_new_tokens=size,
+                        eos_token_id=None)[0].tolist()[1:] for i in range(len(ids))]
+    with ForwardCount(target, draft) as forwards, pytest.raises(BatchSpecError, match="position table holds"):
+        target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", do_sample=False,
+                        max_new_tokens=size + 1, eos_token_id=None)
+    assert not forwards
+
+
+def test_a_draft_with_a_shorter_position_table_is_refused(pair):
+    target, _ = pair
+    arch = target.config.model_type
+    short = S.draft(hf_batchspec.enable(S.CLASSES[arch][1](S.config(arch, **(
+        dict(max_decoder_position_embeddings=12) if arch == "led" else dict(max_position_embeddings=12)))).eval()))
+    ids, mask = S.sources([5, 9], seed=2)
+    with ForwardCount(target, short) as forwards, pytest.raises(BatchSpecError, match="assistant_model's decoder "
+                                                                                      "position table holds 12"):
+        target.generate(ids, attention_mask=mask, assistant_model=short, batch_spec="exspec", max_new_tokens=20)
+    assert not forwards
+
+
+def test_sources_that_the_encoder_would_read_shifted_or_padded_are_refused(pair):
+    """Left-padded sources (these encoders number positions from the first column: every token was read shifted) and
+    padded sources without a mask (transformers infers none for an encoder-decoder model): refused before any
+    forward; transformers' batched call runs both, and its rows differ from each source alone."""
+    target, draft = pair
+    ids, mask = S.sources([4, 7], seed=3)
+    left = torch.stack([row.roll(int((m == 0).sum())) for row, m in zip(ids, mask)])
+    left_mask = torch.stack([m.roll(int((m == 0).sum())) for m in mask])
+    with ForwardCount(target, draft, target.get_encoder()) as forwards:
+        with pytest.raises(BatchSpecError, match="padding before"):
+            target.generate(left, attention_mask=left_mask, assistant_model=draft, batch_spec="eqspec",
+                            max_new_tokens=4)
+        with pytest.raises(BatchSpecError, match="no attention_mask"):
+            target.generate(ids, assistant_model=draft, batch_spec="eqspec", max_new_tokens=4)
+    assert not forwards
+
+
+@pytest.mark.parametrize("name", ["decoder_input_ids", "decoder_attention_mask", "encoder_outputs"])
+def test_decoder_prompt_and_encoder_output_arguments_refused_by_name(pair, name):
+    target, draft = pair
+    ids, mask = S.sources([4, 7], seed=3)
+    value = (torch.full((2, 1), S.EOS), torch.zeros((2, 1), dtype=torch.long),
+             target.get_encoder()(input_ids=ids, attention_mask=mask))[
+        ["decoder_input_ids", "decoder_attention_mask", "encoder_outputs"].index(name)]
+    with ForwardCount(target, draft) as forwards, pytest.raises(BatchSpecError, match=f"`{name}` is not supported"):
+        target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="eqspec", max_new_tokens=4,
+                        **{name: value})
+    assert not forwards
+
+
+def test_marian_draft_of_another_decoder_vocabulary_refused():
+    """Marian's decoder may have a vocabulary of its own (`decoder_vocab_size`); a draft with another one could not
+    embed the target's tokens (an index error mid-call before)."""
+    target = hf_batchspec.enable(S.target("marian"))
+    other = S.CLASSES["marian"][1](S.config("marian", decoder_layers=2, decoder_vocab_size=S.VOCAB - 20)).eval()
+    ids, mask = S.sources([4, 7])
+    with ForwardCount(target, other) as forwards, pytest.raises(BatchSpecError, match="decoder vocabulary"):
+        target.generate(ids, attention_mask=mask, assistant_model=other, batch_spec="eqspec", max_new_tokens=4)
+    assert not forwards
+
+
+@pytest.mark.parametrize("arch, setting, message", [("bigbird_pegasus", dict(attention_type="block_sparse"),
+                                                     "attention_type='block_sparse'"),
+                                                    ("mvp", dict(use_prompt=True), "use_prompt=True")])
+def test_served_kinds_with_a_setting_that_is_not_refused(arch, setting, message):
+    model = S.CLASSES[arch][1](S.config(arch, **setting)).eval()
+    with pytest.raises(UnsupportedModelError, match=message):
+        hf_batchspec.enable(model)

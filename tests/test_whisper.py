@@ -366,6 +366,11 @@ REFUSED = {
     "condition_on_prev_tokens": (dict(condition_on_prev_tokens=True, attention_mask=torch.ones(2, 3 * W.FRAMES),
                                       features=W.features(2, frames=3 * W.FRAMES)), "condition_on_prev_tokens"),
     "frame_mask_shape": (dict(attention_mask=torch.ones(2, 5)), "frame mask"),
+    "frame_mask_values": (dict(attention_mask=torch.full((2, W.FRAMES), 2)), "only 0"),
+    "frame_mask_empty_row": (dict(attention_mask=torch.tensor([[1] * W.FRAMES, [0] * W.FRAMES])), "all zeros"),
+    "prompt_ids_outside_vocabulary": (dict(prompt_ids=torch.tensor([W.SOPREV, W.VOCAB + 44])),
+                                      "prompt_ids holds 300, outside the vocabulary"),
+    "encoder_outputs": (dict(encoder_outputs=(torch.zeros(2, W.FRAMES // 2, 64),)), "`encoder_outputs`"),
     "text_streamer_for_a_batch": (dict(streamer=transformers.generation.streamers.BaseStreamer()),
                                   "BatchIteratorStreamer"),
     "streamer_long_form": (dict(streamer=hf_batchspec.BatchIteratorStreamer(),
@@ -408,6 +413,18 @@ def test_bad_features_refused_before_any_forward(models, no_forward, case):
         models["target"].generate(features, assistant_model=models["decoder"], batch_spec="exspec",
                                   max_new_tokens=4, language="en")
     assert not no_forward
+
+
+def test_a_draft_with_a_shorter_position_table_refused(models):
+    """A decoder-only draft whose table holds fewer positions than the call reads failed with an index error mid-call;
+    refused before the decoders run, with the numbers."""
+    target = models["target"]
+    short = W.decoder_draft(target)
+    short.config.max_target_positions = 16
+    short.model.decoder.embed_positions = type(short.model.decoder.embed_positions)(16, short.config.d_model)
+    with ForwardCount(target, short) as forwards, pytest.raises(BatchSpecError, match="table holds 16 positions"):
+        target.generate(W.features(2), assistant_model=short, batch_spec="exspec", max_new_tokens=20, language="en")
+    assert not forwards
 
 
 def test_drafts_that_cannot_read_the_encoder_refused(models, no_forward):

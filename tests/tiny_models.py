@@ -54,6 +54,22 @@ ARCHITECTURES = {
     "smollm3": ("SmolLM3Config", dict(**_DECODER, num_key_value_heads=2, no_rope_layer_interval=2)),  # layer 1 NoPE
     "qwen3_moe": ("Qwen3MoeConfig", dict(**_DECODER, num_key_value_heads=2, head_dim=8, moe_intermediate_size=32,
                                          num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)),
+    # multi-head latent attention (compressed keys and values, a rope part of their own) and routed experts
+    "deepseek_v3": ("DeepseekV3Config", dict(**_DECODER, num_key_value_heads=4, moe_intermediate_size=32,
+                                             n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                                             topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
+                                             qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)),
+    # attention sinks, alternating sliding and full layers, experts
+    "gpt_oss": ("GptOssConfig", dict(**_DECODER, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                                     num_experts_per_tok=2, sliding_window=6,
+                                     layer_types=["sliding_attention", "full_attention"])),
+    "cohere2": ("Cohere2Config", dict(**{**_DECODER, "num_hidden_layers": 3}, num_key_value_heads=2, sliding_window=6,
+                                      layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    # local layers whose window GPT-Neo applies from each forward's key length (`masks.shape_windows`): served
+    # while a row's cache fits in it
+    "gpt_neo": ("GPTNeoConfig", dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                     attention_types=[[["global", "local"], 1]], window_size=64,
+                                     max_position_embeddings=256)),
 }
 # Models whose attention has no SDPA path (Gemma-2's softcapping): `build` defaults them to eager, as it does
 # any model class that has no SDPA path in the installed transformers (GPT-J before 5.2x).

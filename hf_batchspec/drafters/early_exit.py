@@ -26,6 +26,11 @@ def early_exit_model(target: torch.nn.Module, layers: int) -> torch.nn.Module:
         raise UnsupportedModelError(
             f"assistant_early_exit: cannot find the decoder layers of {type(target).__name__} to cut (a text-only "
             "causal LM with one list of decoder layers is needed): draft with assistant_model=... instead.")
+    if getattr(target.config, "hidden_size_per_layer_input", None):
+        raise UnsupportedModelError(
+            f"assistant_early_exit: {type(target).__name__} embeds an input per decoder layer (Gemma 3n / Gemma 4 "
+            "per-layer inputs), sized and reshaped for all its layers, so its first layers cannot run alone: draft "
+            "with assistant_model=... instead.")
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = layers
     for name in ("layer_types", "n_layer", "num_layers"):  # per-layer lists and other names of the layer count

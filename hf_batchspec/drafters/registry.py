@@ -232,7 +232,7 @@ def _resolve_gemma4_assistant(target, assistant, settings: "CallSettings"):
         raise BatchSpecError(f"The assistant was made for a target of hidden size "
                              f"{assistant.config.backbone_hidden_size}; this target's is "
                              f"{target.config.get_text_config().hidden_size}: pass the assistant made for it.")
-    check_pair(target, assistant)
+    check_pair(target, assistant, own_cache=False)  # it reads the target's keys and values
     return DraftSource("gemma4-assistant", model=assistant), None
 
 
