@@ -23,7 +23,7 @@ from .encoder_decoder import EncoderSide
 from .errors import BatchSpecError
 from .masks import right_pack
 from .plan import CallPlan, plan_call
-from .processors import ScoreProcessing
+from .processors import SOURCE_READERS, ScoreProcessing
 from .speculation import CostModel
 from .stats import BatchSpecGenerateOutput, BatchSpecStats
 from .stopping import extra_criteria
@@ -186,7 +186,9 @@ def _batch_spec_decode(
         do_sample=bool(generation_config.do_sample), generator=plan.generator, schedule=plan.schedule,
         confidence_threshold=plan.confidence_threshold, cost_model=plan.cost_model,
         realign_every_round=plan.strategy == "eqspec-realign", static_shapes=plan.static_shapes,
-        compile_config=plan.compile_config, processing=ScoreProcessing(logits_processor, max_new),
+        compile_config=plan.compile_config,
+        processing=ScoreProcessing(logits_processor, max_new, sources=_sources(logits_processor, input_ids, lengths,
+                                                                            encoder_inputs)),
         criteria=tuple(extra_criteria(stopping_criteria)) + ((plan.stop_strings,) if plan.stop_strings else ()),
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
         copies=generation_config.num_return_sequences or 1,
@@ -224,6 +226,23 @@ def _batch_spec_decode(
         return BatchSpecGenerateOutput(sequences=sequences, scores=result.scores, logits=result.logits,
                                        spec_stats=stats)
     return sequences
+
+
+def _sources(logits_processor, input_ids: torch.Tensor,  # [N, W] the decoder prompts, left-padded
+             lengths: torch.Tensor,  # [N]
+             encoder_inputs: list | None) -> list | None:  # [N] of [L_n]
+    """Each row's source without padding, for the processors that read it (`processors.SOURCE_READERS`): a text
+    encoder's input ids (its mask's tokens; a row's copies share their input's), else the row's own prompt."""
+    if not any(isinstance(p, SOURCE_READERS) for p in logits_processor or []):
+        return None
+    if not encoder_inputs:  # a decoder-only model: its prompt
+        return [row[row.shape[0] - int(n):] for row, n in zip(input_ids, lengths.tolist())]
+    args, kwargs = encoder_inputs[-1]
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    mask = kwargs.get("attention_mask")
+    copies = input_ids.shape[0] // ids.shape[0]
+    real = [row if mask is None else row[mask[i].bool()] for i, row in enumerate(ids)]
+    return [real[n // copies] for n in range(input_ids.shape[0])]
 
 
 def _stop_ids(config) -> torch.Tensor | None:

@@ -140,7 +140,7 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     assistant_model = unwrapped_draft(assistant_model)
     source, lookup_k = resolve_draft_source(sources, model, assistant_model, settings)
     draft = source.model  # the model that drafts (None for prompt lookup)
-    validation.check_processors(logits_processor)  # the caller's own (those from settings: rules.NOT_SERVED)
+    validation.check_callers_processors(logits_processor)  # the caller's own (those from settings: rules.NOT_SERVED)
     if seq2seq:
         encoder_decoder.check_source(source, model)
         encoder_decoder.check_call(model, main_input, kwargs, generation_config, streamer=streamer)

@@ -41,9 +41,15 @@ LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcesso
 BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
                   lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED
+# Rules that read the source (an encoder's input ids; a decoder-only model's prompt): transformers gives them the
+# padded batch's, padding included, by batch index; here each row reads its own source, without padding
+# (`ScoreProcessing(sources=...)`), as decoding it alone does. The penalty is vectorised over a [N, V] mask of each
+# row's source tokens; the n-gram ban is called per prefix length on the rows' own source n-grams.
+SOURCE_READERS = (lp.EncoderRepetitionPenaltyLogitsProcessor, lp.EncoderNoRepeatNGramLogitsProcessor)
+PREFIX_READERS = PREFIX_READERS + (lp.EncoderNoRepeatNGramLogitsProcessor,)
 # Rules that change no score and read the decoder prompt's logits, which each row's prefill gives them
 OBSERVERS = (lp.WhisperNoSpeechDetection,)
-SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS + OBSERVERS
+SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS + SOURCE_READERS + OBSERVERS
 
 
 def unsupported_processors(logits_processor) -> list:
@@ -63,8 +69,14 @@ class Prefixes:
 class ScoreProcessing:
     """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
 
-    def __init__(self, processors, max_new_tokens: int | None = None):
+    def __init__(self, processors, max_new_tokens: int | None = None, sources: list | None = None):
         self.steps = [p for p in processors or [] if not isinstance(p, OBSERVERS)]
+        # each original row's source [L_b] (no padding), for the rules that read it (`SOURCE_READERS`)
+        self.sources = sources
+        if sources is None and any(isinstance(p, SOURCE_READERS) for p in self.steps):
+            raise ValueError("a processor that reads the source needs each row's source (ScoreProcessing(sources=))")
+        self._in_source: torch.Tensor | None = None  # [N, V] whether token v is in row n's source
+        self._source_ngrams: dict[int, list[dict]] = {}  # n -> per row, transformers' n-gram table of its source
         # Whisper's no-speech detection: given each row's probability after the call (`DecodeResult.no_speech`)
         self.no_speech = next((p for p in processors or [] if isinstance(p, lp.WhisperNoSpeechDetection)), None)
         self.max_new_tokens = max_new_tokens  # each row's budget (forcing EOS at a row's last position reads it)
@@ -78,9 +90,35 @@ class ScoreProcessing:
                 scores = _row_local(step, scores)
             elif isinstance(step, LENGTH_RULES):
                 scores = self._length_rule(step, scores, prefixes)
+            elif isinstance(step, lp.EncoderRepetitionPenaltyLogitsProcessor):
+                scores = self._source_penalty(step, scores, prefixes)
             else:
-                scores = _by_prefix_length(step, scores, prefixes)
+                scores = _by_prefix_length(step, scores, prefixes, self._for_rows)
         return scores
+
+    def _source_penalty(self, step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:  # [B, T, V]
+        """transformers' encoder repetition penalty (scores of the source's tokens raised: multiplied by 1/penalty
+        where negative, divided where not), on each row's own source tokens."""
+        if self._in_source is None:
+            vocab = scores.shape[-1]
+            self._in_source = torch.zeros((len(self.sources), vocab), dtype=torch.bool, device=scores.device)
+            for row, source in enumerate(self.sources):  # once per call
+                self._in_source[row, source.to(scores.device)] = True
+        rows = self._in_source[torch.as_tensor(prefixes.ids, device=scores.device)].unsqueeze(1)  # [B, 1, V]
+        raised = torch.where(scores < 0, scores * step.penalty, scores / step.penalty)
+        return torch.where(rows, raised, scores)
+
+    def _for_rows(self, step, prompt_lengths: np.ndarray, rows: np.ndarray):
+        """`_for_rows` below, and the source n-gram ban over these rows' own sources."""
+        if not isinstance(step, lp.EncoderNoRepeatNGramLogitsProcessor):
+            return _for_rows(step, prompt_lengths)
+        ngrams = self._source_ngrams.get(step.ngram_size)
+        if ngrams is None:  # once per call: transformers' own table of each row's source
+            ngrams = [lp._get_ngrams(step.ngram_size, source.reshape(1, -1), 1)[0] for source in self.sources]
+            self._source_ngrams[step.ngram_size] = ngrams
+        view = copy.copy(step)
+        view.batch_size, view.generated_ngrams = len(rows), [ngrams[row] for row in rows]
+        return view
 
     def draft(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's scores: row-local warpers only (any q keeps sampling exact; greedy ignores q)."""
@@ -131,9 +169,9 @@ def _row_local(step, scores: torch.Tensor) -> torch.Tensor:
     return step(no_ids, flat).reshape(shape)
 
 
-def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
+def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes, for_rows) -> torch.Tensor:
     """Call `step` once per distinct prefix length (and, for a rule with a begin index, prompt length), each time
-    on the exact prefixes of those positions."""
+    on the exact prefixes of those positions, as it applies to those rows (`for_rows`)."""
     batch, positions, vocab = scores.shape
     lengths = (prefixes.lengths[:, None] + np.arange(positions)).reshape(-1)  # [B*T]
     rows = np.repeat(prefixes.ids, positions)  # [B*T] original row of each flat position
@@ -146,7 +184,7 @@ def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes) -> torch.T
         length = lengths[where[0]]
         index = torch.as_tensor(where, device=flat.device)
         input_ids = prefixes.tokens[torch.as_tensor(rows[where], device=prefixes.tokens.device), :length]
-        flat[index] = _for_rows(step, prompts[where])(input_ids.to(flat.device), flat[index])
+        flat[index] = for_rows(step, prompts[where], rows[where])(input_ids.to(flat.device), flat[index])
     return flat.reshape(batch, positions, vocab)
 
 

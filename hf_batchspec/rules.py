@@ -160,10 +160,6 @@ NOT_SERVED: dict[str, NotServed] = {rule.name: rule for rule in (
     # or the batch index (`processors.SUPPORTED` lists those served)
     NotServed("guidance_scale", "transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor runs a forward of its "
                                 "own over the padded batch", read="get", on=_not_one),
-    NotServed("encoder_repetition_penalty", "transformers' EncoderRepetitionPenaltyLogitsProcessor reads the padded "
-                                            "prompts", read="get", on=_not_one),
-    NotServed("encoder_no_repeat_ngram_size", "transformers' EncoderNoRepeatNGramLogitsProcessor reads the padded "
-                                              "prompts", read="get", on=lambda value: bool(value)),
     NotServed("exponential_decay_length_penalty", "transformers' ExponentialDecayLengthPenalty counts the padded "
                                                   "prompt width", read="get"),
     NotServed("watermarking_config", "transformers' watermark processors read the padded batch", read="get"),

@@ -13,7 +13,7 @@ from transformers.utils import logging
 from . import compat, encoder_decoder
 from .errors import BatchSpecError, UnsupportedModelError
 from .masks import attention_layout
-from .processors import unsupported_processors
+from .processors import SOURCE_READERS, unsupported_processors
 from .runner import input_device
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
@@ -354,6 +354,18 @@ def check_processors(logits_processor) -> None:
             f"These logits processors are not supported with batch_spec: "
             f"{', '.join(type(p).__name__ for p in unsupported)} (their meaning depends on the padded batch layout "
             "or the batch index); remove the settings or processors that create them.")
+
+
+def check_callers_processors(logits_processor) -> None:
+    """The caller's own processors: besides `check_processors`, those that read a source of their own (the ids they
+    were built with); the generation settings that build them are served, each row reading its own source."""
+    own = [p for p in logits_processor or [] if isinstance(p, SOURCE_READERS)]
+    if own:
+        raise BatchSpecError(
+            f"{type(own[0]).__name__} passed in logits_processor holds the ids it was built with, which are not each "
+            "row's own source: pass encoder_repetition_penalty= / encoder_no_repeat_ngram_size= instead (each row "
+            "then reads its own source, without padding).")
+    check_processors(logits_processor)
 
 
 def check_prepared(config: GenerationConfig, logits_processor, model_kwargs: dict) -> None:

@@ -35,6 +35,9 @@ PROCESSOR_SETTINGS = {
     "begin_suppress_tokens": dict(begin_suppress_tokens=[3, 7, 11, 20]),
     "forced_eos": dict(forced_eos_token_id=9),  # at each row's own last position
     "combined": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=3),
+    # the prompt is a decoder-only model's source: each row's own, without the padding transformers' batch holds
+    "encoder_repetition_penalty": dict(encoder_repetition_penalty=3.0),
+    "encoder_no_repeat_ngram": dict(encoder_no_repeat_ngram_size=1),  # (1: none of its tokens; 2 rarely bites here)
 }
 
 

@@ -211,3 +211,15 @@ def test_served_kinds_with_a_setting_that_is_not_refused(arch, setting, message)
     model = S.CLASSES[arch][1](S.config(arch, **setting)).eval()
     with pytest.raises(UnsupportedModelError, match=message):
         hf_batchspec.enable(model)
+
+
+@pytest.mark.parametrize("setting", [dict(encoder_no_repeat_ngram_size=1), dict(encoder_no_repeat_ngram_size=3),
+                                     dict(encoder_repetition_penalty=4.0)], ids=["ban_1", "ban_3", "penalty"])
+def test_rules_that_read_the_source_equal_greedy_alone(pair, setting):
+    """The source n-gram ban (Blenderbot's default is 3) and the source repetition penalty: transformers holds the
+    padded batch's sources by batch index; each row here reads its own source, without padding, as alone."""
+    target, draft = pair
+    ids, mask = S.sources([5, 12, 3, 9], seed=4)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
+                          do_sample=False, speculation="always", max_new_tokens=12, **setting)
+    assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=12, **setting)
