@@ -29,18 +29,22 @@ from transformers.generation import logits_process as lp
 
 ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
              lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
-             lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor)
+             lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor) + (
+                 (lp.TopHLogitsWarper,) if hasattr(lp, "TopHLogitsWarper") else ())
 # Rules that read a position's prefix length only (and its row's prompt length): vectorised. Suppressing tokens at
 # the begin index (the first generated position: transformers gives the padded prompt width) is at each row's own,
 # and so is forcing EOS at the last position (transformers' max_length is the padded width's; a row's own is its
 # prompt length + max_new_tokens, its batch-1 max_length).
 LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor,
-                lp.SuppressTokensAtBeginLogitsProcessor, lp.ForcedEOSTokenLogitsProcessor)
+                lp.SuppressTokensAtBeginLogitsProcessor, lp.ForcedEOSTokenLogitsProcessor,
+                lp.ExponentialDecayLengthPenalty)
 # Rules that read tokens from a begin index, the first generated position (Whisper's timestamp rules):
 # transformers gives them the padded prompt width; each row's own is its prompt length.
 BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
+# (the green-list watermark seeds its list from the prefix's last tokens, per row)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
-                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor) + BEGIN_INDEXED
+                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor,
+                  lp.WatermarkLogitsProcessor) + BEGIN_INDEXED
 # Rules that read the source (an encoder's input ids; a decoder-only model's prompt): transformers gives them the
 # padded batch's, padding included, by batch index; here each row reads its own source, without padding
 # (`ScoreProcessing(sources=...)`), as decoding it alone does. The penalty is vectorised over a [N, V] mask of each
@@ -69,7 +73,8 @@ class Prefixes:
 class ScoreProcessing:
     """The call's processors, in transformers' order, applied to `[B, T, V]` logits."""
 
-    def __init__(self, processors, max_new_tokens: int | None = None, sources: list | None = None):
+    def __init__(self, processors, max_new_tokens: int | None = None, sources: list | None = None,
+                 prompt_width: int | None = None):
         self.steps = [p for p in processors or [] if not isinstance(p, OBSERVERS)]
         # each original row's source [L_b] (no padding), for the rules that read it (`SOURCE_READERS`)
         self.sources = sources
@@ -80,6 +85,8 @@ class ScoreProcessing:
         # Whisper's no-speech detection: given each row's probability after the call (`DecodeResult.no_speech`)
         self.no_speech = next((p for p in processors or [] if isinstance(p, lp.WhisperNoSpeechDetection)), None)
         self.max_new_tokens = max_new_tokens  # each row's budget (forcing EOS at a row's last position reads it)
+        # the padded prompt width transformers built the processors with (the length penalty's start counts from it)
+        self.prompt_width = prompt_width
         self.reads_prefix = any(not isinstance(p, ROW_LOCAL) for p in self.steps)
         self.row_local = [p for p in self.steps if isinstance(p, ROW_LOCAL)]
 
@@ -95,6 +102,21 @@ class ScoreProcessing:
             else:
                 scores = _by_prefix_length(step, scores, prefixes, self._for_rows)
         return scores
+
+    def _length_penalty(self, step, scores: torch.Tensor,  # [B, T, V]
+                        length: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:  # [B, T], [B, 1]
+        """transformers' exponential decay length penalty (EOS scores raised by |score| x (factor^i - 1), i tokens
+        past the start), its start counted from each row's own prompt length rather than the padded width."""
+        start = step.regulation_start - self.prompt_width + prompt  # [B, 1]
+        past = (length - start).clamp(min=0)  # [B, T] i, 0 where the penalty has not started
+        eos = step.eos_token_id.to(scores.device)
+        # pow in double then rounded, as transformers' Python float times a float32 tensor
+        factor = torch.pow(torch.tensor(step.regulation_factor, dtype=torch.float64), past.double()) - 1
+        eos_scores = scores[..., eos]  # [B, T, E]
+        penalty = (eos_scores.abs() * factor.to(scores.dtype).unsqueeze(-1)).masked_fill(~torch.isfinite(eos_scores), 0.0)
+        penalties = torch.zeros_like(scores)
+        penalties[..., eos] = torch.where((past > 0).unsqueeze(-1), penalty, 0.0)
+        return scores + penalties
 
     def _source_penalty(self, step, scores: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:  # [B, T, V]
         """transformers' encoder repetition penalty (scores of the source's tokens raised: multiplied by 1/penalty
@@ -138,6 +160,8 @@ class ScoreProcessing:
             early, banned = length - prompt < step.min_new_tokens, step.eos_token_id
         elif isinstance(step, lp.SuppressTokensAtBeginLogitsProcessor):  # at the row's first generated position
             early, banned = length == prompt, step.begin_suppress_tokens
+        elif isinstance(step, lp.ExponentialDecayLengthPenalty):
+            return self._length_penalty(step, scores, length, prompt)
         else:  # ForcedEOS at the row's last position: every other token banned, EOS scored 0 (transformers' rule)
             last = prompt + self.max_new_tokens - 1 if self.max_new_tokens is not None else step.max_length - 1
             eos = torch.isin(torch.arange(vocab, device=scores.device), step.eos_token_id.to(scores.device))

@@ -160,10 +160,10 @@ NOT_SERVED: dict[str, NotServed] = {rule.name: rule for rule in (
     # or the batch index (`processors.SUPPORTED` lists those served)
     NotServed("guidance_scale", "transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor runs a forward of its "
                                 "own over the padded batch", read="get", on=_not_one),
-    NotServed("exponential_decay_length_penalty", "transformers' ExponentialDecayLengthPenalty counts the padded "
-                                                  "prompt width", read="get"),
-    NotServed("watermarking_config", "transformers' watermark processors read the padded batch", read="get"),
-    NotServed("top_h", "transformers' TopHLogitsWarper is not among the processors verified per row yet", read="get"),
+    NotServed("watermarking_config", "SynthID's watermark keeps a context state per batch row across steps (the "
+                                     "green-list watermark, WatermarkingConfig, is served)", read="get",
+              on=lambda value: value is not None and (isinstance(value, dict) and "ngram_len" in value
+                                                      or type(value).__name__ == "SynthIDTextWatermarkingConfig")),
 )}
 
 

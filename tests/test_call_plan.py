@@ -94,7 +94,7 @@ NOT_SERVED_VALUES = {
     "max_cache_len": 64, "prefill_chunk_size": 4, "penalty_alpha": 0.6, "dola_layers": "low", "low_memory": True,
     "token_healing": True, "continuous_batching_config": {"max_batch_tokens": 8}, "num_beams": 2,
     "output_attentions": True, "output_hidden_states": True, "use_cache": False, "guidance_scale": 1.5,
-    "exponential_decay_length_penalty": (2, 1.5), "watermarking_config": {"greenlist_ratio": 0.25}, "top_h": 0.5,
+    "watermarking_config": {"ngram_len": 5, "keys": [654, 400, 836, 123, 340, 443, 597, 160]},
 }
 
 
@@ -110,7 +110,7 @@ def test_not_served_settings_refuse_before_preparation(pair, prepared, name):
     assert prepared == {"prepared": 0, "forwards": 0}
 
 
-@pytest.mark.parametrize("name", ["num_beams", "exponential_decay_length_penalty", "guidance_scale"])
+@pytest.mark.parametrize("name", ["num_beams", "watermarking_config", "guidance_scale"])
 def test_resolved_settings_count_the_models_config_too(pair, prepared, name):
     """A row that reads the resolved setting refuses a checkpoint's value: transformers would build the feature from
     it (rows that read the caller's request leave a checkpoint's defaults alone: `test_checkpoint_defaults_...`)."""
@@ -126,7 +126,7 @@ def test_resolved_settings_count_the_models_config_too(pair, prepared, name):
     assert prepared == {"prepared": 0, "forwards": 0}
 
 
-@pytest.mark.parametrize("name", ["guidance_scale", "exponential_decay_length_penalty", "watermarking_config", "top_h"])
+@pytest.mark.parametrize("name", ["guidance_scale", "watermarking_config"])
 def test_processor_rows_name_processors_transformers_builds_and_we_do_not_serve(pair, name):
     """Each processor row holds: from that setting transformers builds a processor that `processors.SUPPORTED` does
     not serve (so the row refuses what the backstop after the preparation would, only earlier)."""

@@ -38,6 +38,10 @@ PROCESSOR_SETTINGS = {
     # the prompt is a decoder-only model's source: each row's own, without the padding transformers' batch holds
     "encoder_repetition_penalty": dict(encoder_repetition_penalty=3.0),
     "encoder_no_repeat_ngram": dict(encoder_no_repeat_ngram_size=1),  # (1: none of its tokens; 2 rarely bites here)
+    # EOS raised from each row's own prompt length + 2 on (transformers' start counts the padded width)
+    "exponential_decay": dict(exponential_decay_length_penalty=(2, 3.0)),
+    # the green list seeded from each prefix's last token
+    "watermark": dict(watermarking_config={"greenlist_ratio": 0.25, "bias": 6.0}),
 }
 
 

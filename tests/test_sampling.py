@@ -179,3 +179,11 @@ def test_num_return_sequences_rows_are_independent():
         product = {(a, b): p[a] * p[b] for a in range(V) for b in range(V)}
         rejects, report = chi_square_rejects(pairs[which::2], product)
         assert not rejects, f"prompt {which}: {report}"
+
+
+def test_top_h_keeps_the_distribution():
+    """Top-H (an entropy-bounded top set per position) reads a position's scores only: applied per position like
+    the other warpers, the samples follow the target's warped law."""
+    settings = dict(top_h=0.7)
+    rejects, report = chi_square_rejects(speculative_samples(DRAFTS["perturbed"], settings), exact_joint(settings))
+    assert not rejects, report

@@ -98,7 +98,7 @@ def check_sampling_law(model, prompt: list[int], rows: int, new_tokens: int, voc
 
 
 def warpers(settings: dict) -> list:
-    """The warpers transformers builds for these sampling settings (temperature, top_k, top_p), in its order."""
+    """The warpers transformers builds for these sampling settings (temperature, top_k, top_p, top_h), in its order."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     out = [TemperatureLogitsWarper(settings.get("temperature", 1.0))]
@@ -106,6 +106,10 @@ def warpers(settings: dict) -> list:
         out.append(TopKLogitsWarper(settings["top_k"]))
     if "top_p" in settings:
         out.append(TopPLogitsWarper(settings["top_p"]))
+    if "top_h" in settings:
+        from transformers.generation.logits_process import TopHLogitsWarper
+
+        out.append(TopHLogitsWarper(settings["top_h"]))
     return out
 
 
