@@ -99,7 +99,7 @@ class BatchSpeculativeGenerationMixin:
                 logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                 **{name: value for name, value in given.items() if value is not None}, **kwargs)
-        return self._generate_planned(plan, inputs, logits_processor, stopping_criteria)
+        return self._generate_planned(plan, inputs, logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
 
     def _extract_token_timestamps(self, generate_outputs, alignment_heads, time_precision=0.02, num_frames=None,
                                   num_input_ids=None):
@@ -113,7 +113,8 @@ class BatchSpeculativeGenerationMixin:
         return alignment.row_timestamps(extract, self.config.decoder_layers, weights, prompt_lengths, new_tokens,
                                         generate_outputs.sequences, time_precision, num_frames, num_input_ids)
 
-    def _generate_planned(self, plan: CallPlan, inputs, logits_processor, stopping_criteria):
+    def _generate_planned(self, plan: CallPlan, inputs, logits_processor, stopping_criteria,
+                          prefix_allowed_tokens_fn=None):
         """transformers prepares the call (the model's own generate for an encoder-decoder model: Whisper builds
         the decoder prompt and processors), then hands it to the decode loop; its own refusals while it prepares,
         before any forward, become the library's error type."""
@@ -131,7 +132,8 @@ class BatchSpeculativeGenerationMixin:
             with recording as encoder_inputs:
                 return generate(*([] if inputs is None else [inputs]), generation_config=plan.generation_config,
                                 logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                                custom_generate=after_preparation, **plan.kwargs)
+                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, custom_generate=after_preparation,
+                                **plan.kwargs)
         except (ValueError, TypeError) as error:
             if handed_over or isinstance(error, BatchSpecError):
                 raise

@@ -133,7 +133,8 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     if strategy is None:
         return CallPlan(None)
 
-    check_not_served(settings, prefix_allowed_tokens_fn, synced_gpus)
+    check_not_served(settings, synced_gpus)
+    check_value("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn)
     check_value("max_new_tokens", settings.get("max_new_tokens"))
     if settings.get("max_new_tokens") is None:
         check_value("max_length", settings.get("max_length"))
@@ -261,14 +262,11 @@ def check_routing(strategy: str | None, sources: list[str], options: dict) -> No
 
 # -- what the path does not serve --------------------------------------------------------------------------------
 
-def check_not_served(settings: CallSettings, prefix_allowed_tokens_fn, synced_gpus) -> None:
+def check_not_served(settings: CallSettings, synced_gpus) -> None:
     """Settings of generate() that the batch speculative path does not serve (yet), `rules.NOT_SERVED`: refused,
     never dropped; synced_gpus and a cache of the caller's, too."""
     for name, rule in rules.NOT_SERVED.items():
-        if name == "prefix_allowed_tokens_fn":
-            value = prefix_allowed_tokens_fn
-        else:
-            value = settings.get(name) if rule.read == "get" else settings.given(name)
+        value = settings.get(name) if rule.read == "get" else settings.given(name)
         if rule.on(value):
             raise BatchSpecError(f"`{name}`={value!r} is not supported with batch_spec ({rule.why}): drop it, or call "
                                  "without assistant_model for transformers' own generate.")

@@ -44,7 +44,7 @@ BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
 # (the green-list watermark seeds its list from the prefix's last tokens, per row)
 PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
                   lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor,
-                  lp.WatermarkLogitsProcessor) + BEGIN_INDEXED
+                  lp.WatermarkLogitsProcessor, lp.PrefixConstrainedLogitsProcessor) + BEGIN_INDEXED
 # Rules that read the source (an encoder's input ids; a decoder-only model's prompt): transformers gives them the
 # padded batch's, padding included, by batch index; here each row reads its own source, without padding
 # (`ScoreProcessing(sources=...)`), as decoding it alone does. The penalty is vectorised over a [N, V] mask of each
@@ -131,7 +131,13 @@ class ScoreProcessing:
         return torch.where(rows, raised, scores)
 
     def _for_rows(self, step, prompt_lengths: np.ndarray, rows: np.ndarray):
-        """`_for_rows` below, and the source n-gram ban over these rows' own sources."""
+        """`_for_rows` below; the source n-gram ban over these rows' own sources; and `prefix_allowed_tokens_fn`
+        called with each row's index in the call (transformers' batch_id) and its exact prefix (without padding)."""
+        if isinstance(step, lp.PrefixConstrainedLogitsProcessor):
+            view, allowed = copy.copy(step), step._prefix_allowed_tokens_fn
+            view._num_beams = 1
+            view._prefix_allowed_tokens_fn = lambda batch_id, sent: allowed(int(rows[batch_id]), sent)
+            return view
         if not isinstance(step, lp.EncoderNoRepeatNGramLogitsProcessor):
             return _for_rows(step, prompt_lengths)
         ngrams = self._source_ngrams.get(step.ngram_size)

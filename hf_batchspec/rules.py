@@ -80,6 +80,7 @@ VALUE_RULES: dict[str, ValueRule] = {rule.name: rule for rule in (
     ValueRule("max_matching_ngram_size", _positive_int, "a positive integer (the longest n-gram matched)"),
     ValueRule("use_mtp", _flag, "True or False"),
     ValueRule("generator", lambda v: isinstance(v, torch.Generator), "a torch.Generator"),
+    ValueRule("prefix_allowed_tokens_fn", callable, "a function (batch_id, input_ids) -> allowed token ids"),
     ValueRule("compile_config", lambda v: isinstance(v, CompileConfig), "a transformers.CompileConfig"),
     ValueRule("cache_implementation", lambda v: isinstance(v, str) and v in CACHE_IMPLEMENTATIONS,
               "'static' (fixed shapes, compiled on CUDA as transformers does; also when the model's "
@@ -136,7 +137,6 @@ def _not_one(value) -> bool:
 
 
 NOT_SERVED: dict[str, NotServed] = {rule.name: rule for rule in (
-    NotServed("prefix_allowed_tokens_fn", "its constraint reads the padded batch layout"),
     NotServed("negative_prompt_ids", "classifier-free guidance needs a second, unconditional batch"),
     NotServed("speculation_type", "transformers' other speculation types are not batched"),
     NotServed("assistant_ensemble_weight", "ensemble verification changes the output distribution; batch_spec is "

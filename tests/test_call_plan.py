@@ -57,6 +57,7 @@ BAD_VALUES = {
     "num_assistant_tokens": 0, "num_assistant_tokens_schedule": "sometimes", "assistant_confidence_threshold": 1.5,
     "prompt_lookup_num_tokens": -1, "max_matching_ngram_size": 0, "use_mtp": "yes", "generator": 3,
     "compile_config": {"fullgraph": True}, "cache_implementation": "offloaded", "speculation": "sometimes",
+    "prefix_allowed_tokens_fn": [3],
 }
 
 
@@ -89,7 +90,7 @@ def test_value_rules_refuse_before_preparation(pair, prepared, name):
 
 # A value that turns each not-served setting on.
 NOT_SERVED_VALUES = {
-    "prefix_allowed_tokens_fn": lambda batch, ids: [3], "negative_prompt_ids": torch.tensor([[5]]),
+    "negative_prompt_ids": torch.tensor([[5]]),
     "speculation_type": "eagle", "assistant_ensemble_weight": 0.5, "cache_config": {"backend": "quanto"},
     "max_cache_len": 64, "prefill_chunk_size": 4, "penalty_alpha": 0.6, "dola_layers": "low", "low_memory": True,
     "token_healing": True, "continuous_batching_config": {"max_batch_tokens": 8}, "num_beams": 2,

@@ -42,7 +42,7 @@ CASES = {
     "bad_generator": (dict(generator=3), "generator"),
     "synthid_watermark": (dict(watermarking_config={"ngram_len": 5, "keys": [654, 400, 836, 123, 340]}),
                           "SynthID"),
-    "prefix_allowed_tokens_fn": (dict(prefix_allowed_tokens_fn=lambda b, ids: [3]), "prefix_allowed_tokens_fn"),
+    "prefix_allowed_tokens_fn_not_callable": (dict(prefix_allowed_tokens_fn=[3]), "prefix_allowed_tokens_fn"),
     "stop_strings_without_tokenizer": (dict(stop_strings=["ab"]), "tokenizer"),
     "output_attentions": (dict(output_attentions=True, return_dict_in_generate=True), "output_attentions"),
     "unknown_strategy": (dict(batch_spec="fastest"), "batch_spec='fastest'"),

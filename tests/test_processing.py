@@ -6,6 +6,7 @@ greedy: every row equals `generate` of its prompt alone with the same settings (
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -187,3 +188,35 @@ def test_stop_string_ends_a_row_on_an_accepted_draft(strategy):
     assert int(stats.new_tokens[0]) == len(ended) < max_new
     on_draft = check_early_ends(out, prompts, max_new, StopStringCriteria(tokenizer, [stop]))
     assert 0 in on_draft and stats.target_tokens[0] == stats.row_rounds[0]
+
+
+def allowed_tokens(batch_id: int, sent: torch.Tensor) -> list[int]:
+    """A constraint that reads both: the row's index in the call and its prefix's last token and length."""
+    base = batch_id * 7 + int(sent[-1]) * 3 + len(sent)
+    return sorted({(base + j) % VOCAB for j in range(0, 60, 2)} | {2})
+
+
+@pytest.mark.parametrize("strategy", ["eqspec", "exspec"])
+@settings(max_examples=4)
+@given(req=requests(max_rows=6, max_prompt=16, max_new=20))
+def test_prefix_allowed_tokens_fn_gets_each_rows_index_and_exact_prefix(strategy, req):
+    """`prefix_allowed_tokens_fn(batch_id, input_ids)`: called with the row's index in the call (transformers'
+    batch_id) and its exact prefix, without padding; each row equals its decoding alone under the constraint that
+    row's index gives (alone, transformers passes batch_id 0)."""
+    target = target_model("llama")
+    prompts = req["prompts"]
+    ids, mask = left_pad(prompts, 0)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft_model("llama", req["draft"]),
+                          batch_spec=strategy, num_assistant_tokens=req["k"], max_new_tokens=req["max_new"],
+                          do_sample=False, eos_token_id=2, pad_token_id=0, speculation="always",
+                          return_dict_in_generate=True, prefix_allowed_tokens_fn=allowed_tokens,
+                          **({"max_batch_size": 3} if strategy == "exspec" else {}))
+    for row, prompt in enumerate(prompts):
+        expected = plain_greedy(target, prompt, req["max_new"], 2,
+                                prefix_allowed_tokens_fn=functools.partial(_as_row, row))
+        n = int(out.spec_stats.new_tokens[row])
+        assert out.sequences[row, ids.shape[1]:ids.shape[1] + n].tolist() == expected, f"row {row}"
+
+
+def _as_row(row: int, batch_id: int, sent: torch.Tensor) -> list[int]:
+    return allowed_tokens(row, sent)
