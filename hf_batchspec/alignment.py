@@ -66,17 +66,19 @@ def row_timestamps(extract, decoder_layers: int, weights: torch.Tensor,  # [N, A
                    prompt_lengths, new_tokens, sequences: torch.Tensor,  # [N, W + G]
                    time_precision: float, num_frames, num_input_ids: int) -> torch.Tensor:  # [N, W + G]
     """Each row's token timestamps from its own weights: transformers' `_extract_token_timestamps` (`extract`) on
-    that row alone (its alignment heads in a compact layout), padded to the batch's width with the row's last
-    timestamp."""
+    that row alone (its alignment heads in a compact layout, its own prompt), in the columns of the batch's
+    sequences (0 s over a left-padded prompt's padding, the row's last timestamp past its end)."""
     n, heads = weights.shape[0], weights.shape[1]
     compact = [(0, head) for head in range(heads)]  # every head in one layer, in the call's order
     rows = []
     for row in range(n):  # after the call, not in a round: transformers' own time warping runs per row too
-        steps = int(prompt_lengths[row]) + int(new_tokens[row]) - 1  # queries read: prompt + all tokens but the last
+        own = int(prompt_lengths[row])  # the row's prompt (a conditioned window's are left-padded to num_input_ids)
+        steps = own + int(new_tokens[row]) - 1  # queries read: the prompt and every token but the last
         layers = (weights[row:row + 1, :, :steps],) + tuple(
             weights.new_empty((1, 0, 0, 0)) for _ in range(decoder_layers - 1))
         alone = GenerateEncoderDecoderOutput(sequences=sequences[row:row + 1], cross_attentions=(layers,))
         frames = num_frames if num_frames is None or isinstance(num_frames, int) else num_frames[row:row + 1]
-        stamps = extract(alone, compact, time_precision, frames, num_input_ids)[0]
+        stamps = extract(alone, compact, time_precision, frames, own)[0]  # [own + G]
+        stamps = torch.nn.functional.pad(stamps, (num_input_ids - own, 0))  # the padding's columns: 0 s, as the prompt's
         rows.append(torch.nn.functional.pad(stamps, (0, sequences.shape[1] - len(stamps)), value=float(stamps[-1])))
     return torch.stack(rows)

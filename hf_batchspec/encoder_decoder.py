@@ -353,10 +353,32 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
                 "and a batch of them needs the frame mask (as Whisper's own batched long-form decoding does): pass "
                 "the feature extractor's attention_mask (return_attention_mask=True).")
         if kwargs.get("condition_on_prev_tokens", getattr(config, "condition_on_prev_tokens", None)):
-            raise BatchSpecError(
-                "condition_on_prev_tokens is not supported with batch_spec: transformers' batched long-form "
-                "decoding gives each window a token budget from the batch's padded prompt width, so a row would "
-                "not equal its transcription alone. Drop it, or transcribe without assistant_model and batch_spec.")
+            check_conditioned_budget(model, kwargs, config)
+
+
+def check_conditioned_budget(model, kwargs: dict, config) -> None:
+    """Long-form with `condition_on_prev_tokens`: each window's prompt holds the previous window's tokens, so rows'
+    prompts differ in length (left-padded, each row's own prompt and begin index here). Served with
+    `max_new_tokens`, each window's budget, which transformers gives every row alike; without it, its batched budget
+    is `max_length` minus the batch's padded prompt width, where a file alone gets `max_length` minus its own, so a
+    window that reaches it would differ. A budget that the longest conditioned prompt could push past the decoder's
+    positions is refused too (transformers raises mid-call, at the window where a prompt grows that long)."""
+    max_new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if max_new is None:
+        raise BatchSpecError(
+            "condition_on_prev_tokens needs max_new_tokens with batch_spec: without it transformers' batched "
+            "long-form budget is max_length minus the batch's padded prompt width, so a window that reaches it would "
+            "not equal the file's transcription alone. Pass max_new_tokens (each window's budget), or drop "
+            "condition_on_prev_tokens.")
+    positions = int(model.config.max_target_positions)
+    prompt_ids = kwargs.get("prompt_ids")
+    start = len(prompt_ids) if prompt_ids is not None else 1  # the previous-text token, or prompt_ids in its place
+    longest = start + positions // 2 - 1 + 4  # + the previous tokens kept (transformers' cut-off) + forced tokens
+    if max_new + longest > positions:
+        raise BatchSpecError(
+            f"condition_on_prev_tokens: a window's prompt may hold up to {longest} tokens, and max_new_tokens="
+            f"{max_new} would take it past the decoder's {positions} positions (transformers raises mid-call there): "
+            f"pass max_new_tokens={positions - longest} or less.")
 
 
 def check_prompt_ids(prompt_ids, vocab_size: int) -> None:

@@ -221,6 +221,53 @@ def test_long_form_equals_whisper_alone(models, draft):
     assert len(expected[2]) > 12  # several windows' tokens
 
 
+@pytest.mark.parametrize("draft", ["decoder", "own_encoder"])
+def test_long_form_conditioned_on_previous_tokens_equals_whisper_alone(models, draft):
+    """`condition_on_prev_tokens` with `max_new_tokens`: each window's prompt holds the file's previous tokens, so
+    the rows' prompts differ in length (left-padded by Whisper); each row reads its own prompt, begin index and
+    no-speech column. A frequent token as EOS ends windows at different lengths, so the prompts do differ. Every
+    file equals its conditioned decoding alone, with timestamps and with token timestamps too."""
+    target = models["target"]
+    frames = [45, 80, 3 * W.FRAMES + 7, 40, 5 * W.FRAMES + 3]
+    features = torch.zeros(len(frames), W.MEL_BINS, max(frames))
+    mask = torch.zeros(len(frames), max(frames), dtype=torch.long)
+    for row, length in enumerate(frames):
+        features[row, :, :length] = W.features(1, length, seed=30 + row)[0]
+        mask[row, :length] = 1
+    for extra in (dict(eos_token_id=164), dict(return_timestamps=True)):
+        call = dict(language="en", condition_on_prev_tokens=True, max_new_tokens=12, **extra)
+        expected = [target.generate(features[i:i + 1, :, :length], attention_mask=mask[i:i + 1, :length], **call)[0]
+                    for i, length in enumerate(frames)]
+        out = target.generate(features, attention_mask=mask, assistant_model=models[draft], batch_spec="exspec",
+                              max_batch_size=2, speculation="always", **call)
+        assert [row[row != W.EOS].tolist() for row in out] == [row[row != W.EOS].tolist() for row in expected]
+        assert len({len(row[row != W.EOS]) for row in expected}) > 1
+
+
+def test_conditioned_token_timestamps_equal_whisper_alone():
+    """Token timestamps of conditioned windows: each row's own prompt length counts as its decoder input ids. (The
+    inputs are chosen where the time warping has no near-tie: over these models' 16 encoder frames a change of 1e-6
+    in the weights can move a token by a frame, as it did for seed 40's third file, ours and alone 8e-7 apart.)"""
+    target = hf_batchspec.enable(W.target(attn_implementation="eager"))
+    target.generation_config.alignment_heads = [[2, 0], [3, 1], [3, 3]]
+    frames = [45, 3 * W.FRAMES + 7, 80]
+    features = torch.zeros(len(frames), W.MEL_BINS, max(frames))
+    mask = torch.zeros(len(frames), max(frames), dtype=torch.long)
+    for row, length in enumerate(frames):
+        features[row, :, :length] = W.features(1, length, seed=50 + row)[0]
+        mask[row, :length] = 1
+    call = dict(language="en", condition_on_prev_tokens=True, max_new_tokens=12, eos_token_id=164,
+                return_token_timestamps=True)
+    expected = [target.generate(features[i:i + 1, :, :length], attention_mask=mask[i:i + 1, :length], **call)
+                for i, length in enumerate(frames)]
+    out = target.generate(features, attention_mask=mask, assistant_model=W.decoder_draft(target),
+                          batch_spec="exspec", speculation="always", **call)
+    for row, alone_out in enumerate(expected):
+        width = alone_out["sequences"].shape[1]
+        assert out["sequences"][row, :width].tolist() == alone_out["sequences"][0].tolist()
+        torch.testing.assert_close(out["token_timestamps"][row, :width], alone_out["token_timestamps"][0])
+
+
 def test_scores_and_logprob_fallback(models):
     """`output_scores` per row and step equal Whisper's own alone (the processed scores its `logprob_threshold`
     fallback decides from), and a call with a fallback threshold that no row falls below equals Whisper alone."""
@@ -363,8 +410,14 @@ REFUSED = {
     "decoder_input_ids": (dict(decoder_input_ids=torch.tensor([[W.SOT]] * 2)), "decoder_input_ids"),
     "beams": (dict(num_beams=2), "num_beams"),
     "early_exit": (dict(assistant_model=None, assistant_early_exit=2), "encoder-decoder target"),
-    "condition_on_prev_tokens": (dict(condition_on_prev_tokens=True, attention_mask=torch.ones(2, 3 * W.FRAMES),
-                                      features=W.features(2, frames=3 * W.FRAMES)), "condition_on_prev_tokens"),
+    "condition_on_prev_tokens_without_budget": (dict(condition_on_prev_tokens=True, max_new_tokens=None,
+                                                     attention_mask=torch.ones(2, 3 * W.FRAMES),
+                                                     features=W.features(2, frames=3 * W.FRAMES)),
+                                                "condition_on_prev_tokens needs max_new_tokens"),
+    "condition_on_prev_tokens_past_positions": (dict(condition_on_prev_tokens=True, max_new_tokens=40,
+                                                     attention_mask=torch.ones(2, 3 * W.FRAMES),
+                                                     features=W.features(2, frames=3 * W.FRAMES)),
+                                                "max_new_tokens=28 or less"),
     "frame_mask_shape": (dict(attention_mask=torch.ones(2, 5)), "frame mask"),
     "frame_mask_values": (dict(attention_mask=torch.full((2, W.FRAMES), 2)), "only 0"),
     "frame_mask_empty_row": (dict(attention_mask=torch.tensor([[1] * W.FRAMES, [0] * W.FRAMES])), "all zeros"),
