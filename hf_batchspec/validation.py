@@ -165,15 +165,21 @@ def check_unmasked_source(input_ids: torch.Tensor, attention_mask, pad_token_id)
     source's encoder would read its padding as tokens and its output differ from the source's alone. Refused where
     `pad_token_id` occurs in a batch of more than one source."""
     pads = _id_list(pad_token_id)
-    if attention_mask is not None or input_ids.shape[0] < 2 or not pads:
+    if attention_mask is not None or input_ids.shape[0] < 2:
         return
-    found = torch.isin(input_ids, torch.tensor(pads, dtype=input_ids.dtype, device=input_ids.device))  # [B, W]
-    if bool(found.any()):
-        row, col = (int(i) for i in found.nonzero()[0])
+    found = _first_pad(input_ids, pads)
+    if found is not None:
         raise BatchSpecError(
-            f"input_ids[{row}, {col}] is pad_token_id={pads[0]} and no attention_mask was given: the encoder would "
-            "read the padding as tokens (transformers infers no mask for an encoder-decoder model). Pass the "
-            "tokenizer's attention_mask.")
+            f"input_ids[{found[0]}, {found[1]}] is pad_token_id={pads[0]} and no attention_mask was given: the "
+            "encoder would read the padding as tokens (transformers infers no mask for an encoder-decoder model). "
+            "Pass the tokenizer's attention_mask.")
+
+
+def _first_pad(input_ids: torch.Tensor, pads: list[int]) -> tuple[int, int] | None:  # (row, column) of a pad id
+    if not pads:
+        return None
+    found = torch.isin(input_ids, torch.tensor(pads, dtype=input_ids.dtype, device=input_ids.device))  # [B, W]
+    return tuple(int(i) for i in found.nonzero()[0]) if bool(found.any()) else None
 
 
 def check_unmasked_padding(input_ids: torch.Tensor, pad_token_id, eos_token_id) -> None:
@@ -182,11 +188,11 @@ def check_unmasked_padding(input_ids: torch.Tensor, pad_token_id, eos_token_id) 
     and is not an eos id; otherwise every token is real (GPT-2 style pad == eos == bos included), and the call is
     served with an all-ones mask. An inferred mask is refused: the caller passes the tokenizer's mask instead."""
     pads, eos = _id_list(pad_token_id), _id_list(eos_token_id)
-    if not pads or any(p in eos for p in pads):
+    if any(p in eos for p in pads):
         return
-    found = torch.isin(input_ids, torch.tensor(pads, dtype=input_ids.dtype, device=input_ids.device))  # [B, W]
-    if bool(found.any()):
-        row, col = (int(i) for i in found.nonzero()[0])
+    found = _first_pad(input_ids, pads)
+    if found is not None:
+        row, col = found
         raise BatchSpecError(
             f"input_ids[{row}, {col}] is pad_token_id={pads[0]} and no attention_mask was given: transformers would "
             "infer attention_mask = (input_ids != pad_token_id) and mask it. Pass the attention_mask returned by the "
