@@ -95,7 +95,7 @@ NOT_SERVED_VALUES = {
     "max_cache_len": 64, "prefill_chunk_size": 4, "penalty_alpha": 0.6, "dola_layers": "low", "low_memory": True,
     "token_healing": True, "continuous_batching_config": {"max_batch_tokens": 8}, "num_beams": 2,
     "output_attentions": True, "output_hidden_states": True, "use_cache": False, "guidance_scale": 1.5,
-    "watermarking_config": {"ngram_len": 5, "keys": [654, 400, 836, 123, 340, 443, 597, 160]},
+    "watermarking_config": transformers.SynthIDTextWatermarkingConfig(ngram_len=5, keys=[654, 400, 836, 123, 340]),
 }
 
 

@@ -40,7 +40,8 @@ CASES = {
     "beams": (dict(num_beams=2), "num_beams"),
     "ngram_size_with_assistant": (dict(max_matching_ngram_size=3), "max_matching_ngram_size configures prompt lookup"),
     "bad_generator": (dict(generator=3), "generator"),
-    "synthid_watermark": (dict(watermarking_config={"ngram_len": 5, "keys": [654, 400, 836, 123, 340]}),
+    "synthid_watermark": (dict(watermarking_config=transformers.SynthIDTextWatermarkingConfig(
+        ngram_len=5, keys=[654, 400, 836, 123, 340])),
                           "SynthID"),
     "prefix_allowed_tokens_fn_not_callable": (dict(prefix_allowed_tokens_fn=[3]), "prefix_allowed_tokens_fn"),
     "stop_strings_without_tokenizer": (dict(stop_strings=["ab"]), "tokenizer"),

@@ -93,7 +93,8 @@ def test_mtp_drafts_are_transformers_drafts(targets, arch, layers, max_batch_siz
                 pending = int(length) - 1  # position L of the row's pending token
                 hidden = target(torch.tensor([sequence[:pending]]), output_hidden_states=True).hidden_states[-1]
                 expected, _, _ = mtp(input_ids=torch.tensor([sequence[1: pending + 1]]), last_hidden_states=hidden,
-                                     attention_mask=None, position_ids=torch.arange(1, pending + 1)[None],
+                                     attention_mask=torch.ones(1, pending, dtype=torch.long),
+                                     position_ids=torch.arange(1, pending + 1)[None],
                                      mtp_cache=MtpCache(config=target.config.get_mtp_config()))
                 assert drafts[b].tolist() == expected[0, : drafts.shape[1]].tolist(), (prompt_id, pending)
                 checked += 1

@@ -34,7 +34,11 @@ def store_layers(target_config) -> dict[str, int]:
     """The target layer whose keys and values each layer type of the assistant reads: the last one of that type that
     computes its own (`kv_sharing_modes` "store")."""
     config = target_config.get_text_config()
-    modes = getattr(config, "kv_sharing_modes", None) or []
+    modes = getattr(config, "kv_sharing_modes", None)
+    if modes is None:  # transformers before 5.2x: the last num_kv_shared_layers read the last layer of their type
+        first_shared = config.num_hidden_layers - (getattr(config, "num_kv_shared_layers", 0) or 0)
+        return {kind: max(i for i in range(first_shared) if config.layer_types[i] == kind)
+                for kind in set(config.layer_types[:first_shared])}
     return {config.layer_types[i]: i for i, mode in enumerate(modes) if mode == "store"}
 
 

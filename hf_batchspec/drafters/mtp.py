@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import compat
 from ..acceptance import sample
 from ..cache import RaggedCache
 from ..masks import additive_mask, attention_layout
@@ -147,7 +148,7 @@ class MTPDrafter(Drafter):
         position_embeddings = (self.mtp.rotary_emb(embeds, position_ids=positions, **rope)
                                if self.mtp.rotary_emb is not None else None)
         out = self.mtp.layers[j](embeds, previous, position_embeddings=position_embeddings, attention_mask=mask,
-                                 position_ids=positions, cache=self.cache)
+                                 position_ids=positions, **{compat.cache_kwarg(self.mtp.layers[j]): self.cache})
         if getattr(self.mtp, "use_shared_post_norm", False):
             out = self.mtp.shared_post_norm(out)
         self.cache.end()
