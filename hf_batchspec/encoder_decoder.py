@@ -29,7 +29,7 @@ from .errors import BatchSpecError, UnsupportedModelError
 
 # model_type of the encoder-decoder models served: Whisper's decoder reads per-row position ids; the others' position
 # table is read at per-row positions by `PerRowPositions`
-POSITION_TABLES = ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "plbart", "mvp", "led",
+POSITION_TABLES = ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "plbart", "mvp",
                    "bigbird_pegasus")
 SERVED = ("whisper",) + POSITION_TABLES
 # Served kinds with settings that are not: what the setting changes, for the refusal
@@ -61,7 +61,9 @@ def check_served(model_class: type, config, role: str = "model") -> None:
             "computes positions (or a relative position bias) from one length shared by the batch in a way "
             "hf-batchspec cannot give per row, so rows of different lengths cannot decode in one forward. "
             f"hf-batchspec serves decoder-only causal LMs and these encoder-decoder models: {', '.join(SERVED)}; "
-            "call without batch_spec and assistant_model for transformers' own generate.")
+            "call without batch_spec and assistant_model for transformers' own generate." + (
+                " (LED's decoder builds no attention mask for a one-token step, so a row's query would read every "
+                "cache slot, other positions' included.)" if model_type == "led" else ""))
     if model_type in NOT_SERVED_SETTINGS:
         name, served, why = NOT_SERVED_SETTINGS[model_type]
         if getattr(config, name, served) != served:
@@ -183,7 +185,10 @@ class EncoderSide:
             device = next(model.get_encoder().parameters()).device
             args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
             kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            self._own[key] = model.get_encoder()(*args, **kwargs).last_hidden_state
+            own = model.get_encoder()(*args, **kwargs).last_hidden_state  # [N', S', E'] per input
+            # num_return_sequences: transformers expanded the target's output to each input's copies (consecutive),
+            # and the rows count copies; the recorded inputs are the inputs
+            self._own[key] = own.repeat_interleave(self.states.shape[0] // own.shape[0], 0)
         return self._own[key]
 
 

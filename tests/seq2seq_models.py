@@ -21,13 +21,11 @@ CLASSES = {
     "blenderbot-small": (transformers.BlenderbotSmallConfig, transformers.BlenderbotSmallForConditionalGeneration),
     "plbart": (transformers.PLBartConfig, transformers.PLBartForConditionalGeneration),
     "mvp": (transformers.MvpConfig, transformers.MvpForConditionalGeneration),
-    "led": (transformers.LEDConfig, transformers.LEDForConditionalGeneration),
     "bigbird_pegasus": (transformers.BigBirdPegasusConfig, transformers.BigBirdPegasusForConditionalGeneration),
 }
 # each kind's own names and settings beside the shared ones
 EXTRA = {
     "bart": dict(forced_bos_token_id=BOS),
-    "led": dict(max_encoder_position_embeddings=64, max_decoder_position_embeddings=64, attention_window=[8, 8]),
     "bigbird_pegasus": dict(attention_type="original_full"),
 }
 
@@ -38,8 +36,6 @@ def config(arch: str, decoder_layers: int = 4, **overrides):
                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
                     max_position_embeddings=64, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
                     decoder_start_token_id=EOS, init_std=0.2, tie_word_embeddings=False)
-    if arch == "led":
-        del settings["max_position_embeddings"]
     return config_class(**{**settings, **EXTRA.get(arch, {}), **overrides})
 
 

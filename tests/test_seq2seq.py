@@ -154,8 +154,7 @@ def test_budget_to_the_end_of_the_position_table(pair):
 def test_a_draft_with_a_shorter_position_table_is_refused(pair):
     target, _ = pair
     arch = target.config.model_type
-    short = S.draft(hf_batchspec.enable(S.CLASSES[arch][1](S.config(arch, **(
-        dict(max_decoder_position_embeddings=12) if arch == "led" else dict(max_position_embeddings=12)))).eval()))
+    short = S.draft(hf_batchspec.enable(S.CLASSES[arch][1](S.config(arch, max_position_embeddings=12)).eval()))
     ids, mask = S.sources([5, 9], seed=2)
     with ForwardCount(target, short) as forwards, pytest.raises(BatchSpecError, match="assistant_model's decoder "
                                                                                       "position table holds 12"):
@@ -223,3 +222,37 @@ def test_rules_that_read_the_source_equal_greedy_alone(pair, setting):
     out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=2,
                           do_sample=False, speculation="always", max_new_tokens=12, **setting)
     assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=12, **setting)
+
+
+@pytest.mark.parametrize("source", ["prompt_lookup", "default"])
+def test_one_token_steps_equal_greedy_alone(pair, source):
+    """Rounds of width 1 (prompt lookup rows without a match, the defaults' plain steps while drafting is off): the
+    decoder's own mask logic for a one-token step must not bypass the per-row mask (LED's did: refused)."""
+    target, draft = pair
+    ids, mask = S.sources([6, 15, 14, 4], seed=2)
+    call = dict(prompt_lookup_num_tokens=3) if source == "prompt_lookup" else dict(assistant_model=draft)
+    out = target.generate(ids, attention_mask=mask, batch_spec="exspec", max_batch_size=2, do_sample=False,
+                          max_new_tokens=12, **call)
+    assert [trimmed(row) for row in out] == alone(target, ids, mask, max_new_tokens=12)
+
+
+def test_led_refused_with_the_reason():
+    config = transformers.LEDConfig(vocab_size=S.VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                    decoder_ffn_dim=32, attention_window=[8], max_encoder_position_embeddings=64,
+                                    max_decoder_position_embeddings=64)
+    with pytest.raises(UnsupportedModelError, match="one-token step"):
+        hf_batchspec.enable(transformers.LEDForConditionalGeneration(config))
+
+
+def test_samples_per_source_with_a_draft_of_its_own_encoder(pair):
+    """num_return_sequences with sampling: the draft's own encoder runs on the inputs, and its output is expanded to
+    each input's copies as the target's is (it was indexed by copy row: an index error)."""
+    target, draft = pair
+    ids, mask = S.sources([5, 9], seed=5)
+    call = dict(attention_mask=mask, assistant_model=draft, batch_spec="exspec", max_batch_size=4, do_sample=True,
+                num_return_sequences=3, max_new_tokens=8, speculation="always")
+    first = target.generate(ids, generator=torch.Generator().manual_seed(3), **call)
+    again = target.generate(ids, generator=torch.Generator().manual_seed(3), **call)
+    assert first.shape[0] == 6 and torch.equal(first, again)
+    assert target.batch_spec_stats.drafted_tokens.sum() > 0
