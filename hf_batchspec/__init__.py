@@ -5,7 +5,7 @@ from .cache import RaggedCache, RaggedLayer
 from .errors import BatchSpecError, UnsupportedModelError
 from .profiling import calibrate
 from .speculation import CostModel
-from .stats import BatchSpecGenerateOutput, BatchSpecStats
+from .stats import BatchSpecGenerateOutput, BatchSpecSeq2SeqOutput, BatchSpecStats
 from .streaming import BatchIteratorStreamer, BatchStreamer
 from .warmup import WarmupReport, warmup
 
@@ -16,6 +16,7 @@ __all__ = [
     "BatchStreamer",
     "BatchSpecError",
     "BatchSpecGenerateOutput",
+    "BatchSpecSeq2SeqOutput",
     "BatchSpecStats",
     "BatchSpeculativeGenerationMixin",
     "CostModel",

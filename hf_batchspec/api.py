@@ -25,7 +25,7 @@ from .masks import right_pack
 from .plan import CallPlan, plan_call
 from .processors import SOURCE_READERS, ScoreProcessing
 from .speculation import CostModel
-from .stats import BatchSpecGenerateOutput, BatchSpecStats
+from .stats import BatchSpecGenerateOutput, BatchSpecSeq2SeqOutput, BatchSpecStats
 from .stopping import extra_criteria
 from .streaming import BatchStreamer, token_sink
 
@@ -221,6 +221,9 @@ def _batch_spec_decode(
     if generation_config.return_dict_in_generate and encoder is not None:
         # the layout an encoder-decoder model's own generate post-processes (Whisper splits it by row); token
         # timestamps come from each row's own alignment weights (`_extract_token_timestamps` below)
+        if model.config.model_type != "whisper":  # a text model's output is the caller's: with the statistics
+            return BatchSpecSeq2SeqOutput(sequences=sequences, scores=result.scores, logits=result.logits,
+                                          spec_stats=stats)
         output = GenerateEncoderDecoderOutput(sequences=sequences, scores=result.scores, logits=result.logits)
         if result.alignment is not None:
             output.batch_spec_alignment = (result.alignment, result.prompt_lengths, result.new_tokens)

@@ -128,7 +128,10 @@ def plan_call(model, inputs, kwargs: Mapping[str, Any], *, generation_config=Non
     rows = None if batch_size is None else batch_size * copies  # the rows transformers would decode
     options = dict(max_batch_size=max_batch_size, sort_by_length=sort_by_length, speculation=speculation,
                    generator=generator)
-    strategy = choose_strategy(batch_spec, sources, rows, streamer)
+    # Whisper's token timestamps: transformers' batch-1 assisted generation fails on its cross-attentions (a size
+    # mismatch in `_extract_token_timestamps`), so a call of one input takes ours
+    assisted_cannot = "return_token_timestamps" if seq2seq and settings.get("return_token_timestamps") else None
+    strategy = choose_strategy(batch_spec, sources, rows, streamer, assisted_cannot)
     check_routing(strategy, sources, options)
     if strategy is None:
         return CallPlan(None)
@@ -209,13 +212,15 @@ def draft_sources(assistant_model, settings: CallSettings) -> list[str]:
     return given + [name for name in ASKED_BY if name != "assistant_model" and settings.asks_for(name)]
 
 
-def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None, streamer=None) -> str | None:
+def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None, streamer=None,
+                    assisted_cannot: str | None = None) -> str | None:
     """Which path serves this call: None for transformers' own generate, else "eqspec" or "exspec" (or
     "eqspec-realign": eqspec in the paper's left-padded layout, realigned every round, to measure that cost).
 
     `rows` counts prompts x num_return_sequences, the rows transformers would decode: its assisted generation
     serves one row only, so 1 prompt x 4 samples is a batch. A `BatchStreamer` (hf_batchspec's own, which
-    transformers' generate cannot feed) asks for batch speculative decoding, at batch 1 too."""
+    transformers' generate cannot feed) asks for batch speculative decoding, at batch 1 too, and so does a call
+    that transformers' assisted generation fails on (`assisted_cannot` names it: Whisper's token timestamps)."""
     check_value("batch_spec", batch_spec)
     own_streamer = isinstance(streamer, BatchStreamer)
     if not sources:
@@ -231,7 +236,7 @@ def choose_strategy(batch_spec: str | None, sources: list[str], rows: int | None
     if batch_spec is None:
         # transformers' own path serves a call of one row; inputs that are no batch of rows at all (no ids, 1-D or
         # empty ids) come here too, so that our input checks name the cause instead of a failure deep inside
-        return None if rows == 1 and not own_streamer else "exspec"
+        return None if rows == 1 and not own_streamer and assisted_cannot is None else "exspec"
     return batch_spec
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
 
 @dataclass
@@ -117,6 +117,14 @@ class BatchSpecStats:
 @dataclass
 class BatchSpecGenerateOutput(GenerateDecoderOnlyOutput):
     """HF's decoder-only output with the speculative decoding statistics added."""
+
+    spec_stats: BatchSpecStats | None = None
+
+
+@dataclass
+class BatchSpecSeq2SeqOutput(GenerateEncoderDecoderOutput):
+    """HF's encoder-decoder output with the speculative decoding statistics added (a text model's; Whisper's
+    generate post-processes the output itself and returns its own types)."""
 
     spec_stats: BatchSpecStats | None = None
 

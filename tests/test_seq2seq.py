@@ -256,3 +256,14 @@ def test_samples_per_source_with_a_draft_of_its_own_encoder(pair):
     again = target.generate(ids, generator=torch.Generator().manual_seed(3), **call)
     assert first.shape[0] == 6 and torch.equal(first, again)
     assert target.batch_spec_stats.drafted_tokens.sum() > 0
+
+
+def test_return_dict_in_generate_holds_the_statistics(pair):
+    target, draft = pair
+    ids, mask = S.sources([5, 9], seed=6)
+    out = target.generate(ids, attention_mask=mask, assistant_model=draft, batch_spec="exspec", do_sample=False,
+                          max_new_tokens=6, speculation="always", return_dict_in_generate=True, output_scores=True)
+    assert isinstance(out, hf_batchspec.BatchSpecSeq2SeqOutput)
+    assert isinstance(out, transformers.generation.utils.GenerateEncoderDecoderOutput)
+    assert out.spec_stats is target.batch_spec_stats and out.spec_stats.rounds >= 1
+    assert [trimmed(row) for row in out.sequences] == alone(target, ids, mask, max_new_tokens=6)

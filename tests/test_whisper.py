@@ -532,3 +532,19 @@ def test_speech_recognition_pipeline_batched(models):
     assert [r["text"] for r in ours(audio, batch_size=4, **call)] == expected
     assert target.batch_spec_stats is not None and target.batch_spec_stats.num_rows == 4  # the batch of 4 was ours
     assert len(set(expected)) > 1
+
+
+def test_token_timestamps_of_one_input_take_our_path():
+    """transformers' batch-1 assisted generation fails on token timestamps (the speech-recognition pipeline's last
+    batch of one, with `return_timestamps="word"`): a call of one input with a draft takes ours, equal to Whisper's
+    own decoding of it without a draft."""
+    target = hf_batchspec.enable(W.target(attn_implementation="eager"))
+    target.generation_config.alignment_heads = [[2, 0], [3, 1]]
+    features, mask = W.features(1, seed=8), torch.ones(1, W.FRAMES, dtype=torch.long)
+    call = dict(language="en", max_new_tokens=10, return_token_timestamps=True, attention_mask=mask)
+    expected = target.generate(features, **call)
+    target.batch_spec_stats = None
+    out = target.generate(features, assistant_model=W.decoder_draft(target), **call)
+    assert target.batch_spec_stats is not None  # ours served it
+    assert out["sequences"].tolist() == expected["sequences"].tolist()
+    torch.testing.assert_close(out["token_timestamps"], expected["token_timestamps"])
