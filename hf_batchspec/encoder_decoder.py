@@ -101,12 +101,26 @@ class PerRowPositions:
             return output
         # the table's last row bounds a query past it: the input of a row's last token (position prompt +
         # max_new_tokens - 1 may be the table's end), whose output is past the budget and never read
-        ids = (self.positions.to(module.weight.device) + getattr(module, "offset", 0)).clamp(max=module.weight.shape[0] - 1)
-        return torch.nn.functional.embedding(ids, module.weight).to(output.dtype)
+        weight = _table_weight(module)
+        ids = (self.positions.to(weight.device) + getattr(module, "offset", 0)).clamp(max=weight.shape[0] - 1)
+        return torch.nn.functional.embedding(ids, weight).to(device=output.device, dtype=output.dtype)
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _table_weight(table: torch.nn.Module) -> torch.Tensor:  # [positions, D]
+    """A position table's weight, also where accelerate offloads it: its hook puts the weight back on `meta` once
+    the table's own forward returns, before a forward hook runs; the weight is then read from the hook's map."""
+    weight = table.weight
+    if weight.device.type != "meta":
+        return weight
+    weights_map = getattr(getattr(table, "_hf_hook", None), "weights_map", None)
+    if weights_map is None:
+        raise BatchSpecError(f"The decoder's position table ({type(table).__name__}) has its weight on the meta "
+                             "device and no offload map to read it from: load the model's weights.")
+    return weights_map["weight"]
 
 
 def decoder_of(model) -> torch.nn.Module:
@@ -148,7 +162,16 @@ def cross_projections(model) -> list:
             values = attention.v_proj(states).view(n, s, -1, attention.head_dim).transpose(1, 2)
             return keys, values
         return project
-    return [projection(layer.encoder_attn) for layer in decoder_of(model).layers]
+    attentions = [layer.encoder_attn for layer in decoder_of(model).layers]
+    for attention in attentions:
+        for linear in (attention.k_proj, attention.v_proj):
+            if linear.weight.device.type == "meta" and getattr(linear, "_hf_hook", None) is None:
+                raise BatchSpecError(
+                    f"{type(model).__name__}'s cross-attention projections are offloaded without a hook of their own "
+                    "(accelerate's device_map put a whole block, or the whole model, on disk), so they cannot be run "
+                    "alone to project each row's encoder output: let device_map place the decoder's layers "
+                    "(e.g. more max_memory), or call without batch_spec.")
+    return [projection(attention) for attention in attentions]
 
 
 def encoder_width(model) -> int:

@@ -22,8 +22,15 @@ def decoder_layers(config) -> int:
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
-    """Where the model wants its input ids (the embedding's device, also under accelerate dispatch)."""
-    return model.get_input_embeddings().weight.device
+    """Where the model wants its input ids (the embedding's device, also under accelerate dispatch; where accelerate
+    offloaded the embedding, `meta` outside its forward, the device its hook runs it on)."""
+    embedding = model.get_input_embeddings()
+    device = embedding.weight.device
+    if device.type == "meta":
+        execution = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+        if execution is not None:
+            return torch.device(execution)
+    return device
 
 
 def compute_dtype(model: torch.nn.Module) -> torch.dtype:

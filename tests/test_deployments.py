@@ -153,3 +153,35 @@ def test_accelerate_launch_two_processes_equals_one(tmp_path):
     result = run([sys.executable, str(script), "--single", "--output", str(single)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(multi.read_text()) == json.loads(single.read_text())
+
+
+@pytest.mark.parametrize("placement", ["position_table_on_disk", "everything_on_disk"])
+def test_dispatched_encoder_decoder_with_disk_offload(tmp_path, placement):
+    """A BART target whose decoder position table, or whole model, accelerate offloads to disk: the per-row
+    position lookup reads the table through the offload hook's map (its forward hook ran after the weight went back
+    to `meta`: a crash), and the inputs go to the embedding's execution device (not `meta`). Each row equals the
+    dispatched model's greedy of its source alone."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from tests import seq2seq_models as S
+
+    base = S.target("bart")
+    base.save_pretrained(tmp_path / "bart")
+    if placement == "position_table_on_disk":
+        device_map = {name: "cpu" for name in ("model.shared", "model.encoder", "lm_head", "final_logits_bias")}
+        device_map.update({f"model.decoder.{name}": "cpu" for name, _ in base.model.decoder.named_children()})
+        device_map["model.decoder.embed_positions"] = "disk"
+        kwargs = dict(device_map=device_map)
+    else:
+        kwargs = dict(device_map="auto", max_memory={"cpu": "150KB"})
+    target = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "bart", offload_folder=str(tmp_path / "offload"),
+                                                   **kwargs).eval()
+    assert target.model.decoder.embed_positions.weight.device.type == "meta"  # really offloaded
+    target.generation_config.num_beams = 1
+    hf_batchspec.enable(target)
+    ids, mask = S.sources([5, 11, 7, 3], seed=4)
+    out = target.generate(ids, attention_mask=mask, assistant_model=S.draft(base), batch_spec="exspec",
+                          max_batch_size=2, max_new_tokens=8, do_sample=False, speculation="always")
+    expected = [target.generate(ids[i:i + 1, : int(mask[i].sum())], max_new_tokens=8, do_sample=False)[0]
+                for i in range(len(ids))]
+    assert [row[: len(e)].tolist() for row, e in zip(out, expected)] == [e.tolist() for e in expected]
