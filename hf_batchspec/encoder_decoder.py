@@ -355,6 +355,8 @@ def check_call(model, features, kwargs: dict, generation_config, *, streamer) ->
     if features.dim() != 3 or features.shape[1] != bins or features.shape[0] == 0 or features.shape[2] == 0:
         raise BatchSpecError(f"input_features must be [batch, {bins}, frames] (this model reads {bins} mel bins); "
                              f"got shape {tuple(features.shape)}.")
+    if features.device.type == "meta":
+        raise BatchSpecError("input_features are on the meta device (no data): pass the feature extractor's output.")
     dtype = model.get_encoder().conv1.weight.dtype
     if features.dtype != dtype:
         raise BatchSpecError(f"input_features are {features.dtype} but the model computes in {dtype}: pass "

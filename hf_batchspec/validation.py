@@ -33,6 +33,12 @@ def check_causal_lm(model: torch.nn.Module, role: str = "model", own_cache: bool
             "load it with AutoModelForCausalLM."
         )
     check_decoder_only(type(model), config, role)
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embedding, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type == "meta" and getattr(embedding, "_hf_hook", None) is None:
+        raise UnsupportedModelError(
+            f"The {role}'s weights are on the meta device (not loaded, and no accelerate offload hook reads them): "
+            "load them (from_pretrained, or to_empty() and load_state_dict()).")
     if own_cache and not (compat.accepts(model, "cache") or compat.accepts(model, "past_key_values")):
         raise UnsupportedModelError(
             f"The {role}'s forward ({type(model).__name__}) takes no key/value cache (`past_key_values`): a model "
@@ -134,6 +140,8 @@ def check_token_ids(input_ids, attention_mask, vocab_size: int, *, encoder: bool
         )
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise BatchSpecError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs a token.")
+    if input_ids.device.type == "meta":
+        raise BatchSpecError("input_ids are on the meta device (no data): pass the tokenizer's ids.")
     real = check_attention_mask(attention_mask, input_ids, left_padding=not encoder)  # [B, W] bool: not padding
     ids = input_ids.long()  # [B, W] compared in int64, where no id wraps
     read = torch.ones_like(real) if encoder else real  # an encoder embeds every position, its padding too

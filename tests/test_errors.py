@@ -488,3 +488,17 @@ def test_early_exit_of_a_model_with_per_layer_inputs_is_refused(no_forward):
     with ForwardCount(target) as forwards, pytest.raises(BatchSpecError, match="per decoder layer"):
         target.generate(ids, attention_mask=mask, assistant_early_exit=1, batch_spec="exspec", max_new_tokens=4)
     assert not forwards
+
+
+def test_models_and_inputs_without_data_are_refused(pair, batch, no_forward):
+    """A draft whose weights are on the meta device (never loaded) and ids on it: refused by name before any forward
+    (they failed deep inside a forward)."""
+    ids, mask = batch
+    with torch.device("meta"):
+        ghost = build("llama", seed=5)
+    with pytest.raises(UnsupportedModelError, match="meta device"):
+        pair[0].generate(ids, attention_mask=mask, assistant_model=ghost, batch_spec="exspec", max_new_tokens=3)
+    with pytest.raises(BatchSpecError, match="meta device"):
+        pair[0].generate(ids.to("meta"), attention_mask=mask.to("meta"), assistant_model=pair[1], batch_spec="exspec",
+                         max_new_tokens=3)
+    assert not no_forward
