@@ -6,13 +6,14 @@
 #   STAGES=bench,profile scripts/gpu_report.sh # on a CUDA machine, first call: ~6-7 min on an H200 (estimated)
 #   STAGES=big,exact scripts/gpu_report.sh     # second call, at once (the machine stays warm 30 s): ~4-5 min
 #   STAGES=lane scripts/gpu_report.sh          # the GPU test lane alone (~2 min)
+#   STAGES=whisper scripts/gpu_report.sh       # Whisper (issue 25): a 32 x 1280 decoder, 2-layer draft (~2-3 min, est.)
 #   DEVICE=cpu SIZE=tiny scripts/gpu_report.sh # the same steps on a CPU with tiny pairs (to test the script)
 #
 # Environment: DEVICE (cuda), SIZE (full | tiny), OUT (gpu_report), PYTHON (python), BATCH_SIZES (8,64: the
 # 277M pair's), BIG_BATCH_SIZES (8: the big pair's), OURS (exspec,exspec-default), PAIR_DIR (a scratch folder for
-# the pairs' weights), STAGES (which of lane,bench,profile,big,exact to run; all but lane by default), BUDGET_S
+# the pairs' weights), STAGES (which of lane,bench,profile,big,exact,whisper to run; all but lane and whisper by default), BUDGET_S
 # (540: the whole script's seconds). Each stage stops at its own cap (LANE_S 180, BENCH_S 230, PROFILE_S 70 per
-# profile run, BIG_S 150, EXACT_S 75) or when the budget runs out, keeping what it wrote (a bench's JSON after
+# profile run, BIG_S 150, EXACT_S 75, WHISPER_S 240) or when the budget runs out, keeping what it wrote (a bench's JSON after
 # every batch size). Stages run in the order lane, bench, profile, big, exact: the most wanted first.
 #
 # Measured on an H200 (torch 2.11, transformers 5.17; 2026-11-30): pair 20 s, lane 110 s, bench of two batch
@@ -45,6 +46,7 @@ if [ "$SIZE" = tiny ]; then
     BENCH=(--batch-sizes "${BATCH_SIZES:-4}" --num-prompts 4 --max-new-tokens 8 --repeats 1)
     BIG_BENCH=(--batch-sizes "${BIG_BATCH_SIZES:-4}" --num-prompts 4 --max-new-tokens 8 --repeats 1)
     EXACT=(--batch-sizes 4 --num-prompts 4 --max-new-tokens 8)
+    WHISPER=(--d-model 128 --decoder-layers 4 --num-inputs 4 --batch-sizes 1,4 --max-new-tokens 12 --repeats 1)
 else
     # 8 layers x 1536 (~277M parameters, bf16): large enough that the GPU's own time shows, few enough layers
     # that compiling each shape (dynamo traces every layer) fits the lease. One timed repeat: on a GPU the
@@ -55,6 +57,10 @@ else
     BENCH=(--batch-sizes "${BATCH_SIZES:-8,64}" --num-prompts 64 --max-new-tokens 64 --repeats 1)
     BIG_BENCH=(--batch-sizes "${BIG_BATCH_SIZES:-8}" --num-prompts 16 --max-new-tokens 64 --repeats 1)
     EXACT=(--batch-sizes 8 --num-prompts 8 --max-new-tokens 64)
+    # issue 25's targets: a whisper-large-like decoder (32 x 1280) with a 2-layer draft (distil-whisper's depth), 16
+    # random inputs of 5-30 s, batch 1 (transformers' assisted) and 8, eager and compiled
+    WHISPER=(--d-model 1280 --decoder-layers 32 --num-inputs 16 --batch-sizes 1,8 --max-new-tokens 96 --repeats 1
+             --compile)
 fi
 : > "$OUT/report.txt"
 DTYPE=bfloat16; [ "$DEVICE" = cpu ] && DTYPE=float32
@@ -111,6 +117,12 @@ fi
 if wanted exact; then  # in bf16 every batched method (transformers' too) drifts from batch 1 at near-ties: fp32 shows
 stage "exactness in float32 (ours eager and compiled against batch-1 greedy)"
 bench bench_fp32 "$PAIR_DIR" float32 "${EXACT_S:-75}" --ours exspec --repeats 1 "${EXACT[@]}"
+fi
+
+if wanted whisper; then  # batched speculative transcription beside transformers' Whisper greedy and assisted
+stage "whisper (${WHISPER[*]}, $DTYPE)"
+timeout "$(left "${WHISPER_S:-240}")" "$PYTHON" -m hf_batchspec bench --whisper --device "$DEVICE" --dtype "$DTYPE" \
+    "${WHISPER[@]}" 2>&1 | grep -v "Loading weights" | tee -a "$OUT/whisper.txt" "$OUT/report.txt"; check
 fi
 
 echo "done in $((SECONDS - START)) s, status $STATUS; written: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$OUT/report.txt"
