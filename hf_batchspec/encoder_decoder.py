@@ -157,6 +157,8 @@ def cross_projections(model) -> list:
     an encoder output on a row's first forward in transformers."""
     def projection(attention):
         def project(states):
+            device = attention.k_proj.weight.device  # a dispatched layer's own device (meta: its offload hook's)
+            states = states if device.type == "meta" else states.to(device)
             n, s, _ = states.shape
             keys = attention.k_proj(states).view(n, s, -1, attention.head_dim).transpose(1, 2)
             values = attention.v_proj(states).view(n, s, -1, attention.head_dim).transpose(1, 2)
