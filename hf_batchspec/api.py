@@ -161,7 +161,8 @@ def _batch_spec_decode(
         encoder = EncoderSide(model, model_kwargs.pop("encoder_outputs")[0], encoder_inputs[-1] if encoder_inputs
                               else None, mask=None if model.config.model_type == "whisper" else encoder_mask)
         raw_attention_mask = model_kwargs.pop("decoder_attention_mask", None)  # left-padded decoder prompts
-    if encoder is not None and encoder_decoder.alignment_heads(model, generation_config):
+    alignment_heads = encoder_decoder.alignment_heads(model, generation_config) if encoder is not None else None
+    if alignment_heads:
         model_kwargs.pop("output_attentions", None)  # Whisper's, for token timestamps: the alignment record's
     validation.check_prepared(generation_config, logits_processor, model_kwargs)
     # transformers drops an all-ones mask (5.23+); the caller's own mask is the reference when it gave one.
@@ -196,7 +197,7 @@ def _batch_spec_decode(
         output_scores=bool(generation_config.output_scores), output_logits=bool(generation_config.output_logits),
         copies=generation_config.num_return_sequences or 1,
         encoder=encoder,
-        alignment_heads=encoder_decoder.alignment_heads(model, generation_config) if encoder is not None else None,
+        alignment_heads=alignment_heads,
     )
     stats = BatchSpecStats(plan.strategy, plan.num_assistant_tokens, input_ids.shape[0])
     prompts = right_pack(input_ids, lengths.to(input_ids.device), fill=0)

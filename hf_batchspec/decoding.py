@@ -142,7 +142,7 @@ class _Decoder:
         # its own prompt (`processors.no_speech_column`, counted in the call's padded width)
         self.no_speech = self.no_speech_at = None
         if self.processing.no_speech is not None:
-            self.no_speech = torch.zeros(n_rows, device=target.device)
+            self.no_speech = torch.zeros(n_rows, device=self.target.device)
             self.no_speech_at = no_speech_column(self.processing.no_speech, width) - (width - prompt_lengths)  # [N]
         # Compiled greedy decoding with nothing that needs the host inside a round (no logits processors,
         # stopping criteria beyond stop ids, recorded scores or per-row adapters): the draft's k steps and

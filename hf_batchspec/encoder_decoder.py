@@ -32,6 +32,11 @@ from .errors import BatchSpecError, UnsupportedModelError
 POSITION_TABLES = ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "plbart", "mvp",
                    "bigbird_pegasus")
 SERVED = ("whisper",) + POSITION_TABLES
+# Kinds refused for a reason of their own (the others: positions or a relative bias from one shared length)
+REFUSED_WHY = {
+    "led": "its decoder builds no attention mask for a one-token step, so a row's query would read every cache slot, "
+           "other positions' included",
+}
 # Served kinds with settings that are not: what the setting changes, for the refusal
 NOT_SERVED_SETTINGS = {
     "bigbird_pegasus": ("attention_type", "original_full", "block-sparse attention lays out an encoder's blocks over "
@@ -56,14 +61,13 @@ def check_served(model_class: type, config, role: str = "model") -> None:
         return
     model_type = getattr(config, "model_type", None)
     if model_type not in SERVED:
+        why = REFUSED_WHY.get(model_type, "whose decoder computes positions (or a relative position bias) from one "
+                                          "length shared by the batch in a way hf-batchspec cannot give per row, so "
+                                          "rows of different lengths cannot decode in one forward")
         raise UnsupportedModelError(
-            f"The {role} ({model_class.__name__}) is an encoder-decoder model of type {model_type!r}, whose decoder "
-            "computes positions (or a relative position bias) from one length shared by the batch in a way "
-            "hf-batchspec cannot give per row, so rows of different lengths cannot decode in one forward. "
+            f"The {role} ({model_class.__name__}) is an encoder-decoder model of type {model_type!r}, {why}. "
             f"hf-batchspec serves decoder-only causal LMs and these encoder-decoder models: {', '.join(SERVED)}; "
-            "call without batch_spec and assistant_model for transformers' own generate." + (
-                " (LED's decoder builds no attention mask for a one-token step, so a row's query would read every "
-                "cache slot, other positions' included.)" if model_type == "led" else ""))
+            "call without batch_spec and assistant_model for transformers' own generate.")
     if model_type in NOT_SERVED_SETTINGS:
         name, served, why = NOT_SERVED_SETTINGS[model_type]
         if getattr(config, name, served) != served:

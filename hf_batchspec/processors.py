@@ -29,8 +29,7 @@ from transformers.generation import logits_process as lp
 
 ROW_LOCAL = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.MinPLogitsWarper,
              lp.TypicalLogitsWarper, lp.EpsilonLogitsWarper, lp.EtaLogitsWarper, lp.LogitNormalization,
-             lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor) + (
-                 (lp.TopHLogitsWarper,) if hasattr(lp, "TopHLogitsWarper") else ())
+             lp.InfNanRemoveLogitsProcessor, lp.SuppressTokensLogitsProcessor, lp.TopHLogitsWarper)
 # Rules that read a position's prefix length only (and its row's prompt length): vectorised. Suppressing tokens at
 # the begin index (the first generated position: transformers gives the padded prompt width) is at each row's own,
 # and so is forcing EOS at the last position (transformers' max_length is the padded width's; a row's own is its
@@ -41,19 +40,18 @@ LENGTH_RULES = (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcesso
 # Rules that read tokens from a begin index, the first generated position (Whisper's timestamp rules):
 # transformers gives them the padded prompt width; each row's own is its prompt length.
 BEGIN_INDEXED = (lp.WhisperTimeStampLogitsProcessor,)
-# (the green-list watermark seeds its list from the prefix's last tokens, per row)
-PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
-                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor,
-                  lp.WatermarkLogitsProcessor, lp.PrefixConstrainedLogitsProcessor) + BEGIN_INDEXED
 # Rules that read the source (an encoder's input ids; a decoder-only model's prompt): transformers gives them the
 # padded batch's, padding included, by batch index; here each row reads its own source, without padding
 # (`ScoreProcessing(sources=...)`), as decoding it alone does. The penalty is vectorised over a [N, V] mask of each
 # row's source tokens; the n-gram ban is called per prefix length on the rows' own source n-grams.
 SOURCE_READERS = (lp.EncoderRepetitionPenaltyLogitsProcessor, lp.EncoderNoRepeatNGramLogitsProcessor)
-PREFIX_READERS = PREFIX_READERS + (lp.EncoderNoRepeatNGramLogitsProcessor,)
+# (the green-list watermark seeds its list from the prefix's last tokens, per row)
+PREFIX_READERS = (lp.RepetitionPenaltyLogitsProcessor, lp.NoRepeatNGramLogitsProcessor, lp.NoBadWordsLogitsProcessor,
+                  lp.SequenceBiasLogitsProcessor, lp.ForcedBOSTokenLogitsProcessor, lp.WatermarkLogitsProcessor,
+                  lp.PrefixConstrainedLogitsProcessor, lp.EncoderNoRepeatNGramLogitsProcessor) + BEGIN_INDEXED
 # Rules that change no score and read the decoder prompt's logits, which each row's prefill gives them
 OBSERVERS = (lp.WhisperNoSpeechDetection,)
-SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS + SOURCE_READERS + OBSERVERS
+SUPPORTED = ROW_LOCAL + LENGTH_RULES + PREFIX_READERS + (lp.EncoderRepetitionPenaltyLogitsProcessor,) + OBSERVERS
 
 
 def unsupported_processors(logits_processor) -> list:
@@ -131,22 +129,39 @@ class ScoreProcessing:
         return torch.where(rows, raised, scores)
 
     def _for_rows(self, step, prompt_lengths: np.ndarray, rows: np.ndarray):
-        """`_for_rows` below; the source n-gram ban over these rows' own sources; and `prefix_allowed_tokens_fn`
-        called with each row's index in the call (transformers' batch_id) and its exact prefix (without padding)."""
+        """The processor as it applies to these rows alone (`rows`: their original indices, `prompt_lengths`: their
+        own prompt lengths, all equal in a group for a begin-indexed rule).
+
+        transformers gives the repetition penalty each row's left-padding length (`prompt_ignore_length` as a
+        tensor over the padded batch) so that pads are not penalised; our prefixes carry no padding, so that
+        becomes None. An int `prompt_ignore_length` (the documented "skip the prompt") becomes each row's own
+        prompt length. A begin-indexed rule counts from the rows' own prompt length. The source n-gram ban reads
+        these rows' own sources; `prefix_allowed_tokens_fn` is called with each row's index in the call
+        (transformers' batch_id) and its exact prefix (without padding).
+        """
+        if isinstance(step, BEGIN_INDEXED):
+            step = copy.copy(step)
+            step.set_begin_index(int(prompt_lengths[0]))
+            return step
+        if isinstance(step, lp.RepetitionPenaltyLogitsProcessor) and step.prompt_ignore_length is not None:
+            ignore = None
+            if isinstance(step.prompt_ignore_length, int):
+                ignore = torch.as_tensor(prompt_lengths, dtype=torch.long)
+            return lp.RepetitionPenaltyLogitsProcessor(step.penalty, prompt_ignore_length=ignore)
         if isinstance(step, lp.PrefixConstrainedLogitsProcessor):
             view, allowed = copy.copy(step), step._prefix_allowed_tokens_fn
             view._num_beams = 1
             view._prefix_allowed_tokens_fn = lambda batch_id, sent: allowed(int(rows[batch_id]), sent)
             return view
-        if not isinstance(step, lp.EncoderNoRepeatNGramLogitsProcessor):
-            return _for_rows(step, prompt_lengths)
-        ngrams = self._source_ngrams.get(step.ngram_size)
-        if ngrams is None:  # once per call: transformers' own table of each row's source
-            ngrams = [lp._get_ngrams(step.ngram_size, source.reshape(1, -1), 1)[0] for source in self.sources]
-            self._source_ngrams[step.ngram_size] = ngrams
-        view = copy.copy(step)
-        view.batch_size, view.generated_ngrams = len(rows), [ngrams[row] for row in rows]
-        return view
+        if isinstance(step, lp.EncoderNoRepeatNGramLogitsProcessor):
+            ngrams = self._source_ngrams.get(step.ngram_size)
+            if ngrams is None:  # once per call: transformers' own table of each row's source
+                ngrams = [lp._get_ngrams(step.ngram_size, source.reshape(1, -1), 1)[0] for source in self.sources]
+                self._source_ngrams[step.ngram_size] = ngrams
+            view = copy.copy(step)
+            view.batch_size, view.generated_ngrams = len(rows), [ngrams[row] for row in rows]
+            return view
+        return step
 
     def draft(self, logits: torch.Tensor) -> torch.Tensor:
         """The draft's scores: row-local warpers only (any q keeps sampling exact; greedy ignores q)."""
@@ -216,26 +231,6 @@ def _by_prefix_length(step, scores: torch.Tensor, prefixes: Prefixes, for_rows) 
         input_ids = prefixes.tokens[torch.as_tensor(rows[where], device=prefixes.tokens.device), :length]
         flat[index] = for_rows(step, prompts[where], rows[where])(input_ids.to(flat.device), flat[index])
     return flat.reshape(batch, positions, vocab)
-
-
-def _for_rows(step, prompt_lengths: np.ndarray):
-    """The processor as it applies to these rows alone.
-
-    transformers gives the repetition penalty each row's left-padding length (`prompt_ignore_length` as a
-    tensor over the padded batch) so that pads are not penalised; our prefixes carry no padding, so that
-    becomes None. An int `prompt_ignore_length` (the documented "skip the prompt") becomes each row's own
-    prompt length. A begin-indexed rule counts from the rows' own prompt length (all equal in a group).
-    """
-    if isinstance(step, BEGIN_INDEXED):
-        step = copy.copy(step)
-        step.set_begin_index(int(prompt_lengths[0]))
-        return step
-    if isinstance(step, lp.RepetitionPenaltyLogitsProcessor) and step.prompt_ignore_length is not None:
-        ignore = None
-        if isinstance(step.prompt_ignore_length, int):
-            ignore = torch.as_tensor(prompt_lengths, dtype=torch.long)
-        return lp.RepetitionPenaltyLogitsProcessor(step.penalty, prompt_ignore_length=ignore)
-    return step
 
 
 def probabilities(scores: torch.Tensor) -> torch.Tensor:

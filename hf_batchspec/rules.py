@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from transformers import CompileConfig
+from transformers import CompileConfig, SynthIDTextWatermarkingConfig
 
 from .errors import BatchSpecError
 
@@ -162,8 +162,8 @@ NOT_SERVED: dict[str, NotServed] = {rule.name: rule for rule in (
                                 "own over the padded batch", read="get", on=_not_one),
     NotServed("watermarking_config", "SynthID's watermark keeps a context state per batch row across steps (the "
                                      "green-list watermark, WatermarkingConfig, is served)", read="get",
-              on=lambda value: value is not None and (isinstance(value, dict) and "ngram_len" in value
-                                                      or type(value).__name__ == "SynthIDTextWatermarkingConfig")),
+              on=lambda value: isinstance(value, SynthIDTextWatermarkingConfig)
+              or isinstance(value, dict) and "ngram_len" in value),
 )}
 
 
